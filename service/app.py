@@ -1,0 +1,106 @@
+"""The Litestar application: ``create_app()`` wires settings, store, upstream client and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.auth import KeyCache, provide_admin, provide_principal
+from service.errors import EXCEPTION_HANDLERS
+from service.routes.conversations import ConversationController
+from service.routes.health import health, ready
+from service.routes.turns import TurnController
+from service.settings import Settings
+from service.store import Store, make_engine
+from service.turns import TurnRunner
+from service.upstream import UpstreamClient
+
+__version__ = "0.1.0"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def make_http_client(settings: Settings, *, max_connections: int = 200) -> httpx.AsyncClient:
+    """The one pooled client for the upstream: a short connect timeout, a long read timeout."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=60,
+        ),
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    engine: AsyncEngine | None = None,
+    retry_backoff: float = 0.5,
+) -> Litestar:
+    """Build the service. Collaborators passed in are used as given and not closed by the app;
+    those it creates itself it disposes of on shutdown."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        own_engine = engine is None
+        own_client = http_client is None
+        db = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        client = http_client or make_http_client(settings)
+        store = Store(
+            db,
+            turn_deadline=(settings.upstream_timeout + 60) * (settings.upstream_max_retries + 1),
+        )
+        upstream = UpstreamClient(
+            client,
+            base_url=settings.upstream_url,
+            api_key=settings.xai_api_key,
+            timeout=settings.upstream_timeout,
+            max_retries=settings.upstream_max_retries,
+            retry_deadline=settings.upstream_retry_deadline,
+            backoff=retry_backoff,
+        )
+        app.state.settings = settings
+        app.state.store = store
+        app.state.key_cache = KeyCache()
+        app.state.turns = TurnRunner(store, upstream)
+        try:
+            yield
+        finally:
+            if own_client:
+                await client.aclose()
+            if own_engine:
+                await db.dispose()
+
+    logging.getLogger("convstore").setLevel(settings.log_level)
+    return Litestar(
+        route_handlers=[ConversationController, TurnController, health, ready],
+        dependencies={
+            "principal": Provide(provide_principal),
+            "admin": Provide(provide_admin),
+        },
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="convstore",
+            version=__version__,
+            description="A stateful conversation store in front of xAI's chat-completions API.",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", description="API key")
+                }
+            ),
+            security=[{"bearer": []}],
+        ),
+    )

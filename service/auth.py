@@ -1,0 +1,67 @@
+"""API keys: bearer authentication, tenants and the admin guard.
+
+Keys are random, so a SHA-256 hash is enough to store them safely; the key itself is shown once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+
+from service.errors import Forbidden, Unauthorized
+from service.store import Principal, Store
+
+CACHE_TTL = 5.0
+CACHE_MAX = 10_000
+
+
+class KeyCache:
+    """Recently seen keys, for a few seconds: a revoked key stops working within ``ttl``."""
+
+    def __init__(self, ttl: float = CACHE_TTL) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    async def principal(self, store: Store, key: str) -> Principal | None:
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = await store.authenticate(key)
+        if len(self._entries) >= CACHE_MAX:
+            self._entries.clear()
+        self._entries[key] = (now + self.ttl, principal)
+        return principal
+
+
+def bearer_key(request: Request[Any, Any, Any]) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized(
+            "Send an API key as `Authorization: Bearer <key>`.",
+            headers={"www-authenticate": "Bearer"},
+        )
+    return key.strip()
+
+
+async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
+    """The caller behind the request's bearer key; 401 if there is none or it is not valid."""
+    key = bearer_key(request)
+    principal = await state.key_cache.principal(state.store, key)
+    if principal is None:
+        raise Unauthorized(
+            "This API key is unknown or revoked.", headers={"www-authenticate": "Bearer"}
+        )
+    return principal
+
+
+async def provide_admin(request: Request[Any, Any, Any], state: State) -> Principal:
+    """Like ``provide_principal``, and 403 unless the key is an admin key."""
+    principal = await provide_principal(request, state)
+    if not principal.is_admin:
+        raise Forbidden("This route needs an admin key.")
+    return principal

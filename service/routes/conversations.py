@@ -1,0 +1,127 @@
+"""Conversations and their messages, for frontends (``/v1``). Thin: no SQL, no httpx."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from litestar import Controller, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+from msgspec import UNSET
+
+from service.schemas import (
+    ConversationCreate,
+    ConversationCreated,
+    ConversationOut,
+    ConversationPage,
+    ConversationPatch,
+    MessagePage,
+    MessagesAppend,
+    MessagesAppended,
+    message_fields,
+)
+from service.store import Principal, Store
+
+Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (at most 100).")]
+Cursor = Annotated[
+    str | None,
+    Parameter(max_length=512, description="`next_cursor` of the previous page."),
+]
+
+
+class ConversationController(Controller):
+    path = "/v1/conversations"
+    tags = ["conversations"]
+
+    @post("/", status_code=201, summary="Create a conversation")
+    async def create(
+        self, data: ConversationCreate, principal: Principal, state: State
+    ) -> ConversationCreated:
+        """Create a conversation, optionally with its first messages (any roles, any order)."""
+        store: Store = state.store
+        conversation, messages = await store.create_conversation(
+            principal.tenant,
+            title=data.title,
+            model=data.model or state.settings.default_model,
+            params=data.params,
+            metadata=data.metadata,
+            messages=[message_fields(m) for m in data.messages],
+        )
+        return ConversationCreated(
+            id=conversation.id,
+            title=conversation.title,
+            model=conversation.model,
+            params=conversation.params,
+            metadata=conversation.metadata,
+            message_count=conversation.message_count,
+            created_at=conversation.created_at,
+            updated_at=conversation.updated_at,
+            messages=messages,
+        )
+
+    @get("/", summary="List conversations, newest first")
+    async def list_conversations(
+        self, principal: Principal, state: State, limit: Limit = 20, cursor: Cursor = None
+    ) -> ConversationPage:
+        items, next_cursor = await state.store.list_conversations(
+            principal.tenant, limit=limit, cursor=cursor
+        )
+        return ConversationPage(items, next_cursor is not None, next_cursor)
+
+    @get("/{conversation_id:uuid}", summary="Get a conversation")
+    async def get_conversation(
+        self, conversation_id: uuid.UUID, principal: Principal, state: State
+    ) -> ConversationOut:
+        conversation: ConversationOut = await state.store.get_conversation(
+            principal.tenant, conversation_id
+        )
+        return conversation
+
+    @patch("/{conversation_id:uuid}", summary="Change a conversation's title, model, params or metadata")
+    async def patch_conversation(
+        self, conversation_id: uuid.UUID, data: ConversationPatch, principal: Principal,
+        state: State,
+    ) -> ConversationOut:
+        changes = {
+            name: value
+            for name in ("title", "model", "params", "metadata")
+            if (value := getattr(data, name)) is not UNSET
+        }
+        store: Store = state.store
+        if not changes:
+            return await store.get_conversation(principal.tenant, conversation_id)
+        return await store.update_conversation(principal.tenant, conversation_id, changes)
+
+    @delete("/{conversation_id:uuid}", status_code=204, summary="Delete a conversation")
+    async def delete_conversation(
+        self, conversation_id: uuid.UUID, principal: Principal, state: State
+    ) -> None:
+        await state.store.delete_conversation(principal.tenant, conversation_id)
+
+    @get("/{conversation_id:uuid}/messages", summary="List a conversation's messages by seq")
+    async def list_messages(
+        self,
+        conversation_id: uuid.UUID,
+        principal: Principal,
+        state: State,
+        limit: Limit = 20,
+        cursor: Cursor = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> MessagePage:
+        items, next_cursor = await state.store.list_messages(
+            principal.tenant, conversation_id, limit=limit, cursor=cursor,
+            descending=order == "desc",
+        )
+        return MessagePage(items, next_cursor is not None, next_cursor)
+
+    @post("/{conversation_id:uuid}/messages", status_code=201,
+          summary="Append messages without asking the model")
+    async def append_messages(
+        self, conversation_id: uuid.UUID, data: MessagesAppend, principal: Principal,
+        state: State,
+    ) -> MessagesAppended:
+        messages = await state.store.append_messages(
+            principal.tenant, conversation_id, [message_fields(m) for m in data.messages]
+        )
+        return MessagesAppended(messages)

@@ -1,0 +1,32 @@
+"""Liveness and readiness, without a key."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from service.errors import PROBLEM_JSON
+
+
+@get("/health", summary="The process is alive", tags=["operations"])
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready", summary="The database is reachable", tags=["operations"])
+async def ready(state: State) -> Response[dict[str, object]]:
+    try:
+        await state.store.ping()
+    except Exception as exc:  # any failure to reach the database means not ready
+        return Response(
+            {
+                "type": "about:blank",
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": f"The database is not reachable: {type(exc).__name__}",
+                "code": "not_ready",
+            },
+            status_code=503,
+            media_type=PROBLEM_JSON,
+        )
+    return Response({"status": "ready"})

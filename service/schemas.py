@@ -1,0 +1,239 @@
+"""Request and response bodies (msgspec Structs), validated strictly.
+
+Unknown fields are rejected everywhere, so a client can never set ``seq``, ids or a tenant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+MAX_CONTENT_CHARS = 1_000_000
+MAX_MESSAGES_PER_REQUEST = 1_000
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Model = Annotated[str, Meta(min_length=1, max_length=200)]
+Title = Annotated[str, Meta(max_length=1_000)]
+Text = Annotated[str, Meta(max_length=MAX_CONTENT_CHARS)]
+Part = dict[str, Any]
+Content = Text | list[Part]
+
+# Parameters the service itself sets on every upstream request; a client may not override them.
+RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "n"})
+
+
+class Strict(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class FunctionCall(Strict):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    arguments: Annotated[str, Meta(max_length=MAX_CONTENT_CHARS)]
+
+
+class ToolCall(Strict):
+    id: Annotated[str, Meta(min_length=1, max_length=200)]
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+def _check_parts(content: Content | None) -> None:
+    if not isinstance(content, list):
+        return
+    for index, part in enumerate(content):
+        kind = part.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"content part {index} needs a string `type`")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise ValueError(f"content part {index} of type text needs a string `text`")
+        if kind == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                raise ValueError(f"content part {index} of type image_url needs `image_url.url`")
+
+
+class SystemMessage(Strict, tag_field="role", tag="system"):
+    content: Content
+    name: Name | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _check_parts(self.content)
+
+
+class UserMessage(Strict, tag_field="role", tag="user"):
+    content: Content
+    name: Name | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _check_parts(self.content)
+
+
+class AssistantMessage(Strict, tag_field="role", tag="assistant"):
+    content: Content | None = None
+    name: Name | UnsetType = UNSET
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+    reasoning_content: Text | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _check_parts(self.content)
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs `content` or `tool_calls`")
+
+
+class ToolMessage(Strict, tag_field="role", tag="tool"):
+    content: Content
+    tool_call_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Name | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _check_parts(self.content)
+
+
+MessageIn = SystemMessage | UserMessage | AssistantMessage | ToolMessage
+MessageList = Annotated[list[MessageIn], Meta(max_length=MAX_MESSAGES_PER_REQUEST)]
+Params = dict[str, Any]
+Metadata = dict[str, Any]
+
+
+def check_params(params: Params | UnsetType) -> None:
+    if isinstance(params, dict):
+        reserved = sorted(RESERVED_PARAMS.intersection(params))
+        if reserved:
+            raise ValueError(f"`params` may not set {', '.join(reserved)}: the service sets them")
+
+
+class ConversationCreate(Strict):
+    title: Title | None = None
+    model: Model | UnsetType = UNSET
+    params: Params = msgspec.field(default_factory=dict)
+    metadata: Metadata = msgspec.field(default_factory=dict)
+    messages: MessageList = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_params(self.params)
+
+
+class ConversationPatch(Strict):
+    title: Title | None | UnsetType = UNSET
+    model: Model | UnsetType = UNSET
+    params: Params | UnsetType = UNSET
+    metadata: Metadata | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        check_params(self.params)
+
+
+class MessagesAppend(Strict):
+    messages: Annotated[list[MessageIn], Meta(min_length=1, max_length=MAX_MESSAGES_PER_REQUEST)]
+
+
+class TurnCreate(Strict):
+    messages: MessageList = msgspec.field(default_factory=list)
+    stream: bool = False
+    model: Model | UnsetType = UNSET
+    params: Params | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        check_params(self.params)
+
+
+def message_fields(message: MessageIn) -> dict[str, Any]:
+    """The stored fields of an input message, as plain JSON values (unset fields left out)."""
+    fields: dict[str, Any] = msgspec.to_builtins(message)
+    return fields
+
+
+class Reply(Struct):
+    """An assistant reply as the upstream gave it, before it is stored."""
+
+    content: Any
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    model: str = ""
+
+
+# ---- responses ---------------------------------------------------------------------------
+
+
+class MessageOut(Struct, omit_defaults=True):
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    seq: int
+    role: str
+    content: Any
+    created_at: datetime
+    name: str | None = None
+    tool_calls: Any = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    usage: Any = None
+    turn_id: uuid.UUID | None = None
+
+
+class ConversationOut(Struct):
+    id: uuid.UUID
+    title: str | None
+    model: str
+    params: dict[str, Any]
+    metadata: dict[str, Any]
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TurnOut(Struct):
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    status: str
+    model: str
+    params: dict[str, Any]
+    usage: Any
+    finish_reason: str | None
+    error: Any
+    latency_ms: int | None
+    created_at: datetime
+    completed_at: datetime | None
+    reply_seq: int | None = None
+
+
+class TurnResult(Struct):
+    turn: TurnOut
+    reply: MessageOut
+
+
+class ConversationPage(Struct):
+    data: list[ConversationOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class MessagePage(Struct):
+    data: list[MessageOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class MessagesAppended(Struct):
+    data: list[MessageOut]
+
+
+class ConversationCreated(Struct):
+    """A new conversation, with the messages it was created with."""
+
+    id: uuid.UUID
+    title: str | None
+    model: str
+    params: dict[str, Any]
+    metadata: dict[str, Any]
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+    messages: list[MessageOut]

@@ -1,0 +1,103 @@
+"""Settings, read once from ``CONVSTORE_*`` environment variables at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./convstore.db"
+DEFAULT_UPSTREAM_URL = "https://api.x.ai/v1"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service is configured with; see the README's configuration table."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    upstream_url: str = DEFAULT_UPSTREAM_URL
+    xai_api_key: str | None = field(default=None, repr=False)
+    default_model: str = "grok-4"
+    upstream_timeout: float = 3600.0
+    upstream_connect_timeout: float = 10.0
+    upstream_max_retries: int = 2
+    upstream_retry_deadline: float = 60.0
+    db_pool_size: int = 20
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default ``os.environ``).
+
+        Raises ``SettingsError`` with a message naming the variable for any bad value.
+        """
+        env = os.environ if environ is None else environ
+        settings = cls(
+            database_url=env.get("CONVSTORE_DATABASE_URL", DEFAULT_DATABASE_URL),
+            upstream_url=env.get("CONVSTORE_UPSTREAM_URL", DEFAULT_UPSTREAM_URL),
+            xai_api_key=env.get("XAI_API_KEY") or None,
+            default_model=env.get("CONVSTORE_DEFAULT_MODEL", "grok-4"),
+            upstream_timeout=_number(env, "CONVSTORE_UPSTREAM_TIMEOUT", 3600.0),
+            upstream_connect_timeout=_number(env, "CONVSTORE_UPSTREAM_CONNECT_TIMEOUT", 10.0),
+            upstream_max_retries=int(_number(env, "CONVSTORE_UPSTREAM_MAX_RETRIES", 2, whole=True)),
+            upstream_retry_deadline=_number(env, "CONVSTORE_UPSTREAM_RETRY_DEADLINE", 60.0),
+            db_pool_size=int(_number(env, "CONVSTORE_DB_POOL_SIZE", 20, whole=True)),
+            log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ``SettingsError`` if any value is unusable."""
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError as exc:
+            raise SettingsError(
+                f"CONVSTORE_DATABASE_URL is not a database URL: {self.database_url!r}"
+            ) from exc
+        if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            raise SettingsError(
+                "CONVSTORE_DATABASE_URL must use sqlite+aiosqlite:// or postgresql+asyncpg://, "
+                f"not {url.drivername}://"
+            )
+        upstream = urlsplit(self.upstream_url)
+        if upstream.scheme not in ("http", "https") or not upstream.netloc:
+            raise SettingsError(
+                f"CONVSTORE_UPSTREAM_URL must be an http(s) URL, not {self.upstream_url!r}"
+            )
+        if not self.default_model.strip():
+            raise SettingsError("CONVSTORE_DEFAULT_MODEL must not be empty")
+        if self.upstream_timeout <= 0 or self.upstream_connect_timeout <= 0:
+            raise SettingsError("CONVSTORE_UPSTREAM_TIMEOUT must be a positive number of seconds")
+        if self.upstream_max_retries < 0:
+            raise SettingsError("CONVSTORE_UPSTREAM_MAX_RETRIES must be 0 or more")
+        if self.db_pool_size < 1:
+            raise SettingsError("CONVSTORE_DB_POOL_SIZE must be at least 1")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError("CONVSTORE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise SettingsError(f"{name} must be {kind}, not {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingsError(f"{name} must be a finite number, not {raw!r}")
+    return value

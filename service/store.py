@@ -1,0 +1,723 @@
+"""Every SQL statement of the service. Each public method is one short transaction.
+
+The store speaks in plain values and response Structs; it knows nothing of HTTP or the upstream.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy import Row, delete, event, insert, select, tuple_, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from service.errors import BadRequest, NotFound, TurnInProgress, ValidationFailed
+from service.schemas import ConversationOut, MessageOut, Reply, TurnOut
+from service.tables import (
+    api_key_table,
+    conversation_table,
+    message_table,
+    turn_table,
+    utcnow,
+    uuid7,
+)
+
+C = conversation_table.c
+M = message_table.c
+T = turn_table.c
+K = api_key_table.c
+
+# Columns that go upstream, in the order the history query reads them.
+HISTORY_COLUMNS = (M.role, M.content, M.name, M.tool_calls, M.tool_call_id)
+MESSAGE_COLUMNS = (
+    M.id,
+    M.conversation_id,
+    M.seq,
+    M.role,
+    M.content,
+    M.created_at,
+    M.name,
+    M.tool_calls,
+    M.tool_call_id,
+    M.reasoning_content,
+    M.model,
+    M.finish_reason,
+    M.usage,
+    M.turn_id,
+)
+CONVERSATION_COLUMNS = (
+    C.id,
+    C.title,
+    C.model,
+    C.params,
+    C["metadata"],
+    C.message_count,
+    C.created_at,
+    C.updated_at,
+)
+TURN_COLUMNS = (
+    T.id,
+    T.conversation_id,
+    T.status,
+    T.model,
+    T.params,
+    T.usage,
+    T.finish_reason,
+    T.error,
+    T.latency_ms,
+    T.created_at,
+    T.completed_at,
+    T.reply_seq,
+)
+
+
+def _json_dumps(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def make_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
+    """An engine tuned for the service: WAL and a busy timeout on SQLite, pooling on PostgreSQL.
+
+    On SQLite, transactions begun on ``Store.writer`` start with ``BEGIN IMMEDIATE``, so two
+    writers queue on the database lock instead of failing with "database is locked".
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url,
+            json_serializer=_json_dumps,
+            json_deserializer=msgspec.json.decode,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"timeout": 30},
+        )
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url,
+        json_serializer=_json_dumps,
+        json_deserializer=msgspec.json.decode,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+    )
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Own the transaction boundaries (pysqlite's implicit BEGIN gets them wrong).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("convstore_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+# ---- cursors ----------------------------------------------------------------------------
+
+
+def encode_cursor(*values: Any) -> str:
+    raw = msgspec.json.encode([v.isoformat() if isinstance(v, datetime) else v for v in values])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, count: int) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = msgspec.json.decode(raw)
+    except (ValueError, msgspec.DecodeError):
+        raise BadRequest("`cursor` is not a cursor this API handed out.") from None
+    if not isinstance(values, list) or len(values) != count:
+        raise BadRequest("`cursor` is not a cursor this API handed out.")
+    return values
+
+
+def _conversation_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    created, ident = decode_cursor(cursor, 2)
+    try:
+        return datetime.fromisoformat(created), uuid.UUID(ident)
+    except (TypeError, ValueError):
+        raise BadRequest("`cursor` is not a cursor this API handed out.") from None
+
+
+# ---- records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the tenant whose data they may see, and whether they are an admin."""
+
+    key_id: uuid.UUID
+    tenant: str
+    is_admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: uuid.UUID
+    tenant: str
+    key_prefix: str
+    is_admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """What the first transaction of a turn produced: the upstream request is built from it."""
+
+    turn: TurnOut
+    appended: list[MessageOut]
+    history: list[dict[str, Any]]
+    model: str
+    params: dict[str, Any]
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _message_out(row: Row[Any]) -> MessageOut:
+    return MessageOut(*row)
+
+
+def _conversation_out(row: Row[Any]) -> ConversationOut:
+    return ConversationOut(*row)
+
+
+def _turn_out(row: Row[Any]) -> TurnOut:
+    return TurnOut(*row)
+
+
+def history_entry(row: Sequence[Any]) -> dict[str, Any]:
+    """One stored message as the upstream receives it: role and content, plus tool fields."""
+    role, content, name, tool_calls, tool_call_id = row
+    entry: dict[str, Any] = {"role": role, "content": content}
+    if name is not None:
+        entry["name"] = name
+    if tool_calls is not None:
+        entry["tool_calls"] = tool_calls
+    if tool_call_id is not None:
+        entry["tool_call_id"] = tool_call_id
+    return entry
+
+
+class Store:
+    """The conversation store over one SQLAlchemy async engine."""
+
+    def __init__(self, engine: AsyncEngine, *, turn_deadline: float = 3 * 3600) -> None:
+        self.engine = engine
+        self.writer = engine.execution_options(convstore_write=True)
+        self.turn_deadline = timedelta(seconds=turn_deadline)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(select(1))
+
+    # ---- API keys -----------------------------------------------------------------------
+
+    async def create_key(self, tenant: str, *, is_admin: bool = False) -> tuple[KeyRecord, str]:
+        """Create a key; returns its record and the key itself, which is never stored."""
+        key = "cs_" + secrets.token_urlsafe(32)
+        record = KeyRecord(uuid7(), tenant, key[:10], is_admin, utcnow(), None)
+        async with self._write() as conn:
+            await conn.execute(
+                insert(api_key_table).values(
+                    id=record.id,
+                    tenant=tenant,
+                    key_hash=hash_key(key),
+                    key_prefix=record.key_prefix,
+                    is_admin=is_admin,
+                    created_at=record.created_at,
+                )
+            )
+        return record, key
+
+    async def list_keys(self) -> list[KeyRecord]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(K.id, K.tenant, K.key_prefix, K.is_admin, K.created_at, K.revoked_at)
+                .order_by(K.created_at)
+            )
+            return [KeyRecord(*row) for row in rows]
+
+    async def revoke_key(self, key_id: uuid.UUID) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(api_key_table)
+                .where(K.id == key_id, K.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            return bool(result.rowcount)
+
+    async def authenticate(self, key: str) -> Principal | None:
+        """The principal for a presented key, or None if unknown or revoked."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(K.id, K.tenant, K.is_admin).where(
+                        K.key_hash == hash_key(key), K.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        return Principal(row[0], row[1], row[2]) if row else None
+
+    # ---- conversations ------------------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        tenant: str,
+        *,
+        title: str | None,
+        model: str,
+        params: dict[str, Any],
+        metadata: dict[str, Any],
+        messages: list[dict[str, Any]],
+    ) -> tuple[ConversationOut, list[MessageOut]]:
+        now = utcnow()
+        conversation = ConversationOut(
+            uuid7(), title, model, params, metadata, len(messages), now, now
+        )
+        async with self._write() as conn:
+            await conn.execute(
+                insert(conversation_table).values(
+                    id=conversation.id,
+                    tenant=tenant,
+                    title=title,
+                    model=model,
+                    params=params,
+                    metadata=metadata,
+                    message_count=len(messages),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            stored = await self._insert_messages(conn, conversation.id, 0, messages, now)
+        return conversation, stored
+
+    async def list_conversations(
+        self, tenant: str, *, limit: int, cursor: str | None
+    ) -> tuple[list[ConversationOut], str | None]:
+        query = select(*CONVERSATION_COLUMNS).where(C.tenant == tenant)
+        if cursor:
+            created, ident = _conversation_cursor(cursor)
+            query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
+        query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        items = [_conversation_out(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = encode_cursor(items[-1].created_at, str(items[-1].id))
+        return items, next_cursor
+
+    async def get_conversation(self, tenant: str, conversation_id: uuid.UUID) -> ConversationOut:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(*CONVERSATION_COLUMNS).where(
+                        C.id == conversation_id, C.tenant == tenant
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound("No conversation has this id.")
+        return _conversation_out(row)
+
+    async def update_conversation(
+        self, tenant: str, conversation_id: uuid.UUID, changes: dict[str, Any]
+    ) -> ConversationOut:
+        values = {**changes, "updated_at": utcnow()}
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(conversation_table)
+                    .where(C.id == conversation_id, C.tenant == tenant)
+                    .values(**values)
+                    .returning(*CONVERSATION_COLUMNS)
+                )
+            ).first()
+        if row is None:
+            raise NotFound("No conversation has this id.")
+        return _conversation_out(row)
+
+    async def delete_conversation(self, tenant: str, conversation_id: uuid.UUID) -> None:
+        async with self._write() as conn:
+            # Children first, so no database-level cascade setting is needed.
+            owned = select(C.id).where(C.id == conversation_id, C.tenant == tenant)
+            await conn.execute(delete(message_table).where(M.conversation_id.in_(owned)))
+            await conn.execute(delete(turn_table).where(T.conversation_id.in_(owned)))
+            result = await conn.execute(
+                delete(conversation_table).where(C.id == conversation_id, C.tenant == tenant)
+            )
+        if not result.rowcount:
+            raise NotFound("No conversation has this id.")
+
+    # ---- messages -----------------------------------------------------------------------
+
+    async def list_messages(
+        self,
+        tenant: str,
+        conversation_id: uuid.UUID,
+        *,
+        limit: int,
+        cursor: str | None,
+        descending: bool,
+    ) -> tuple[list[MessageOut], str | None]:
+        query = select(*MESSAGE_COLUMNS).where(M.conversation_id == conversation_id)
+        if cursor:
+            (after,) = decode_cursor(cursor, 1)
+            if not isinstance(after, int):
+                raise BadRequest("`cursor` is not a cursor this API handed out.")
+            query = query.where(M.seq < after if descending else M.seq > after)
+        query = query.order_by(M.seq.desc() if descending else M.seq).limit(limit + 1)
+        async with self._read() as conn:
+            await self._owned(conn, tenant, conversation_id)
+            rows = (await conn.execute(query)).all()
+        items = [_message_out(r) for r in rows[:limit]]
+        next_cursor = encode_cursor(items[-1].seq) if len(rows) > limit else None
+        return items, next_cursor
+
+    async def append_messages(
+        self, tenant: str, conversation_id: uuid.UUID, messages: list[dict[str, Any]]
+    ) -> list[MessageOut]:
+        """Append messages without a turn; refused while a turn runs."""
+        now = utcnow()
+        async with self._write() as conn:
+            before, _, _ = await self._reserve(conn, tenant, conversation_id, len(messages), now)
+            await self._check_no_running_turn(conn, conversation_id, now)
+            return await self._insert_messages(conn, conversation_id, before, messages, now)
+
+    # ---- turns --------------------------------------------------------------------------
+
+    async def begin_turn(
+        self,
+        tenant: str,
+        conversation_id: uuid.UUID,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None,
+        params: dict[str, Any] | None,
+        stream: bool,
+    ) -> TurnStart:
+        """Transaction 1 of a turn: append the input, mark the turn running, read the history."""
+        now = utcnow()
+        async with self._write() as conn:
+            before, conv_model, conv_params = await self._reserve(
+                conn, tenant, conversation_id, len(messages), now
+            )
+            await self._check_no_running_turn(conn, conversation_id, now)
+            if before + len(messages) == 0:
+                raise ValidationFailed(
+                    "The conversation has no messages yet: send at least one with the turn."
+                )
+            appended = await self._insert_messages(conn, conversation_id, before, messages, now)
+            turn_model = model or conv_model
+            turn_params = {**conv_params, **(params or {})}
+            turn = TurnOut(
+                uuid7(), conversation_id, "running", turn_model, turn_params,
+                None, None, None, None, now, None,
+            )
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(
+                        insert(turn_table).values(
+                            id=turn.id,
+                            conversation_id=conversation_id,
+                            status="running",
+                            model=turn_model,
+                            params=turn_params,
+                            stream=stream,
+                            created_at=now,
+                            deadline_at=now + self.turn_deadline,
+                        )
+                    )
+            except IntegrityError:
+                raise TurnInProgress(
+                    "A turn is already running in this conversation; wait for it to finish."
+                ) from None
+            rows = await conn.execute(
+                select(*HISTORY_COLUMNS)
+                .where(M.conversation_id == conversation_id)
+                .order_by(M.seq)
+            )
+            history = [history_entry(r) for r in rows]
+        return TurnStart(turn, appended, history, turn_model, turn_params)
+
+    async def complete_turn(
+        self, turn_id: uuid.UUID, reply: Reply, *, latency_ms: int, upstream_ms: int, attempts: int
+    ) -> tuple[TurnOut, MessageOut] | None:
+        """Transaction 2 of a turn: store the reply and complete the turn.
+
+        Returns None if the turn is no longer running (its conversation was deleted, or it was
+        declared abandoned), in which case nothing is stored.
+        """
+        now = utcnow()
+        async with self._write() as conn:
+            conv_id = (
+                await conn.execute(
+                    select(T.conversation_id).where(T.id == turn_id, T.status == "running")
+                )
+            ).scalar()
+            if conv_id is None:
+                return None
+            seq = (
+                await conn.execute(
+                    update(conversation_table)
+                    .where(C.id == conv_id)
+                    .values(message_count=C.message_count + 1, updated_at=now)
+                    .returning(C.message_count)
+                )
+            ).scalar_one()
+            message = MessageOut(
+                id=uuid7(),
+                conversation_id=conv_id,
+                seq=seq,
+                role="assistant",
+                content=reply.content,
+                created_at=now,
+                tool_calls=reply.tool_calls,
+                reasoning_content=reply.reasoning_content,
+                model=reply.model,
+                finish_reason=reply.finish_reason,
+                usage=reply.usage,
+                turn_id=turn_id,
+            )
+            await conn.execute(
+                insert(message_table).values(
+                    id=message.id,
+                    conversation_id=conv_id,
+                    seq=seq,
+                    role="assistant",
+                    content=reply.content,
+                    tool_calls=reply.tool_calls,
+                    reasoning_content=reply.reasoning_content,
+                    model=reply.model,
+                    finish_reason=reply.finish_reason,
+                    usage=reply.usage,
+                    turn_id=turn_id,
+                    created_at=now,
+                )
+            )
+            row = (
+                await conn.execute(
+                    update(turn_table)
+                    .where(T.id == turn_id)
+                    .values(
+                        status="completed",
+                        usage=reply.usage,
+                        finish_reason=reply.finish_reason,
+                        latency_ms=latency_ms,
+                        upstream_ms=upstream_ms,
+                        attempts=attempts,
+                        reply_seq=seq,
+                        completed_at=now,
+                    )
+                    .returning(*TURN_COLUMNS)
+                )
+            ).one()
+        return _turn_out(row), message
+
+    async def fail_turn(
+        self,
+        turn_id: uuid.UUID,
+        error: dict[str, Any],
+        *,
+        latency_ms: int,
+        upstream_ms: int | None,
+        attempts: int,
+    ) -> TurnOut | None:
+        """Mark a running turn failed with its error; None if it was not running any more."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(turn_table)
+                    .where(T.id == turn_id, T.status == "running")
+                    .values(
+                        status="failed",
+                        error=error,
+                        latency_ms=latency_ms,
+                        upstream_ms=upstream_ms,
+                        attempts=attempts,
+                        completed_at=utcnow(),
+                    )
+                    .returning(*TURN_COLUMNS)
+                )
+            ).first()
+        return _turn_out(row) if row else None
+
+    async def get_turn(
+        self, tenant: str, conversation_id: uuid.UUID, turn_id: uuid.UUID
+    ) -> TurnOut:
+        async with self._read() as conn:
+            await self._owned(conn, tenant, conversation_id)
+            row = (
+                await conn.execute(
+                    select(*TURN_COLUMNS).where(
+                        T.id == turn_id, T.conversation_id == conversation_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound("No turn has this id in this conversation.")
+        return _turn_out(row)
+
+    async def get_message(self, conversation_id: uuid.UUID, seq: int) -> MessageOut | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(*MESSAGE_COLUMNS).where(
+                        M.conversation_id == conversation_id, M.seq == seq
+                    )
+                )
+            ).first()
+        return _message_out(row) if row else None
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    async def _owned(
+        self, conn: AsyncConnection, tenant: str, conversation_id: uuid.UUID
+    ) -> None:
+        found = (
+            await conn.execute(
+                select(C.id).where(C.id == conversation_id, C.tenant == tenant)
+            )
+        ).first()
+        if found is None:
+            raise NotFound("No conversation has this id.")
+
+    async def _reserve(
+        self,
+        conn: AsyncConnection,
+        tenant: str,
+        conversation_id: uuid.UUID,
+        count: int,
+        now: datetime,
+    ) -> tuple[int, str, dict[str, Any]]:
+        """Reserve ``count`` seqs: bump the counter, which also locks the conversation row.
+
+        Returns the last seq in use before, the conversation's model and its params.
+        """
+        row = (
+            await conn.execute(
+                update(conversation_table)
+                .where(C.id == conversation_id, C.tenant == tenant)
+                .values(message_count=C.message_count + count, updated_at=now)
+                .returning(C.message_count, C.model, C.params)
+            )
+        ).first()
+        if row is None:
+            raise NotFound("No conversation has this id.")
+        return row[0] - count, row[1], row[2]
+
+    async def _check_no_running_turn(
+        self, conn: AsyncConnection, conversation_id: uuid.UUID, now: datetime
+    ) -> None:
+        running = (
+            await conn.execute(
+                select(T.id, T.deadline_at).where(
+                    T.conversation_id == conversation_id, T.status == "running"
+                )
+            )
+        ).first()
+        if running is None:
+            return
+        turn_id, deadline = running
+        if deadline > now:
+            raise TurnInProgress(
+                "A turn is already running in this conversation; wait for it to finish.",
+                turn_id=str(turn_id),
+            )
+        # The process that ran it died: free the conversation and say why.
+        await conn.execute(
+            update(turn_table)
+            .where(T.id == turn_id)
+            .values(
+                status="failed",
+                error={"code": "abandoned", "detail": "The server running this turn stopped."},
+                completed_at=now,
+            )
+        )
+
+    async def _insert_messages(
+        self,
+        conn: AsyncConnection,
+        conversation_id: uuid.UUID,
+        before: int,
+        messages: list[dict[str, Any]],
+        now: datetime,
+    ) -> list[MessageOut]:
+        if not messages:
+            return []
+        rows = [
+            {
+                "id": uuid7(),
+                "conversation_id": conversation_id,
+                "seq": before + index,
+                "role": message["role"],
+                "content": message.get("content"),
+                "name": message.get("name"),
+                "tool_calls": message.get("tool_calls"),
+                "tool_call_id": message.get("tool_call_id"),
+                "reasoning_content": message.get("reasoning_content"),
+                "model": message.get("model"),
+                "finish_reason": message.get("finish_reason"),
+                "usage": message.get("usage"),
+                "turn_id": None,
+                "created_at": message.get("created_at", now),
+            }
+            for index, message in enumerate(messages, start=1)
+        ]
+        await conn.execute(insert(message_table), rows)
+        return [
+            MessageOut(
+                id=r["id"],
+                conversation_id=conversation_id,
+                seq=r["seq"],
+                role=r["role"],
+                content=r["content"],
+                created_at=r["created_at"],
+                name=r["name"],
+                tool_calls=r["tool_calls"],
+                tool_call_id=r["tool_call_id"],
+                reasoning_content=r["reasoning_content"],
+                model=r["model"],
+                finish_reason=r["finish_reason"],
+                usage=r["usage"],
+            )
+            for r in rows
+        ]
+
+
+__all__ = ["Principal", "Reply", "Store", "TurnStart", "make_engine"]
