@@ -56,10 +56,7 @@ def create_app(
         own_client = http_client is None
         db = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
         client = http_client or make_http_client(settings)
-        store = Store(
-            db,
-            turn_deadline=(settings.upstream_timeout + 60) * (settings.upstream_max_retries + 1),
-        )
+        store = Store(db)
         upstream = UpstreamClient(
             client,
             base_url=settings.upstream_url,
@@ -72,10 +69,13 @@ def create_app(
         app.state.settings = settings
         app.state.store = store
         app.state.key_cache = KeyCache()
-        app.state.turns = TurnRunner(store, upstream)
+        turns = TurnRunner(store, upstream, lease=settings.turn_lease)
+        app.state.turns = turns
+        turns.start()
         try:
             yield
         finally:
+            await turns.stop()
             if own_client:
                 await client.aclose()
             if own_engine:

@@ -51,7 +51,8 @@ def bearer_key(request: Request[Any, Any, Any]) -> str:
 async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
     """The caller behind the request's bearer key; 401 if there is none or it is not valid."""
     key = bearer_key(request)
-    principal = await state.key_cache.principal(state.store, key)
+    cache: KeyCache = state.key_cache
+    principal = await cache.principal(state.store, key)
     if principal is None:
         raise Unauthorized(
             "This API key is unknown or revoked.", headers={"www-authenticate": "Bearer"}

@@ -24,11 +24,14 @@ class ServiceError(Exception):
         self,
         detail: str,
         *,
+        code: str | None = None,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
+        if code is not None:
+            self.code = code
         self.headers = headers or {}
         self.extra = extra
 

@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, delete, event, insert, select, tuple_, update
+from sqlalchemy import delete, event, insert, select, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from service.errors import BadRequest, NotFound, TurnInProgress, ValidationFailed
+from service.errors import BadRequest, Conflict, NotFound, TurnInProgress, ValidationFailed
 from service.schemas import ConversationOut, MessageOut, Reply, TurnOut
 from service.tables import (
     api_key_table,
     conversation_table,
+    idempotency_table,
     message_table,
     turn_table,
     utcnow,
@@ -37,6 +38,7 @@ C = conversation_table.c
 M = message_table.c
 T = turn_table.c
 K = api_key_table.c
+I = idempotency_table.c
 
 # Columns that go upstream, in the order the history query reads them.
 HISTORY_COLUMNS = (M.role, M.content, M.name, M.tool_calls, M.tool_call_id)
@@ -194,20 +196,28 @@ class TurnStart:
     params: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The answer first given to an idempotent request."""
+
+    status: int
+    body: Any
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _message_out(row: Row[Any]) -> MessageOut:
-    return MessageOut(*row)
+def _message_out(row: Any) -> MessageOut:
+    return MessageOut(**row._mapping)
 
 
-def _conversation_out(row: Row[Any]) -> ConversationOut:
-    return ConversationOut(*row)
+def _conversation_out(row: Any) -> ConversationOut:
+    return ConversationOut(**row._mapping)
 
 
-def _turn_out(row: Row[Any]) -> TurnOut:
-    return TurnOut(*row)
+def _turn_out(row: Any) -> TurnOut:
+    return TurnOut(**row._mapping)
 
 
 def history_entry(row: Sequence[Any]) -> dict[str, Any]:
@@ -226,10 +236,9 @@ def history_entry(row: Sequence[Any]) -> dict[str, Any]:
 class Store:
     """The conversation store over one SQLAlchemy async engine."""
 
-    def __init__(self, engine: AsyncEngine, *, turn_deadline: float = 3 * 3600) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.writer = engine.execution_options(convstore_write=True)
-        self.turn_deadline = timedelta(seconds=turn_deadline)
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -430,6 +439,7 @@ class Store:
         model: str | None,
         params: dict[str, Any] | None,
         stream: bool,
+        lease: float,
     ) -> TurnStart:
         """Transaction 1 of a turn: append the input, mark the turn running, read the history."""
         now = utcnow()
@@ -460,7 +470,7 @@ class Store:
                             params=turn_params,
                             stream=stream,
                             created_at=now,
-                            deadline_at=now + self.turn_deadline,
+                            deadline_at=now + timedelta(seconds=lease),
                         )
                     )
             except IntegrityError:
@@ -577,6 +587,15 @@ class Store:
             ).first()
         return _turn_out(row) if row else None
 
+    async def renew_leases(self, turn_ids: list[uuid.UUID], lease: float) -> None:
+        """Push back the deadline of running turns this process is still working on."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(turn_table)
+                .where(T.id.in_(turn_ids), T.status == "running")
+                .values(deadline_at=utcnow() + timedelta(seconds=lease))
+            )
+
     async def get_turn(
         self, tenant: str, conversation_id: uuid.UUID, turn_id: uuid.UUID
     ) -> TurnOut:
@@ -603,6 +622,83 @@ class Store:
                 )
             ).first()
         return _message_out(row) if row else None
+
+    # ---- idempotency keys ---------------------------------------------------------------
+
+    async def claim_idempotency_key(
+        self, tenant: str, key: str, fingerprint: str, *, lock: float, ttl: float
+    ) -> StoredAnswer | None:
+        """Claim ``key`` for a request, or return the answer it already got.
+
+        Raises 422 if the key was used for a different request, 409 while the first request
+        with it is still running.
+        """
+        now = utcnow()
+        claim = {
+            "fingerprint": fingerprint,
+            "state": "running",
+            "response_status": None,
+            "response_body": None,
+            "created_at": now,
+            "locked_until": now + timedelta(seconds=lock),
+            "expires_at": now + timedelta(seconds=ttl),
+        }
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    select(I.fingerprint, I.state, I.response_status, I.response_body,
+                           I.locked_until, I.expires_at)
+                    .where(I.tenant == tenant, I.key == key)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                await conn.execute(insert(idempotency_table).values(tenant=tenant, key=key,
+                                                                     **claim))
+                return None
+            stored_fingerprint, state, status, body, locked_until, expires_at = row
+            if expires_at <= now or (state == "running" and locked_until <= now):
+                await conn.execute(
+                    update(idempotency_table)
+                    .where(I.tenant == tenant, I.key == key)
+                    .values(**claim)
+                )
+                return None
+        if stored_fingerprint != fingerprint:
+            raise ValidationFailed(
+                "This Idempotency-Key was already used for a different request.",
+                code="idempotency_key_reused",
+            )
+        if state == "running":
+            raise Conflict(
+                "The first request with this Idempotency-Key is still running; retry later.",
+                code="idempotency_key_in_use",
+            )
+        return StoredAnswer(status, body)
+
+    async def finish_idempotency_key(self, tenant: str, key: str, status: int, body: Any) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(idempotency_table)
+                .where(I.tenant == tenant, I.key == key)
+                .values(state="done", response_status=status, response_body=body)
+            )
+
+    async def release_idempotency_key(self, tenant: str, key: str) -> None:
+        """Forget a claim whose request had no effect, so that it may be sent again."""
+        async with self._write() as conn:
+            await conn.execute(
+                delete(idempotency_table).where(
+                    I.tenant == tenant, I.key == key, I.state == "running"
+                )
+            )
+
+    async def purge_idempotency_keys(self) -> int:
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(idempotency_table).where(I.expires_at < utcnow())
+            )
+            return int(result.rowcount or 0)
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -720,4 +816,4 @@ class Store:
         ]
 
 
-__all__ = ["Principal", "Reply", "Store", "TurnStart", "make_engine"]
+__all__ = ["Principal", "Reply", "Store", "StoredAnswer", "TurnStart", "make_engine"]

@@ -9,7 +9,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     Uuid,
     text,
@@ -175,7 +176,29 @@ class Turn(Base):
     deadline_at: Mapped[datetime] = mapped_column()
 
 
-api_key_table = ApiKey.__table__
-conversation_table = Conversation.__table__
-message_table = Message.__table__
-turn_table = Turn.__table__
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key``: the request it named and, once done, the answer given."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (
+        CheckConstraint("state IN ('running', 'done')", name="state"),
+        Index("ix_idempotency_key_expires_at", "expires_at"),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    response_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_body: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A running claim older than this belongs to a process that died; it may be taken over.
+    locked_until: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+api_key_table = cast(Table, ApiKey.__table__)
+conversation_table = cast(Table, Conversation.__table__)
+message_table = cast(Table, Message.__table__)
+turn_table = cast(Table, Turn.__table__)
+idempotency_table = cast(Table, IdempotencyKey.__table__)

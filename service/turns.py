@@ -1,13 +1,23 @@
 """A turn: append the input and mark the turn running (transaction 1), ask the model with no
-transaction open, then store the reply and complete the turn (transaction 2)."""
+transaction open, then store the reply and complete the turn (transaction 2).
+
+A turn, once its input is stored, always runs to its end in a task of its own: a client that
+hangs up (or a streaming client that goes away) cannot cancel it. While it runs, this process
+renews the turn's lease in the database; a turn whose lease runs out belonged to a process that
+died, and the next writer to its conversation marks it failed (``abandoned``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
+
+import msgspec
 
 from service.errors import (
     NotFound,
@@ -16,9 +26,10 @@ from service.errors import (
     UpstreamRateLimited,
     UpstreamTimedOut,
 )
-from service.schemas import TurnCreate, TurnResult, message_fields
+from service.schemas import MessageOut, TurnCreate, TurnOut, TurnResult, message_fields
 from service.store import Store, TurnStart
 from service.upstream import (
+    Attempted,
     UpstreamClient,
     UpstreamError,
     UpstreamRateLimited as UpstreamRateLimitedError,
@@ -29,15 +40,13 @@ from service.upstream import (
 log = logging.getLogger("convstore.turns")
 
 DEFAULT_RETRY_AFTER = 5
+PURGE_EVERY = 600.0  # seconds between sweeps of expired idempotency keys
+_encoder = msgspec.json.Encoder()
 
 
-def upstream_body(start: TurnStart, *, stream: bool = False) -> dict[str, Any]:
+def upstream_body(start: TurnStart) -> dict[str, Any]:
     """The chat-completions request for a turn: the params, then what the service decides."""
-    body: dict[str, Any] = {**start.params, "model": start.model, "messages": start.history}
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return body
+    return {**start.params, "model": start.model, "messages": start.history}
 
 
 def service_error(exc: UpstreamError, turn_id: uuid.UUID) -> ServiceError:
@@ -55,41 +64,161 @@ def service_error(exc: UpstreamError, turn_id: uuid.UUID) -> ServiceError:
             **extra,
         )
     if isinstance(exc, UpstreamRejected):
-        return UpstreamFailed(f"The model rejected the request ({exc.status}): {exc.message}",
-                              **extra)
+        return UpstreamFailed(
+            f"The model rejected the request ({exc.status}): {exc.message}", **extra
+        )
     return UpstreamFailed(exc.message, **extra)
 
 
-class TurnRunner:
-    """Runs turns against one store and one upstream client."""
+def sse(event: str, data: Any, event_id: int) -> bytes:
+    """One server-sent event."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), _encoder.encode(data))
 
-    def __init__(self, store: Store, upstream: UpstreamClient) -> None:
+
+class TurnFeed:
+    """The events of one running turn, kept so that followers can join (and re-join) at any
+    point: each follower gets everything from the event it asks for, then follows live."""
+
+    def __init__(self, turn_id: uuid.UUID) -> None:
+        self.turn_id = turn_id
+        self.events: list[bytes] = []
+        self.closed = False
+        self._changed = asyncio.Condition()
+
+    async def publish(self, event: str, data: Any) -> None:
+        async with self._changed:
+            self.events.append(sse(event, data, len(self.events)))
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        async with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    async def follow(self, start: int = 0) -> AsyncIterator[bytes]:
+        position = max(0, start)
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.closed or len(self.events) > position)
+                pending = self.events[position:]
+                closed = self.closed
+            for event in pending:
+                yield event
+            position += len(pending)
+            if closed and position >= len(self.events):
+                return
+
+
+class TurnRunner:
+    """Runs turns against one store and one upstream client, and keeps their leases alive."""
+
+    def __init__(self, store: Store, upstream: UpstreamClient, *, lease: float = 60.0) -> None:
         self.store = store
         self.upstream = upstream
+        self.lease = lease
+        self.feeds: dict[uuid.UUID, TurnFeed] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._renewer: asyncio.Task[None] | None = None
 
-    async def run(self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate) -> TurnResult:
-        """Run one non-streamed turn to its end and return the stored turn and reply."""
-        started = time.perf_counter()
-        start = await self.store.begin_turn(
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start renewing the leases of this process's running turns."""
+        self._renewer = asyncio.create_task(self._renew_leases())
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let running turns finish (up to ``grace`` seconds), then stop renewing leases."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=grace)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+
+    async def _renew_leases(self) -> None:
+        next_purge = time.monotonic()
+        while True:
+            await asyncio.sleep(self.lease / 4)
+            running = list(self.feeds)
+            try:
+                if running:
+                    await self.store.renew_leases(running, self.lease)
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_EVERY
+                    await self.store.purge_idempotency_keys()
+            except Exception:
+                log.exception("could not renew the leases of %d running turns", len(running))
+
+    # ---- turns --------------------------------------------------------------------------
+
+    async def _begin(
+        self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate
+    ) -> TurnStart:
+        return await self.store.begin_turn(
             tenant,
             conversation_id,
             [message_fields(m) for m in request.messages],
             model=request.model or None,
             params=request.params or None,
-            stream=False,
+            stream=request.stream,
+            lease=self.lease,
         )
-        # Shielded: a client that hangs up must not cancel a turn whose input is stored.
-        return await asyncio.shield(self._finish(start, started))
 
-    async def _finish(self, start: TurnStart, started: float) -> TurnResult:
+    async def run(self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate) -> TurnResult:
+        """Run one turn to its end and return the stored turn and reply."""
+        started = time.perf_counter()
+        start = await self._begin(tenant, conversation_id, request)
+        feed = TurnFeed(start.turn.id)
+        task = self._spawn(start, feed, started, stream=False)
+        # Shielded: a client that hangs up must not cancel a turn whose input is stored.
+        result: TurnResult = await asyncio.shield(task)
+        return result
+
+    async def run_streamed(
+        self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate
+    ) -> TurnFeed:
+        """Start a streamed turn; its events are followed through the returned feed.
+
+        Errors before the turn starts (404, 409, 422) are raised here, as plain answers.
+        """
+        started = time.perf_counter()
+        start = await self._begin(tenant, conversation_id, request)
+        feed = TurnFeed(start.turn.id)
+        await feed.publish(
+            "turn.started", {"turn": start.turn, "messages": start.appended}
+        )
+        task = self._spawn(start, feed, started, stream=True)
+        # Retrieve the outcome so a failure is not reported as "never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return feed
+
+    def feed(self, turn_id: uuid.UUID) -> TurnFeed | None:
+        """The live feed of a turn running in this process, if any."""
+        return self.feeds.get(turn_id)
+
+    def _spawn(
+        self, start: TurnStart, feed: TurnFeed, started: float, *, stream: bool
+    ) -> asyncio.Task[TurnResult]:
+        self.feeds[start.turn.id] = feed
+        task = asyncio.create_task(self._finish(start, feed, started, stream=stream))
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[TurnResult]) -> None:
+            self.tasks.discard(t)
+            self.feeds.pop(start.turn.id, None)
+
+        task.add_done_callback(done)
+        return task
+
+    async def _finish(
+        self, start: TurnStart, feed: TurnFeed, started: float, *, stream: bool
+    ) -> TurnResult:
         turn_id = start.turn.id
         upstream_started = time.perf_counter()
         try:
-            attempted = await self.upstream.complete(
-                upstream_body(start), conversation_id=str(start.turn.conversation_id)
-            )
+            attempted = await self._ask(start, feed, stream=stream)
         except UpstreamError as exc:
-            await self.store.fail_turn(
+            failed = await self.store.fail_turn(
                 turn_id,
                 exc.as_dict(),
                 latency_ms=_ms_since(started),
@@ -97,7 +226,10 @@ class TurnRunner:
                 attempts=exc.attempts,
             )
             log.warning("turn %s failed: %s", turn_id, exc.message)
-            raise service_error(exc, turn_id) from None
+            error = service_error(exc, turn_id)
+            await feed.publish("turn.failed", {**error.problem(), "turn": failed})
+            await feed.close()
+            raise error from None
         except BaseException:
             await self.store.fail_turn(
                 turn_id,
@@ -106,19 +238,58 @@ class TurnRunner:
                 upstream_ms=None,
                 attempts=1,
             )
+            await feed.publish(
+                "turn.failed",
+                {"status": 500, "code": "internal_error", "title": "Internal Server Error",
+                 "detail": "The turn stopped on an unexpected error.", "turn_id": str(turn_id)},
+            )
+            await feed.close()
             raise
-        upstream_ms = _ms_since(upstream_started)
         stored = await self.store.complete_turn(
             turn_id,
             attempted.reply,
             latency_ms=_ms_since(started),
-            upstream_ms=upstream_ms,
+            upstream_ms=_ms_since(upstream_started),
             attempts=attempted.attempts,
         )
         if stored is None:
-            raise NotFound("The conversation was deleted while the model was answering.")
+            error = NotFound("The conversation was deleted while the model was answering.")
+            await feed.publish("turn.failed", {**error.problem(), "turn_id": str(turn_id)})
+            await feed.close()
+            raise error
         turn, reply = stored
+        await feed.publish("turn.completed", {"turn": turn, "reply": reply})
+        await feed.close()
         return TurnResult(turn=turn, reply=reply)
+
+    async def _ask(self, start: TurnStart, feed: TurnFeed, *, stream: bool) -> Attempted:
+        body = upstream_body(start)
+        conversation_id = str(start.turn.conversation_id)
+        if not stream:
+            return await self.upstream.complete(body, conversation_id=conversation_id)
+
+        async def relay(delta: dict[str, str]) -> None:
+            await feed.publish("message.delta", delta)
+
+        return await self.upstream.stream(body, conversation_id=conversation_id, on_delta=relay)
+
+
+def replay(turn: TurnOut, reply: MessageOut | None) -> list[bytes]:
+    """The events of a finished turn, rebuilt from the database for a late follower."""
+    events: list[bytes] = [sse("turn.started", {"turn": turn, "messages": []}, 0)]
+    if turn.status == "completed" and reply is not None:
+        delta: dict[str, str] = {}
+        if reply.reasoning_content:
+            delta["reasoning_content"] = reply.reasoning_content
+        if isinstance(reply.content, str) and reply.content:
+            delta["content"] = reply.content
+        if delta:
+            events.append(sse("message.delta", delta, len(events)))
+        events.append(sse("turn.completed", {"turn": turn, "reply": reply}, len(events)))
+    else:
+        error = turn.error if isinstance(turn.error, dict) else {}
+        events.append(sse("turn.failed", {**error, "turn": turn}, len(events)))
+    return events
 
 
 def _ms_since(started: float) -> int:

@@ -66,6 +66,21 @@ class UpstreamBadResponse(UpstreamError):
     """A 2xx whose body is not a chat completion (not JSON, or the wrong shape)."""
 
 
+class UpstreamStreamCut(UpstreamError):
+    """A stream that ended before ``[DONE]``; ``partial`` holds what had arrived."""
+
+    def __init__(self, message: str, *, partial: Reply) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+    def as_dict(self) -> dict[str, Any]:
+        error = super().as_dict()
+        error["partial_content"] = self.partial.content
+        if self.partial.reasoning_content:
+            error["partial_reasoning_content"] = self.partial.reasoning_content
+        return error
+
+
 # ---- wire shapes (lenient: the upstream adds fields over time) ---------------------------
 
 
@@ -97,7 +112,39 @@ class _Completion(msgspec.Struct):
     usage: dict[str, Any] | None = None
 
 
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[_DeltaToolCall] | None = None
+
+
+class _DeltaFunction(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _DeltaToolCall(msgspec.Struct):
+    index: int = 0
+    id: str | None = None
+    type: str | None = None
+    function: _DeltaFunction | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta = msgspec.field(default_factory=_Delta)
+    finish_reason: str | None = None
+    index: int = 0
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_ChunkChoice] = msgspec.field(default_factory=list)
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    error: Any = None
+
+
 _completion_decoder = msgspec.json.Decoder(_Completion)
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
 _encoder = msgspec.json.Encoder()
 
 
@@ -168,6 +215,64 @@ class UpstreamClient:
 
         return await self.retrying(once)
 
+    async def stream(
+        self,
+        body: dict[str, Any],
+        *,
+        conversation_id: str,
+        on_delta: Callable[[dict[str, str]], Awaitable[None]],
+    ) -> Attempted:
+        """A streamed chat completion, read to its end.
+
+        Each ``content`` / ``reasoning_content`` piece is passed to ``on_delta`` as it arrives;
+        the whole reply is returned at the end. Failures before the first piece are retried
+        like ``complete``; a stream cut after that raises ``UpstreamStreamCut``.
+        """
+        content = _encoder.encode(
+            {**body, "stream": True, "stream_options": {"include_usage": True}}
+        )
+        headers = self.headers(conversation_id)
+        requested_model = str(body.get("model", ""))
+
+        async def once() -> Reply:
+            accumulator = StreamAccumulator(requested_model)
+            try:
+                async with self.http.stream(
+                    "POST", self.url, content=content, headers=headers
+                ) as response:
+                    if response.status_code != 200:
+                        raise error_for_response(
+                            response.status_code, response.headers, await response.aread()
+                        )
+                    async for line in response.aiter_lines():
+                        delta = accumulator.feed_line(line)
+                        if delta:
+                            await on_delta(delta)
+                        if accumulator.done:
+                            break
+            except httpx.TimeoutException as exc:
+                if accumulator.started:
+                    raise UpstreamStreamCut(
+                        f"The model's stream stalled for {self.timeout:g} s.",
+                        partial=accumulator.reply(),
+                    ) from exc
+                raise _timeout_error(exc, self.timeout) from exc
+            except httpx.HTTPError as exc:
+                if accumulator.started:
+                    raise UpstreamStreamCut(
+                        f"The model's stream broke off: {exc!r}", partial=accumulator.reply()
+                    ) from exc
+                raise UpstreamUnavailable(f"Could not reach the model: {exc!r}") from exc
+            if not accumulator.done:
+                if not accumulator.started:
+                    raise UpstreamBadResponse("The model's stream ended before any data.")
+                raise UpstreamStreamCut(
+                    "The model's stream ended before [DONE].", partial=accumulator.reply()
+                )
+            return accumulator.reply()
+
+        return await self.retrying(once)
+
     async def retrying(self, call: Callable[[], Awaitable[Reply]]) -> Attempted:
         """Run ``call`` until it succeeds, retrying transient failures within the deadline."""
         deadline = time.monotonic() + self.retry_deadline
@@ -198,6 +303,88 @@ class UpstreamClient:
         if time.monotonic() + delay > deadline:
             return None
         return delay
+
+
+class StreamAccumulator:
+    """Parses an upstream SSE stream line by line and accumulates the reply.
+
+    Follows the observed xAI order: role on the first delta, empty deltas while reasoning, no
+    ``finish_reason`` key until the finish chunk, whole tool calls, a usage chunk with empty
+    ``choices``, then ``[DONE]``. Comment lines (``: keepalive``) and other SSE fields are skipped.
+    """
+
+    def __init__(self, requested_model: str) -> None:
+        self.model = requested_model
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.started = False
+        self.done = False
+
+    def feed_line(self, line: str) -> dict[str, str] | None:
+        """Take one line; return the text delta it carried, if any."""
+        if not line.startswith("data:"):
+            return None
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk = _chunk_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamBadResponse(f"The model's stream held something unreadable: {exc}") from exc
+        if chunk.error is not None:
+            message = chunk.error if isinstance(chunk.error, str) else msgspec.json.encode(
+                chunk.error).decode()
+            raise UpstreamBadResponse(f"The model's stream reported an error: {message}")
+        self.started = True
+        if chunk.model:
+            self.model = chunk.model
+        if chunk.usage is not None:
+            self.usage = chunk.usage  # the last one wins: older streams repeat a running total
+        delta: dict[str, str] = {}
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            if choice.finish_reason is not None:
+                self.finish_reason = choice.finish_reason
+            piece = choice.delta
+            if piece.reasoning_content:
+                self.reasoning.append(piece.reasoning_content)
+                delta["reasoning_content"] = piece.reasoning_content
+            if piece.content:
+                self.content.append(piece.content)
+                delta["content"] = piece.content
+            for call in piece.tool_calls or ():
+                self._merge_tool_call(call)
+        return delta or None
+
+    def _merge_tool_call(self, call: _DeltaToolCall) -> None:
+        # xAI sends each call whole; OpenAI-style streams send the arguments in pieces.
+        entry = self.tool_calls.setdefault(
+            call.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if call.id:
+            entry["id"] = call.id
+        if call.type:
+            entry["type"] = call.type
+        if call.function is not None:
+            if call.function.name:
+                entry["function"]["name"] += call.function.name
+            if call.function.arguments:
+                entry["function"]["arguments"] += call.function.arguments
+
+    def reply(self) -> Reply:
+        return Reply(
+            content="".join(self.content),
+            reasoning_content="".join(self.reasoning) or None,
+            tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            model=self.model,
+        )
 
 
 def _timeout_error(exc: httpx.TimeoutException, timeout: float) -> UpstreamError:

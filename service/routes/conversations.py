@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 from msgspec import UNSET
 
+from service.idempotency import idempotent
 from service.schemas import (
     ConversationCreate,
     ConversationCreated,
@@ -36,29 +37,38 @@ class ConversationController(Controller):
 
     @post("/", status_code=201, summary="Create a conversation")
     async def create(
-        self, data: ConversationCreate, principal: Principal, state: State
-    ) -> ConversationCreated:
+        self,
+        request: Request[Any, Any, Any],
+        data: ConversationCreate,
+        principal: Principal,
+        state: State,
+    ) -> Response[ConversationCreated]:
         """Create a conversation, optionally with its first messages (any roles, any order)."""
         store: Store = state.store
-        conversation, messages = await store.create_conversation(
-            principal.tenant,
-            title=data.title,
-            model=data.model or state.settings.default_model,
-            params=data.params,
-            metadata=data.metadata,
-            messages=[message_fields(m) for m in data.messages],
-        )
-        return ConversationCreated(
-            id=conversation.id,
-            title=conversation.title,
-            model=conversation.model,
-            params=conversation.params,
-            metadata=conversation.metadata,
-            message_count=conversation.message_count,
-            created_at=conversation.created_at,
-            updated_at=conversation.updated_at,
-            messages=messages,
-        )
+
+        async def run() -> Response[Any]:
+            conversation, messages = await store.create_conversation(
+                principal.tenant,
+                title=data.title,
+                model=data.model or state.settings.default_model,
+                params=data.params,
+                metadata=data.metadata,
+                messages=[message_fields(m) for m in data.messages],
+            )
+            created = ConversationCreated(
+                id=conversation.id,
+                title=conversation.title,
+                model=conversation.model,
+                params=conversation.params,
+                metadata=conversation.metadata,
+                message_count=conversation.message_count,
+                created_at=conversation.created_at,
+                updated_at=conversation.updated_at,
+                messages=messages,
+            )
+            return Response(created, status_code=201)
+
+        return await idempotent(request, principal, store, run)
 
     @get("/", summary="List conversations, newest first")
     async def list_conversations(
@@ -118,10 +128,19 @@ class ConversationController(Controller):
     @post("/{conversation_id:uuid}/messages", status_code=201,
           summary="Append messages without asking the model")
     async def append_messages(
-        self, conversation_id: uuid.UUID, data: MessagesAppend, principal: Principal,
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: uuid.UUID,
+        data: MessagesAppend,
+        principal: Principal,
         state: State,
-    ) -> MessagesAppended:
-        messages = await state.store.append_messages(
-            principal.tenant, conversation_id, [message_fields(m) for m in data.messages]
-        )
-        return MessagesAppended(messages)
+    ) -> Response[MessagesAppended]:
+        store: Store = state.store
+
+        async def run() -> Response[Any]:
+            messages = await store.append_messages(
+                principal.tenant, conversation_id, [message_fields(m) for m in data.messages]
+            )
+            return Response(MessagesAppended(messages), status_code=201)
+
+        return await idempotent(request, principal, store, run)

@@ -1,0 +1,148 @@
+"""Fixtures: every storage test runs against a real SQLite file and a real PostgreSQL database,
+both built with ``alembic upgrade head``; the upstream is the fake xAI server over a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.app import create_app
+from service.fake_upstream import FakeUpstream
+from service.migrate import upgrade
+from service.settings import Settings
+from service.store import Store, make_engine
+
+PG_ADMIN_URL = os.environ.get(
+    "CONVSTORE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+UPSTREAM_KEY = "test-key"
+TABLES = ("message", "turn", "conversation", "api_key")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+async def _pg_execute(url: str, statement: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _postgres_database() -> Iterator[str]:
+    name = f"convstore_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_pg_execute(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
+    except (OSError, Exception) as exc:
+        if _in_ci():
+            pytest.fail(f"PostgreSQL is required under CI and is not reachable: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        asyncio.run(_pg_execute(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[str]:
+    """A migrated database of each kind, shared by the session and emptied after each test."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "convstore.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        upgrade(url)
+        yield url
+        return
+    for url in _postgres_database():
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(api_keys=[UPSTREAM_KEY])
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The fake upstream, with no faults and no recorded requests."""
+    fake_upstream.clear()
+    yield fake_upstream
+    fake_upstream.clear()
+
+
+@pytest.fixture
+def settings(database_url: str, upstream: FakeUpstream) -> Settings:
+    return Settings(
+        database_url=database_url,
+        upstream_url=upstream.base_url,
+        xai_api_key=UPSTREAM_KEY,
+        default_model="grok-4",
+        upstream_timeout=10,
+        upstream_connect_timeout=2,
+        upstream_max_retries=2,
+        upstream_retry_deadline=10,
+        db_pool_size=5,
+    )
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A store on the test database; every table is emptied after the test."""
+    engine = make_engine(database_url, pool_size=2)
+    yield Store(engine)
+    async with engine.begin() as conn:
+        for table in TABLES:
+            await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+    await engine.dispose()
+
+
+@pytest.fixture
+async def client(settings: Settings, store: Store) -> AsyncIterator[AsyncTestClient[Any]]:
+    app = create_app(settings, retry_backoff=0.01)
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+async def _key(store: Store, tenant: str, *, admin: bool = False) -> dict[str, str]:
+    _, key = await store.create_key(tenant, is_admin=admin)
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+async def alice(store: Store) -> dict[str, str]:
+    """Headers for a key of tenant ``alice``."""
+    return await _key(store, "alice")
+
+
+@pytest.fixture
+async def bob(store: Store) -> dict[str, str]:
+    """Headers for a key of tenant ``bob``."""
+    return await _key(store, "bob")
+
+
+@pytest.fixture
+async def admin(store: Store) -> dict[str, str]:
+    """Headers for an admin key (tenant ``ops``)."""
+    return await _key(store, "ops", admin=True)
+
+
+@pytest.fixture
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
