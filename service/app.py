@@ -17,6 +17,7 @@ from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
 from service.routes.conversations import ConversationController
 from service.routes.health import health, ready
+from service.routes.transcripts import TranscriptController
 from service.routes.turns import TurnController
 from service.settings import Settings
 from service.store import Store, make_engine
@@ -83,7 +84,13 @@ def create_app(
 
     logging.getLogger("convstore").setLevel(settings.log_level)
     return Litestar(
-        route_handlers=[ConversationController, TurnController, health, ready],
+        route_handlers=[
+            ConversationController,
+            TurnController,
+            TranscriptController,
+            health,
+            ready,
+        ],
         dependencies={
             "principal": Provide(provide_principal),
             "admin": Provide(provide_admin),

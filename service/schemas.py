@@ -178,7 +178,7 @@ class MessageOut(Struct, omit_defaults=True):
     turn_id: uuid.UUID | None = None
 
 
-class ConversationOut(Struct):
+class ConversationOut(Struct, omit_defaults=True):
     id: uuid.UUID
     title: str | None
     model: str
@@ -187,6 +187,9 @@ class ConversationOut(Struct):
     message_count: int
     created_at: datetime
     updated_at: datetime
+    source_id: str | None = None
+    forked_from_id: uuid.UUID | None = None
+    forked_through_seq: int | None = None
 
 
 class TurnOut(Struct):
@@ -225,15 +228,11 @@ class MessagesAppended(Struct):
     data: list[MessageOut]
 
 
-class ConversationCreated(Struct):
+class ConversationCreated(ConversationOut):
     """A new conversation, with the messages it was created with."""
 
-    id: uuid.UUID
-    title: str | None
-    model: str
-    params: dict[str, Any]
-    metadata: dict[str, Any]
-    message_count: int
-    created_at: datetime
-    updated_at: datetime
-    messages: list[MessageOut]
+    messages: list[MessageOut] = msgspec.field(default_factory=list)
+
+
+class ForkCreate(Strict):
+    through_seq: Annotated[int, Meta(ge=0)] | None = None

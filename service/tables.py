@@ -98,7 +98,11 @@ class ApiKey(Base):
 
 class Conversation(Base):
     __tablename__ = "conversation"
-    __table_args__ = (Index("ix_conversation_tenant_created", "tenant", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_conversation_tenant_created", "tenant", "created_at", "id"),
+        # Importing the same transcript twice finds the first import instead of duplicating it.
+        Index("uq_conversation_tenant_source", "tenant", "source_id", unique=True),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
     tenant: Mapped[str] = mapped_column(String(200))
@@ -111,6 +115,10 @@ class Conversation(Base):
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where an imported conversation came from: the id it had in its transcript.
+    source_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    forked_from_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    forked_through_seq: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class Message(Base):

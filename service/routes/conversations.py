@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.params import Parameter
+import msgspec
 from msgspec import UNSET
 
 from service.idempotency import idempotent
@@ -56,15 +57,7 @@ class ConversationController(Controller):
                 messages=[message_fields(m) for m in data.messages],
             )
             created = ConversationCreated(
-                id=conversation.id,
-                title=conversation.title,
-                model=conversation.model,
-                params=conversation.params,
-                metadata=conversation.metadata,
-                message_count=conversation.message_count,
-                created_at=conversation.created_at,
-                updated_at=conversation.updated_at,
-                messages=messages,
+                **msgspec.structs.asdict(conversation), messages=messages
             )
             return Response(created, status_code=201)
 

@@ -1,0 +1,172 @@
+"""Transcripts: export, import, bulk export and fork (``/v1``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.response import Stream
+
+from service import importers, transcripts
+from service.errors import ValidationFailed
+from service.idempotency import idempotent
+from service.schemas import ConversationOut, ForkCreate
+from service.store import ConversationFilter, Principal, Store
+
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
+NDJSON = "application/x-ndjson"
+
+
+def attachment(name: str) -> dict[str, str]:
+    return {"content-disposition": f'attachment; filename="{name}"'}
+
+
+async def ndjson(store: Store, filters: ConversationFilter) -> AsyncIterator[bytes]:
+    """One transcript per line, read in keyset batches so memory stays flat."""
+    async for rows in store.export_many(filters):
+        yield transcripts.encode(transcripts.build(rows)) + b"\n"
+
+
+def export_stream(store: Store, filters: ConversationFilter, name: str) -> Stream:
+    return Stream(ndjson(store, filters), media_type=NDJSON, headers=attachment(name))
+
+
+class TranscriptController(Controller):
+    path = "/v1"
+    tags = ["transcripts"]
+
+    @get(
+        "/conversations/{conversation_id:uuid}/export",
+        summary="Export a conversation as a JSON transcript (or Markdown)",
+        response_description="The transcript, as a download",
+    )
+    async def export_conversation(
+        self,
+        conversation_id: uuid.UUID,
+        principal: Principal,
+        state: State,
+        format: Literal["json", "markdown"] = "json",  # noqa: A002 - the query parameter's name
+    ) -> Response[bytes]:
+        """The versioned JSON transcript of one conversation; ``?format=markdown`` for people."""
+        rows = await state.store.export_one(principal.tenant, conversation_id)
+        transcript = transcripts.build(rows)
+        if format == "markdown":
+            return Response(
+                transcripts.markdown(transcript).encode(),
+                media_type="text/markdown; charset=utf-8",
+                headers=attachment(f"conversation-{conversation_id}.md"),
+            )
+        return Response(
+            transcripts.encode(transcript),
+            media_type="application/json",
+            headers=attachment(f"conversation-{conversation_id}.json"),
+        )
+
+    @post(
+        "/conversations/import",
+        status_code=201,
+        summary="Import a transcript as a new conversation",
+        request_max_body_size=MAX_IMPORT_BYTES,
+    )
+    async def import_transcript(
+        self, request: Request[Any, Any, Any], data: Any, principal: Principal, state: State
+    ) -> Response[ConversationOut]:
+        """A transcript in, a new conversation out (new ids, same content). Invalid transcripts
+        are refused with every problem and where it is; nothing is stored. A transcript this
+        tenant already imported answers 409 ``already_imported`` naming the conversation."""
+        store: Store = state.store
+
+        async def run() -> Response[Any]:
+            transcripts.validate(data)
+            conversation, messages, turns = transcripts.to_rows(
+                data, default_model=state.settings.default_model
+            )
+            created = await store.import_conversation(
+                principal.tenant, conversation, messages, turns
+            )
+            return Response(created, status_code=201)
+
+        return await idempotent(request, principal, store, run)
+
+    @post(
+        "/conversations/import/{source:str}",
+        status_code=201,
+        summary="Import conversations exported by ChatGPT or Open WebUI",
+        request_max_body_size=MAX_IMPORT_BYTES,
+    )
+    async def import_other(
+        self, source: str, data: Any, principal: Principal, state: State
+    ) -> dict[str, Any]:
+        """``source`` is ``chatgpt`` (its ``conversations.json``) or ``openwebui`` (its JSON
+        chat export). Each conversation's current branch becomes a new conversation;
+        conversations imported before are skipped, so the same file can be sent again."""
+        if source not in importers.SOURCES:
+            raise ValidationFailed(
+                f"Unknown source {source!r}: use one of {', '.join(importers.SOURCES)}."
+            )
+        try:
+            converted = importers.convert(source, data)  # type: ignore[arg-type]
+        except importers.ImportFormatError as exc:
+            raise ValidationFailed(f"Not a {source} export: {exc}") from None
+        store: Store = state.store
+        for transcript in converted.transcripts:
+            transcripts.validate(transcript)
+        created: list[ConversationOut] = []
+        already: list[str] = []
+        for transcript in converted.transcripts:
+            source_id = f"{source}:{transcript['conversation']['id']}"
+            transcript["conversation"]["id"] = source_id
+            if await store.find_import(principal.tenant, source_id) is not None:
+                already.append(source_id)
+                continue
+            conversation, messages, turns = transcripts.to_rows(
+                transcript, default_model=state.settings.default_model
+            )
+            created.append(
+                await store.import_conversation(principal.tenant, conversation, messages, turns)
+            )
+        return {"data": created, "already_imported": already, "skipped": converted.skipped}
+
+    @get(
+        "/export",
+        summary="Export every conversation of the tenant as NDJSON transcripts",
+        response_description="application/x-ndjson: one transcript per line, streamed",
+    )
+    async def export_all(self, principal: Principal, state: State) -> Stream:
+        """Every conversation of the caller's tenant, oldest first, one transcript per line.
+        Streamed with constant memory, whatever the number of conversations."""
+        return export_stream(
+            state.store, ConversationFilter(tenant=principal.tenant), "conversations.ndjson"
+        )
+
+    @post(
+        "/conversations/{conversation_id:uuid}/fork",
+        status_code=201,
+        summary="Fork a conversation: a copy of its history up to a message",
+    )
+    async def fork(
+        self,
+        conversation_id: uuid.UUID,
+        principal: Principal,
+        state: State,
+        data: ForkCreate | None = None,
+    ) -> ConversationOut:
+        """A new conversation holding a copy of messages 1..``through_seq`` (default: all),
+        recording where it came from (``forked_from_id``, ``forked_through_seq``)."""
+        through = data.through_seq if data is not None else None
+        conversation: ConversationOut = await state.store.fork(
+            principal.tenant, conversation_id, through
+        )
+        return conversation
+
+    @get(
+        "/transcripts/schema",
+        summary="The JSON Schema of a transcript",
+        media_type="application/schema+json",
+    )
+    async def transcript_schema(self) -> dict[str, Any]:
+        """The schema every export follows and every import is checked against (no key)."""
+        return transcripts.schema()

@@ -1,0 +1,280 @@
+"""The JSON transcript (``convstore.transcript``, version 1): build, validate, import, render.
+
+A transcript holds a conversation, every message with every stored field, and its turns. Import
+of an export and export again give the same messages and conversation fields; only ids are new.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import msgspec
+from jsonschema import Draft202012Validator
+
+from service.errors import ValidationFailed
+from service.store import ExportRows
+
+FORMAT = "convstore.transcript"
+VERSION = 1
+MESSAGE_FIELDS = (
+    "name",
+    "tool_calls",
+    "tool_call_id",
+    "reasoning_content",
+    "model",
+    "finish_reason",
+    "usage",
+)
+TURN_FIELDS = (
+    "model",
+    "params",
+    "usage",
+    "finish_reason",
+    "error",
+    "latency_ms",
+    "reply_seq",
+)
+MAX_REPORTED_ERRORS = 20
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The transcript's JSON Schema, as shipped in the package."""
+    text = resources.files("service").joinpath("transcript.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str, Any]:
+    """The transcript of one conversation, from its stored rows."""
+    c = rows.conversation
+    conversation: dict[str, Any] = {
+        "id": str(c.id),
+        "title": c.title,
+        "model": c.model,
+        "params": c.params,
+        "metadata": c.metadata,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    }
+    if c.source_id is not None:
+        conversation["source_id"] = c.source_id
+    if c.forked_from_id is not None:
+        conversation["forked_from"] = {
+            "conversation_id": str(c.forked_from_id),
+            "through_seq": c.forked_through_seq,
+        }
+    messages = []
+    for m in rows.messages:
+        message: dict[str, Any] = {"seq": m.seq, "role": m.role, "content": m.content}
+        for field in MESSAGE_FIELDS:
+            value = getattr(m, field)
+            if value is not None:
+                message[field] = value
+        if m.turn_id is not None:
+            message["turn_id"] = str(m.turn_id)
+        message["created_at"] = m.created_at
+        messages.append(message)
+    turns = []
+    for t in rows.turns:
+        turn: dict[str, Any] = {"id": str(t.id), "status": t.status}
+        for field in TURN_FIELDS:
+            turn[field] = getattr(t, field)
+        turn["created_at"] = t.created_at
+        turn["completed_at"] = t.completed_at
+        turns.append(turn)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "exported_at": exported_at or datetime.now(UTC),
+        "conversation": conversation,
+        "messages": messages,
+        "turns": turns,
+    }
+
+
+def encode(transcript: dict[str, Any]) -> bytes:
+    """The transcript as compact JSON (timestamps in RFC 3339, UTC)."""
+    return msgspec.json.encode(transcript)
+
+
+def problems(data: Any) -> list[dict[str, str]]:
+    """Everything wrong with a would-be transcript, each with a JSON path saying where."""
+    found = [
+        {"path": error.json_path, "message": error.message}
+        for error in sorted(_validator().iter_errors(data), key=lambda e: e.json_path)
+    ]
+    if found:
+        return found[:MAX_REPORTED_ERRORS]
+    messages = data["messages"]
+    for index, message in enumerate(messages):
+        if message["seq"] != index + 1:
+            found.append({
+                "path": f"$.messages[{index}].seq",
+                "message": f"seq must be {index + 1} here: messages are numbered 1, 2, 3, … "
+                f"in order, without gaps or repeats (found {message['seq']})",
+            })
+            break
+    turn_ids = [t["id"] for t in data.get("turns", [])]
+    if len(set(turn_ids)) != len(turn_ids):
+        found.append({"path": "$.turns", "message": "turn ids must be unique"})
+    known = set(turn_ids)
+    for index, message in enumerate(messages):
+        if "turn_id" in message and message["turn_id"] not in known:
+            found.append({
+                "path": f"$.messages[{index}].turn_id",
+                "message": "names no turn in `turns`",
+            })
+    return found
+
+
+def validate(data: Any) -> None:
+    """Raise a 422 ``ValidationFailed`` listing every problem (at most 20) if ``data`` is not
+    a valid transcript."""
+    found = problems(data)
+    if found:
+        first = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ValidationFailed(
+            f"Not a valid transcript: {first['path']}: {first['message']}{more}",
+            code="invalid_transcript",
+            errors=found,
+        )
+
+
+def _timestamp(value: str | None, default: datetime) -> datetime:
+    if value is None:
+        return default
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def to_rows(
+    data: dict[str, Any], *, default_model: str
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows an import stores for a validated transcript: conversation, messages, turns."""
+    now = datetime.now(UTC)
+    c = data["conversation"]
+    created = _timestamp(c.get("created_at"), now)
+    conversation = {
+        "title": c.get("title"),
+        "model": c.get("model") or default_model,
+        "params": c.get("params") or {},
+        "metadata": c.get("metadata") or {},
+        "created_at": created,
+        "updated_at": _timestamp(c.get("updated_at"), created),
+        "source_id": c["id"],
+    }
+    messages = []
+    for m in data["messages"]:
+        row = {"seq": m["seq"], "role": m["role"], "content": m.get("content")}
+        for field in MESSAGE_FIELDS:
+            row[field] = m.get(field)
+        row["turn_id"] = m.get("turn_id")
+        row["created_at"] = _timestamp(m.get("created_at"), created)
+        messages.append(row)
+    turns = []
+    for t in data.get("turns", []):
+        status = t["status"]
+        error = t.get("error")
+        if status == "running":
+            # A turn that was running when exported will never finish here.
+            status = "failed"
+            error = {"code": "interrupted", "detail": "The turn was running when exported."}
+        turn_created = _timestamp(t.get("created_at"), created)
+        turns.append({
+            "id": t["id"],
+            "status": status,
+            "model": t.get("model") or conversation["model"],
+            "params": t.get("params") or {},
+            "stream": False,
+            "usage": t.get("usage"),
+            "finish_reason": t.get("finish_reason"),
+            "error": error,
+            "latency_ms": t.get("latency_ms"),
+            "reply_seq": t.get("reply_seq"),
+            "attempts": 0,
+            "created_at": turn_created,
+            "completed_at": _timestamp(t["completed_at"], turn_created)
+            if t.get("completed_at")
+            else (turn_created if status != "completed" else None),
+        })
+    return conversation, messages, turns
+
+
+def markdown(transcript: dict[str, Any]) -> str:
+    """A readable rendering of a transcript, for people."""
+    c = transcript["conversation"]
+    lines = [f"# {c.get('title') or 'Untitled conversation'}", ""]
+    lines.append(f"- conversation: `{c['id']}`")
+    lines.append(f"- model: `{c.get('model')}`")
+    lines.append(f"- created: {_text_time(c.get('created_at'))}")
+    lines.append(f"- messages: {len(transcript['messages'])}")
+    lines.append("")
+    for m in transcript["messages"]:
+        who = m["role"] + (f" ({m['name']})" if m.get("name") else "")
+        lines.append(f"## {m['seq']}. {who}")
+        lines.append("")
+        if m.get("reasoning_content"):
+            lines.append("<details><summary>reasoning</summary>")
+            lines.append("")
+            lines.append(m["reasoning_content"])
+            lines.append("")
+            lines.append("</details>")
+            lines.append("")
+        lines.extend(_content_lines(m.get("content")))
+        for call in m.get("tool_calls") or []:
+            fn = call["function"]
+            lines.append(f"**tool call** `{fn['name']}` (`{call['id']}`)")
+            lines.append("")
+            lines.append("```json")
+            lines.append(fn["arguments"])
+            lines.append("```")
+            lines.append("")
+        if m.get("tool_call_id"):
+            lines.append(f"_result of tool call `{m['tool_call_id']}`_")
+            lines.append("")
+        if m.get("usage"):
+            lines.append(f"_{m.get('model', '')} · {m['usage'].get('total_tokens', '?')} tokens · "
+                         f"{m.get('finish_reason', '')}_")
+            lines.append("")
+    failed = [t for t in transcript.get("turns", []) if t["status"] == "failed"]
+    if failed:
+        lines.append("## Failed turns")
+        lines.append("")
+        for t in failed:
+            detail = (t.get("error") or {}).get("detail", "")
+            lines.append(f"- `{t['id']}` at {_text_time(t.get('created_at'))}: {detail}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _content_lines(content: Any) -> list[str]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content, ""]
+    lines = []
+    for part in content:
+        if part.get("type") == "text":
+            lines.extend([part.get("text", ""), ""])
+        elif part.get("type") == "image_url":
+            lines.extend([f"![image]({part['image_url']['url']})", ""])
+        else:
+            lines.extend([f"_[{part.get('type')} part]_", ""])
+    return lines
+
+
+def _text_time(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)

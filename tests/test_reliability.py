@@ -1,0 +1,230 @@
+"""One running turn per conversation, idempotent retries, timeouts and abandoned turns."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import update
+
+from service.app import create_app
+from service.fake_upstream import FakeUpstream, Fault
+from service.settings import Settings
+from service.store import Store
+from service.tables import turn_table, utcnow
+
+Client = AsyncTestClient[Any]
+USER = {"role": "user", "content": "hello"}
+
+
+async def new_conversation(client: Client, headers: dict[str, str], **body: Any) -> str:
+    response = await client.post("/v1/conversations", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    cid: str = response.json()["id"]
+    return cid
+
+
+async def messages_of(client: Client, headers: dict[str, str], cid: str) -> list[dict[str, Any]]:
+    page = await client.get(f"/v1/conversations/{cid}/messages", params={"limit": 100},
+                            headers=headers)
+    data: list[dict[str, Any]] = page.json()["data"]
+    return data
+
+
+async def test_turn_or_append_while_a_turn_runs_is_409_without_side_effects(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice)
+    upstream.push_fault(Fault(kind="slow", delay=0.6))
+    first = asyncio.create_task(
+        client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice))
+    for _ in range(100):
+        if upstream.calls:
+            break
+        await asyncio.sleep(0.02)
+    assert upstream.calls == 1
+    second = await client.post(f"/v1/conversations/{cid}/turns",
+                               json={"messages": [{"role": "user", "content": "me too"}]},
+                               headers=alice)
+    assert second.status_code == 409, second.text
+    assert second.json()["code"] == "turn_in_progress"
+    appended = await client.post(f"/v1/conversations/{cid}/messages",
+                                 json={"messages": [{"role": "user", "content": "sneak"}]},
+                                 headers=alice)
+    assert appended.status_code == 409
+    assert appended.json()["code"] == "turn_in_progress"
+    done = await first
+    assert done.status_code == 201, done.text
+    stored = await messages_of(client, alice, cid)
+    assert [(m["seq"], m["role"], m["content"]) for m in stored][:1] == [(1, "user", "hello")]
+    assert [m["seq"] for m in stored] == [1, 2]
+    assert upstream.calls == 1
+    conv = (await client.get(f"/v1/conversations/{cid}", headers=alice)).json()
+    assert conv["message_count"] == 2
+
+
+async def test_concurrent_turns_one_wins(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice)
+    upstream.push_fault(Fault(kind="slow", delay=0.2, times=20))
+    answers = await asyncio.gather(*[
+        client.post(f"/v1/conversations/{cid}/turns",
+                    json={"messages": [{"role": "user", "content": f"q{i}"}]}, headers=alice)
+        for i in range(8)
+    ])
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) <= {201, 409}
+    assert codes.count(201) >= 1
+    stored = await messages_of(client, alice, cid)
+    assert [m["seq"] for m in stored] == list(range(1, 2 * codes.count(201) + 1))
+    assert [m["role"] for m in stored] == ["user", "assistant"] * codes.count(201)
+
+
+async def test_idempotent_turn_calls_upstream_once(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice)
+    headers = {**alice, "Idempotency-Key": "turn-1"}
+    first = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
+                              headers=headers)
+    again = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
+                              headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert upstream.calls == 1
+    assert len(await messages_of(client, alice, cid)) == 2
+
+    different = await client.post(f"/v1/conversations/{cid}/turns",
+                                  json={"messages": [{"role": "user", "content": "other"}]},
+                                  headers=headers)
+    assert different.status_code == 422
+    assert different.json()["code"] == "idempotency_key_reused"
+    # Keys are per tenant: another tenant's identical key is unrelated.
+    assert len(await messages_of(client, alice, cid)) == 2
+
+
+async def test_idempotent_duplicate_while_running_is_409(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice)
+    upstream.push_fault(Fault(kind="slow", delay=0.5))
+    headers = {**alice, "Idempotency-Key": "slow-1"}
+    first = asyncio.create_task(client.post(f"/v1/conversations/{cid}/turns",
+                                            json={"messages": [USER]}, headers=headers))
+    for _ in range(100):
+        if upstream.calls:
+            break
+        await asyncio.sleep(0.02)
+    duplicate = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
+                                  headers=headers)
+    assert duplicate.status_code == 409
+    assert duplicate.json()["code"] == "idempotency_key_in_use"
+    assert (await first).status_code == 201
+    assert upstream.calls == 1
+
+
+async def test_idempotent_create_and_append(client: Client, alice: dict[str, str],
+                                            bob: dict[str, str]) -> None:
+    body = {"title": "once", "messages": [USER]}
+    first = await client.post("/v1/conversations", json=body,
+                              headers={**alice, "Idempotency-Key": "k"})
+    again = await client.post("/v1/conversations", json=body,
+                              headers={**alice, "Idempotency-Key": "k"})
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    other = await client.post("/v1/conversations", json=body,
+                              headers={**bob, "Idempotency-Key": "k"})
+    assert other.status_code == 201
+    assert other.json()["id"] != first.json()["id"]
+    listing = (await client.get("/v1/conversations", headers=alice)).json()
+    assert len(listing["data"]) == 1
+
+    cid = first.json()["id"]
+    append = {"messages": [{"role": "assistant", "content": "a"}]}
+    for _ in range(2):
+        response = await client.post(f"/v1/conversations/{cid}/messages", json=append,
+                                     headers={**alice, "Idempotency-Key": "append-1"})
+        assert response.status_code == 201
+    assert len(await messages_of(client, alice, cid)) == 2
+
+
+async def test_refused_request_releases_its_idempotency_key(
+    client: Client, alice: dict[str, str]
+) -> None:
+    headers = {**alice, "Idempotency-Key": "fix-me"}
+    cid = await new_conversation(client, alice)
+    bad = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=headers)
+    assert bad.status_code == 422  # nothing to send: no effect, so the key is free again
+    fixed = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
+                              headers=headers)
+    assert fixed.status_code == 201, fixed.text
+
+
+async def test_failed_turn_answer_is_replayed_under_its_key(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice)
+    upstream.push_fault(Fault(kind="status", status=400))
+    headers = {**alice, "Idempotency-Key": "doomed"}
+    first = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
+                              headers=headers)
+    again = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
+                              headers=headers)
+    assert first.status_code == again.status_code == 502
+    assert again.json()["turn_id"] == first.json()["turn_id"]
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert upstream.calls == 1
+
+
+async def test_hung_upstream_gives_504_within_the_timeout(
+    settings: Settings, store: Store, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    app = create_app(dataclasses.replace(settings, upstream_timeout=0.5), retry_backoff=0.01)
+    async with AsyncTestClient(app=app) as client:
+        cid = await new_conversation(client, alice)
+        upstream.push_fault(Fault(kind="hang", delay=30))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        response = await client.post(f"/v1/conversations/{cid}/turns",
+                                     json={"messages": [USER]}, headers=alice)
+        elapsed = loop.time() - started
+        assert response.status_code == 504, response.text
+        assert response.json()["code"] == "upstream_timeout"
+        assert elapsed < 5
+        assert [m["role"] for m in await messages_of(client, alice, cid)] == ["user"]
+
+
+async def test_abandoned_turn_is_recovered(
+    client: Client, store: Store, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice, messages=[USER])
+    # A turn left running by a process that died: its lease has run out.
+    start = await store.begin_turn("alice", uuid.UUID(cid), [], model=None,
+                                   params=None, stream=False, lease=60)
+    blocked = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
+    assert blocked.status_code == 409
+    async with store.engine.begin() as conn:
+        await conn.execute(update(turn_table).where(turn_table.c.id == start.turn.id)
+                           .values(deadline_at=utcnow() - timedelta(seconds=1)))
+    response = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
+    assert response.status_code == 201, response.text
+    old = (await client.get(f"/v1/conversations/{cid}/turns/{start.turn.id}",
+                            headers=alice)).json()
+    assert old["status"] == "failed"
+    assert old["error"]["code"] == "abandoned"
+    assert [m["role"] for m in await messages_of(client, alice, cid)] == ["user", "assistant"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256])
+async def test_bad_idempotency_keys(client: Client, alice: dict[str, str], key: str) -> None:
+    response = await client.post("/v1/conversations", json={},
+                                 headers={**alice, "Idempotency-Key": key})
+    assert response.status_code == 400
+    assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
