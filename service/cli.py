@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
 
+from service import importers, transcripts
+from service.errors import ServiceError
 from service.settings import Settings, SettingsError
-from service.store import Store, make_engine
+from service.store import ConversationFilter, Store, make_engine
 
 _T = TypeVar("_T")
 
@@ -120,6 +125,150 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
     print(f"Revoked key {key_id}.")
 
 
+class Progress:
+    """A one-line progress bar on a terminal; silent when standard error is not one."""
+
+    def __init__(self, total: int, unit: str) -> None:
+        self.total = max(total, 1)
+        self.unit = unit
+        self.done = 0
+        self.enabled = sys.stderr.isatty()
+        self._last = 0.0
+
+    def advance(self, amount: int = 1) -> None:
+        self.done += amount
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
+            self._last = now
+            share = min(1.0, self.done / self.total)
+            bar = "#" * int(share * 30)
+            sys.stderr.write(f"\r[{bar:<30}] {share:4.0%} {self.done}/{self.total} {self.unit}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    settings = _settings()
+    _migrate(settings)
+    filters = ConversationFilter(tenant=args.tenant)
+
+    async def work(store: Store) -> tuple[int, int]:
+        progress = Progress(await store.count_conversations(filters), "conversations")
+        conversations = messages = 0
+        out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
+        try:
+            async for rows in store.export_many(filters):
+                out.write(transcripts.encode(transcripts.build(rows)) + b"\n")
+                conversations += 1
+                messages += len(rows.messages)
+                progress.advance()
+        finally:
+            progress.close()
+            if args.out:
+                out.close()
+            else:
+                out.flush()
+        return conversations, messages
+
+    conversations, messages = _with_store(settings, work)
+    where = args.out or "standard output"
+    print(f"Exported {conversations} conversations ({messages} messages) to {where}.",
+          file=sys.stderr)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    settings = _settings()
+    path = Path(args.file)
+    if not path.is_file():
+        sys.exit(f"convstore: no file {args.file!r}")
+    _migrate(settings)
+    if args.source == "convstore":
+        summary = _with_store(settings, lambda s: _import_ndjson(s, path, args.tenant, settings))
+    else:
+        summary = _with_store(settings, lambda s: _import_other(s, path, args, settings))
+    imported, already, failed, notes = summary
+    for note in notes:
+        print(f"  {note}", file=sys.stderr)
+    print(f"Imported {imported} conversations for tenant {args.tenant!r}; {already} were "
+          f"already imported, {failed} failed.", file=sys.stderr)
+    if failed:
+        sys.exit(1)
+
+
+async def _import_one(
+    store: Store, tenant: str, transcript: Any, settings: Settings
+) -> tuple[str, str]:
+    """Import one transcript: ("imported" | "already" | "failed", note)."""
+    try:
+        transcripts.validate(transcript)
+    except ServiceError as exc:
+        return "failed", exc.detail
+    source_id = transcript["conversation"]["id"]
+    if await store.find_import(tenant, source_id) is not None:
+        return "already", source_id
+    conversation, messages, turns = transcripts.to_rows(
+        transcript, default_model=settings.default_model
+    )
+    try:
+        created = await store.import_conversation(tenant, conversation, messages, turns)
+    except ServiceError as exc:  # imported concurrently by someone else
+        return "already", exc.detail
+    return "imported", str(created.id)
+
+
+async def _import_ndjson(
+    store: Store, path: Path, tenant: str, settings: Settings
+) -> tuple[int, int, int, list[str]]:
+    counts = {"imported": 0, "already": 0, "failed": 0}
+    notes: list[str] = []
+    progress = Progress(path.stat().st_size, "bytes")
+    try:
+        with path.open("rb") as lines:
+            for number, line in enumerate(lines, start=1):
+                progress.advance(len(line))
+                if not line.strip():
+                    continue
+                try:
+                    transcript = json.loads(line)
+                except ValueError as exc:
+                    counts["failed"] += 1
+                    notes.append(f"line {number}: not JSON: {exc}")
+                    continue
+                outcome, note = await _import_one(store, tenant, transcript, settings)
+                counts[outcome] += 1
+                if outcome == "failed":
+                    notes.append(f"line {number}: {note}")
+    finally:
+        progress.close()
+    return counts["imported"], counts["already"], counts["failed"], notes
+
+
+async def _import_other(
+    store: Store, path: Path, args: argparse.Namespace, settings: Settings
+) -> tuple[int, int, int, list[str]]:
+    try:
+        converted = importers.convert(args.source, json.loads(path.read_bytes()))
+    except (ValueError, importers.ImportFormatError) as exc:
+        return 0, 0, 1, [f"{path}: not a {args.source} export: {exc}"]
+    counts = {"imported": 0, "already": 0, "failed": 0}
+    notes = list(converted.skipped)
+    progress = Progress(len(converted.transcripts), "conversations")
+    try:
+        for transcript in converted.transcripts:
+            transcript["conversation"]["id"] = f"{args.source}:{transcript['conversation']['id']}"
+            outcome, note = await _import_one(store, args.tenant, transcript, settings)
+            counts[outcome] += 1
+            if outcome == "failed":
+                notes.append(note)
+            progress.advance()
+    finally:
+        progress.close()
+    return counts["imported"], counts["already"], counts["failed"], notes
+
+
 def cmd_fake_upstream(args: argparse.Namespace) -> None:
     from service import fake_upstream
 
@@ -153,6 +302,25 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    export = sub.add_parser("export", help="write every conversation as NDJSON transcripts")
+    export.add_argument("--tenant", help="only this tenant's conversations (default: all)")
+    export.add_argument("--out", help="file to write (default: standard output)")
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser(
+        "import", help="read transcripts (or another tool's export) into new conversations"
+    )
+    imp.add_argument("file", help="an NDJSON file of transcripts, or the other tool's export")
+    imp.add_argument("--tenant", required=True, help="the tenant that will own them")
+    imp.add_argument(
+        "--from",
+        dest="source",
+        choices=("convstore", *importers.SOURCES),
+        default="convstore",
+        help="what made the file (default: convstore NDJSON transcripts)",
+    )
+    imp.set_defaults(func=cmd_import)
 
     fake = sub.add_parser(
         "fake-upstream", help="serve an offline stand-in for the xAI API (demos and tests)"

@@ -15,10 +15,14 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 MAX_CONTENT_CHARS = 1_000_000
 MAX_MESSAGES_PER_REQUEST = 1_000
 
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
-Model = Annotated[str, Meta(min_length=1, max_length=200)]
-Title = Annotated[str, Meta(max_length=1_000)]
+# Text stored in plain columns may not hold NUL characters (PostgreSQL text cannot).
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Model = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Title = Annotated[str, Meta(max_length=1_000, pattern=NO_NUL)]
 Text = Annotated[str, Meta(max_length=MAX_CONTENT_CHARS)]
+ColumnText = Annotated[str, Meta(max_length=MAX_CONTENT_CHARS, pattern=NO_NUL)]
+Identifier = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Part = dict[str, Any]
 Content = Text | list[Part]
 
@@ -31,12 +35,12 @@ class Strict(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 class FunctionCall(Strict):
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Identifier
     arguments: Annotated[str, Meta(max_length=MAX_CONTENT_CHARS)]
 
 
 class ToolCall(Strict):
-    id: Annotated[str, Meta(min_length=1, max_length=200)]
+    id: Identifier
     function: FunctionCall
     type: Literal["function"] = "function"
 
@@ -76,7 +80,7 @@ class AssistantMessage(Strict, tag_field="role", tag="assistant"):
     content: Content | None = None
     name: Name | UnsetType = UNSET
     tool_calls: list[ToolCall] | UnsetType = UNSET
-    reasoning_content: Text | UnsetType = UNSET
+    reasoning_content: ColumnText | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _check_parts(self.content)
@@ -86,7 +90,7 @@ class AssistantMessage(Strict, tag_field="role", tag="assistant"):
 
 class ToolMessage(Strict, tag_field="role", tag="tool"):
     content: Content
-    tool_call_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    tool_call_id: Identifier
     name: Name | UnsetType = UNSET
 
     def __post_init__(self) -> None:

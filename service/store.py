@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, delete, event, insert, select, tuple_, update
+from sqlalchemy import Select, delete, event, func, insert, select, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -708,6 +708,14 @@ class Store:
             if len(rows) < batch_size:
                 return
             after = (rows[-1].created_at, rows[-1].id)
+
+    async def count_conversations(self, filters: ConversationFilter) -> int:
+        async with self._read() as conn:
+            count: int = (
+                await conn.execute(filters.apply(select(func.count()).select_from(
+                    conversation_table)))
+            ).scalar_one()
+        return count
 
     async def _export_batch(self, conn: AsyncConnection, rows: Sequence[Any]) -> list[ExportRows]:
         ids = [r.id for r in rows]

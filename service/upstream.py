@@ -148,6 +148,11 @@ _chunk_decoder = msgspec.json.Decoder(_Chunk)
 _encoder = msgspec.json.Encoder()
 
 
+def column_text(value: str | None) -> str | None:
+    """Text kept in a plain database column: PostgreSQL text cannot hold NUL characters."""
+    return value.replace("\x00", "") if value else value
+
+
 def tool_call_dicts(calls: list[_ToolCall] | None) -> list[dict[str, Any]] | None:
     if not calls:
         return None
@@ -379,11 +384,11 @@ class StreamAccumulator:
     def reply(self) -> Reply:
         return Reply(
             content="".join(self.content),
-            reasoning_content="".join(self.reasoning) or None,
+            reasoning_content=column_text("".join(self.reasoning)) or None,
             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
-            finish_reason=self.finish_reason,
+            finish_reason=column_text(self.finish_reason),
             usage=self.usage,
-            model=self.model,
+            model=column_text(self.model) or "",
         )
 
 
@@ -454,9 +459,9 @@ def parse_completion(content: bytes, requested_model: str) -> Reply:
     message = choice.message
     return Reply(
         content=message.content,
-        reasoning_content=message.reasoning_content,
+        reasoning_content=column_text(message.reasoning_content),
         tool_calls=tool_call_dicts(message.tool_calls),
-        finish_reason=choice.finish_reason,
+        finish_reason=column_text(choice.finish_reason),
         usage=completion.usage,
-        model=completion.model or requested_model,
+        model=column_text(completion.model) or requested_model,
     )

@@ -1,0 +1,132 @@
+"""The `convstore` command, run as a user would, in a fresh directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+CONVSTORE = [sys.executable, "-m", "service.cli"]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVSTORE_")}
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    environment.update(env or {})
+    result = subprocess.run([*CONVSTORE, *args], cwd=cwd, env=environment, capture_output=True,
+                            text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    created = run(["keys", "create", "--tenant", "acme"], tmp_path)
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("cs_")
+    assert (tmp_path / "convstore.db").exists()  # no setting: the SQLite file here
+    admin = run(["keys", "create", "--tenant", "ops", "--admin"], tmp_path)
+    assert "admin key" in admin.stdout
+
+    listing = run(["keys", "list"], tmp_path).stdout
+    assert "acme" in listing and "ops" in listing
+    assert key not in listing  # the key itself is never shown again
+    assert key[:10] in listing
+    key_id = created.stdout.split()[2]
+
+    assert "Revoked" in run(["keys", "revoke", key_id], tmp_path).stdout
+    again = run(["keys", "revoke", key_id], tmp_path, check=False)
+    assert again.returncode != 0
+    assert "no active key" in again.stderr
+    bad = run(["keys", "revoke", "not-an-id"], tmp_path, check=False)
+    assert bad.returncode != 0
+    assert "not a key id" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("CONVSTORE_DATABASE_URL", "mysql://nope"), ("CONVSTORE_UPSTREAM_TIMEOUT", "forever")],
+)
+def test_bad_setting_stops_start_up_with_a_clear_message(tmp_path: Path, name: str,
+                                                         value: str) -> None:
+    result = run(["serve", "--port", str(free_port())], tmp_path, env={name: value}, check=False)
+    assert result.returncode != 0
+    assert "bad setting" in result.stderr
+    assert name in result.stderr
+
+
+def test_serve_on_a_fresh_machine(tmp_path: Path) -> None:
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVSTORE_")}
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    server = subprocess.Popen([*CONVSTORE, "serve", "--port", str(port)], cwd=tmp_path,
+                              env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the server did not become ready")
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/conversations").status_code == 401
+        assert "paths" in httpx.get(f"http://127.0.0.1:{port}/schema/openapi.json").json()
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert f"listening on http://127.0.0.1:{port}" in output
+    assert "newest schema" in output
+    assert (tmp_path / "convstore.db").exists()
+
+
+def test_export_and_import_round_trip(tmp_path: Path, database_url: str) -> None:
+    env = {"CONVSTORE_DATABASE_URL": database_url}
+    transcript = {
+        "format": "convstore.transcript", "version": 1,
+        "conversation": {"id": f"cli-src-{time.time_ns()}", "title": "from a file",
+                         "model": "grok-4", "params": {}, "metadata": {}},
+        "messages": [{"seq": 1, "role": "system", "content": "s"},
+                     {"seq": 2, "role": "user", "content": "u"}],
+        "turns": [],
+    }
+    source = tmp_path / "in.ndjson"
+    source.write_text(json.dumps(transcript) + "\n" + "{broken\n")
+    result = run(["import", str(source), "--tenant", "cli"], tmp_path, env=env, check=False)
+    assert result.returncode == 1  # one line failed, and the summary says so
+    assert "Imported 1 conversations" in result.stderr
+    assert "1 failed" in result.stderr
+    assert "line 2" in result.stderr
+
+    source.write_text(json.dumps(transcript) + "\n")
+    again = run(["import", str(source), "--tenant", "cli"], tmp_path, env=env)
+    assert "Imported 0 conversations" in again.stderr
+    assert "1 were already imported" in again.stderr
+
+    out = tmp_path / "out.ndjson"
+    exported = run(["export", "--tenant", "cli", "--out", str(out)], tmp_path, env=env)
+    assert "Exported 1 conversations (2 messages)" in exported.stderr
+    (line,) = out.read_text().splitlines()
+    back = json.loads(line)
+    assert back["conversation"]["title"] == "from a file"
+    assert back["conversation"]["source_id"] == transcript["conversation"]["id"]
+    assert [(m["role"], m["content"]) for m in back["messages"]] == [("system", "s"),
+                                                                     ("user", "u")]

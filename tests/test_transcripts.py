@@ -1,0 +1,301 @@
+"""Transcripts: export, schema, import, round trips, bulk export and fork, on both databases."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from litestar.testing import AsyncTestClient
+
+from service import transcripts
+
+Client = AsyncTestClient[Any]
+VALIDATOR = Draft202012Validator(transcripts.schema(),
+                                 format_checker=Draft202012Validator.FORMAT_CHECKER)
+IDENTITY_FIELDS = ("id", "turn_id")
+
+RICH_HISTORY = [
+    {"role": "system", "content": "Be exact."},
+    {"role": "user", "content": [{"type": "text", "text": "Què és això? 🐈"},
+                                 {"type": "image_url", "image_url": {"url": "https://x.invalid/a.png",
+                                                                     "detail": "high"}}],
+     "name": "ann"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{}"}}]},
+    {"role": "tool", "content": "a cat", "tool_call_id": "call_1"},
+    {"role": "system", "content": "Answer in one word."},
+]
+
+
+async def create(client: Client, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+    response = await client.post("/v1/conversations", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def export(client: Client, headers: dict[str, str], cid: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/conversations/{cid}/export", headers=headers)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def comparable(transcript: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The parts of a transcript that an import keeps exactly (ids are new)."""
+    conversation = {k: v for k, v in transcript["conversation"].items()
+                    if k not in ("id", "source_id")}
+    messages = [{k: v for k, v in m.items() if k not in IDENTITY_FIELDS}
+                for m in transcript["messages"]]
+    return conversation, messages
+
+
+async def test_export_holds_everything_and_fits_the_schema(
+    client: Client, alice: dict[str, str]
+) -> None:
+    conv = await create(client, alice, title="Rich", params={"temperature": 0.3},
+                        metadata={"k": ["v"]}, messages=RICH_HISTORY)
+    turn = await client.post(f"/v1/conversations/{conv['id']}/turns", json={}, headers=alice)
+    assert turn.status_code == 201, turn.text
+    response = await client.get(f"/v1/conversations/{conv['id']}/export", headers=alice)
+    assert response.headers["content-disposition"] == (
+        f'attachment; filename="conversation-{conv["id"]}.json"')
+    transcript = response.json()
+    assert list(VALIDATOR.iter_errors(transcript)) == []
+    assert transcript["format"] == "convstore.transcript"
+    assert transcript["version"] == 1
+    assert transcript["conversation"]["title"] == "Rich"
+    assert transcript["conversation"]["params"] == {"temperature": 0.3}
+    assert transcript["conversation"]["metadata"] == {"k": ["v"]}
+    assert [m["seq"] for m in transcript["messages"]] == [1, 2, 3, 4, 5, 6]
+    for given_message, got in zip(RICH_HISTORY, transcript["messages"], strict=False):
+        for field, value in given_message.items():
+            assert got[field] == value
+    reply = transcript["messages"][-1]
+    assert reply["role"] == "assistant"
+    assert reply["usage"]["total_tokens"] > 0
+    assert reply["turn_id"] == turn.json()["turn"]["id"]
+    (stored_turn,) = transcript["turns"]
+    assert stored_turn["status"] == "completed"
+    assert stored_turn["latency_ms"] >= 0
+    assert stored_turn["usage"] == reply["usage"]
+
+    markdown = await client.get(f"/v1/conversations/{conv['id']}/export",
+                                params={"format": "markdown"}, headers=alice)
+    assert markdown.status_code == 200
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert "# Rich" in markdown.text
+    assert "Què és això? 🐈" in markdown.text
+    assert "**tool call** `look`" in markdown.text
+
+    schema = await client.get("/v1/transcripts/schema")
+    assert schema.json()["title"].startswith("convstore transcript")
+
+
+async def test_import_then_export_is_lossless(client: Client, alice: dict[str, str]) -> None:
+    conv = await create(client, alice, title="Orig", messages=RICH_HISTORY,
+                        metadata={"a": 1})
+    await client.post(f"/v1/conversations/{conv['id']}/turns", json={}, headers=alice)
+    original = await export(client, alice, conv["id"])
+
+    imported = await client.post("/v1/conversations/import", json=original, headers=alice)
+    assert imported.status_code == 201, imported.text
+    new_id = imported.json()["id"]
+    assert new_id != conv["id"]
+    assert imported.json()["source_id"] == conv["id"]
+    assert imported.json()["message_count"] == len(original["messages"])
+    again = await export(client, alice, new_id)
+    assert comparable(again) == comparable(original)
+    assert [t["status"] for t in again["turns"]] == [t["status"] for t in original["turns"]]
+    # The reply still points at its (new) turn.
+    assert again["messages"][-1]["turn_id"] == again["turns"][0]["id"]
+
+    duplicate = await client.post("/v1/conversations/import", json=original, headers=alice)
+    assert duplicate.status_code == 409
+    assert duplicate.json()["code"] == "already_imported"
+    assert duplicate.json()["conversation_id"] == new_id
+
+    # The imported conversation is a normal one: a turn continues it.
+    more = await client.post(f"/v1/conversations/{new_id}/turns",
+                             json={"messages": [{"role": "user", "content": "and then?"}]},
+                             headers=alice)
+    assert more.status_code == 201, more.text
+    assert more.json()["reply"]["seq"] == len(original["messages"]) + 2
+
+
+def _transcript(messages: list[dict[str, Any]], **conversation: Any) -> dict[str, Any]:
+    return {"format": "convstore.transcript", "version": 1,
+            "conversation": {"id": "src-1", **conversation},
+            "messages": messages, "turns": []}
+
+
+GOOD = {"seq": 1, "role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("transcript", "where"),
+    [
+        ({**_transcript([GOOD]), "format": "other"}, "$.format"),
+        ({**_transcript([GOOD]), "version": 2}, "$.version"),
+        (_transcript([{**GOOD, "role": "wizard"}]), "$.messages[0].role"),
+        (_transcript([GOOD, {**GOOD, "seq": 3}]), "$.messages[1].seq"),
+        (_transcript([GOOD, GOOD]), "$.messages[1].seq"),
+        (_transcript([{**GOOD, "seq": "1"}]), "$.messages[0].seq"),
+        (_transcript([{**GOOD, "content": 5}]), "$.messages[0].content"),
+        (_transcript([{"seq": 1, "role": "tool", "content": "x"}]), "$.messages[0]"),
+        (_transcript([{**GOOD, "turn_id": "nope"}]), "$.messages[0].turn_id"),
+        (_transcript([{**GOOD, "created_at": "yesterday"}]), "$.messages[0].created_at"),
+        (_transcript([GOOD], title=7), "$.conversation.title"),
+        ({"format": "convstore.transcript", "version": 1}, "$"),
+        ([1, 2], "$"),
+    ],
+)
+async def test_invalid_transcripts_say_what_and_where_and_store_nothing(
+    client: Client, alice: dict[str, str], transcript: Any, where: str
+) -> None:
+    response = await client.post("/v1/conversations/import", json=transcript, headers=alice)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "invalid_transcript"
+    assert any(e["path"].startswith(where) for e in problem["errors"]), problem["errors"]
+    assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
+
+
+async def test_bulk_export_streams_only_the_tenants_conversations(
+    client: Client, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    ids = [(await create(client, alice, title=f"a{i}",
+                         messages=[{"role": "user", "content": f"m{i}"}]))["id"]
+           for i in range(5)]
+    await create(client, bob, title="bob's")
+    response = await client.get("/v1/export", headers=alice)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [t["conversation"]["id"] for t in lines] == ids
+    for transcript in lines:
+        assert list(VALIDATOR.iter_errors(transcript)) == []
+    assert lines[2]["messages"][0]["content"] == "m2"
+
+
+async def test_bulk_export_pages_through_many_batches(
+    client: Client, alice: dict[str, str], store: Any
+) -> None:
+    from service.store import ConversationFilter
+
+    for i in range(7):
+        await store.create_conversation("alice", title=f"c{i}", model="m", params={},
+                                        metadata={}, messages=[{"role": "user",
+                                                                "content": str(i)}])
+    seen = [rows.conversation.title async for rows in
+            store.export_many(ConversationFilter(tenant="alice"), batch_size=2)]
+    assert seen == [f"c{i}" for i in range(7)]
+
+
+async def test_fork_copies_history_up_to_a_message(client: Client, alice: dict[str, str],
+                                                   bob: dict[str, str]) -> None:
+    conv = await create(client, alice, title="Root", params={"top_p": 0.5},
+                        messages=[{"role": "user", "content": f"m{i}"} for i in range(1, 6)])
+    cid = conv["id"]
+    fork = await client.post(f"/v1/conversations/{cid}/fork", json={"through_seq": 3},
+                             headers=alice)
+    assert fork.status_code == 201, fork.text
+    forked = fork.json()
+    assert forked["forked_from_id"] == cid
+    assert forked["forked_through_seq"] == 3
+    assert forked["message_count"] == 3
+    assert forked["title"] == "Root"
+    assert forked["params"] == {"top_p": 0.5}
+    messages = (await client.get(f"/v1/conversations/{forked['id']}/messages",
+                                 headers=alice)).json()["data"]
+    assert [(m["seq"], m["content"]) for m in messages] == [(1, "m1"), (2, "m2"), (3, "m3")]
+    # The fork goes its own way; the original is untouched.
+    await client.post(f"/v1/conversations/{forked['id']}/messages",
+                      json={"messages": [{"role": "user", "content": "new"}]}, headers=alice)
+    original = (await client.get(f"/v1/conversations/{cid}", headers=alice)).json()
+    assert original["message_count"] == 5
+
+    whole = await client.post(f"/v1/conversations/{cid}/fork", headers=alice)
+    assert whole.status_code == 201
+    assert whole.json()["message_count"] == 5
+    too_far = await client.post(f"/v1/conversations/{cid}/fork", json={"through_seq": 9},
+                                headers=alice)
+    assert too_far.status_code == 422
+    assert (await client.post(f"/v1/conversations/{cid}/fork", headers=bob)).status_code == 404
+    exported = await export(client, alice, forked["id"])
+    assert exported["conversation"]["forked_from"] == {"conversation_id": cid, "through_seq": 3}
+
+
+# ---- the round trip, over generated conversations ---------------------------------------
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+parts = st.lists(
+    st.one_of(
+        st.builds(lambda t: {"type": "text", "text": t}, texts),
+        st.builds(lambda u, d: {"type": "image_url", "image_url": {"url": u, "detail": d}},
+                  st.sampled_from(["https://x.invalid/a.png", "data:image/png;base64,AAAA"]),
+                  st.sampled_from(["low", "high", "auto"])),
+    ),
+    min_size=1, max_size=3,
+)
+contents = st.one_of(texts, parts)
+names = st.one_of(st.none(), st.text(st.characters(categories=("L", "N")), min_size=1,
+                                     max_size=12))
+tool_calls = st.lists(
+    st.builds(lambda i, n, a: {"id": f"call_{i}", "type": "function",
+                               "function": {"name": n, "arguments": a}},
+              st.integers(0, 10**6), st.sampled_from(["lookup", "search", "calc"]), texts),
+    min_size=1, max_size=2,
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> dict[str, Any]:
+    role = draw(st.sampled_from(["system", "user", "assistant", "tool"]))
+    message: dict[str, Any] = {"role": role, "content": draw(contents)}
+    name = draw(names)
+    if name:
+        message["name"] = name
+    if role == "tool":
+        message["tool_call_id"] = f"call_{draw(st.integers(0, 99))}"
+    if role == "assistant":
+        if draw(st.booleans()):
+            message["tool_calls"] = draw(tool_calls)
+            if draw(st.booleans()):
+                message["content"] = None
+        if draw(st.booleans()):
+            message["reasoning_content"] = draw(texts)
+    return message
+
+
+conversations = st.fixed_dictionaries({
+    "title": st.one_of(st.none(), texts),
+    "params": st.dictionaries(st.sampled_from(["temperature", "top_p", "seed"]),
+                              st.one_of(st.integers(0, 2), st.floats(0, 1))),
+    "metadata": st.dictionaries(texts, st.one_of(texts, st.integers(), st.booleans()),
+                                max_size=3),
+    "messages": st.lists(messages(), max_size=12),
+})
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=conversations)
+async def test_round_trip_property(client: Client, alice: dict[str, str],
+                                   body: dict[str, Any]) -> None:
+    created = await client.post("/v1/conversations", json=body, headers=alice)
+    assert created.status_code == 201, created.text
+    original = await export(client, alice, created.json()["id"])
+    assert list(VALIDATOR.iter_errors(original)) == []
+    stored = [{k: v for k, v in m.items() if k not in ("seq", "created_at")}
+              for m in original["messages"]]
+    assert stored == body["messages"]
+
+    imported = await client.post("/v1/conversations/import", json=original, headers=alice)
+    assert imported.status_code == 201, imported.text
+    again = await export(client, alice, imported.json()["id"])
+    assert comparable(again) == comparable(original)
