@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
+from service.routes.admin import AdminController
 from service.routes.conversations import ConversationController
 from service.routes.health import health, ready
 from service.routes.transcripts import TranscriptController
@@ -88,6 +89,7 @@ def create_app(
             ConversationController,
             TurnController,
             TranscriptController,
+            AdminController,
             health,
             ready,
         ],

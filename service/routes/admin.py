@@ -1,0 +1,157 @@
+"""The admin API (``/admin``, admin keys only): every tenant's conversations, stats, export."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.response import Stream
+from msgspec import Struct
+
+from service import transcripts
+from service.errors import BadRequest
+from service.routes.conversations import Cursor, Limit
+from service.routes.transcripts import attachment, export_stream
+from service.schemas import ConversationOut, MessageOut, TurnOut
+from service.store import ConversationFilter, Principal, Store
+
+Tenant = Annotated[str | None, Parameter(max_length=200, description="Only this tenant's.")]
+Model = Annotated[str | None, Parameter(max_length=200, description="Only this model's.")]
+Query = Annotated[
+    str | None,
+    Parameter(max_length=500, description="Words to find in titles or message content."),
+]
+After = Annotated[datetime | None, Parameter(description="Created at or after (ISO 8601).")]
+Before = Annotated[datetime | None, Parameter(description="Created before (ISO 8601).")]
+Status = Annotated[
+    Literal["running", "completed", "failed"] | None,
+    Parameter(description="Only conversations having a turn in this status."),
+]
+
+
+class AdminConversation(ConversationOut, kw_only=True):
+    tenant: str
+
+
+class AdminConversationPage(Struct):
+    data: list[AdminConversation]
+    has_more: bool
+    next_cursor: str | None
+
+
+class AdminConversationDetail(Struct):
+    conversation: AdminConversation
+    messages: list[MessageOut]
+    turns: list[TurnOut]
+
+
+def conversation_filter(
+    store: Store,
+    tenant: str | None,
+    model: str | None,
+    q: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    status: str | None,
+) -> ConversationFilter:
+    if created_after and created_before and created_after >= created_before:
+        raise BadRequest("`created_after` must be before `created_before`.")
+    return ConversationFilter(
+        tenant=tenant,
+        model=model,
+        q=q,
+        created_after=created_after,
+        created_before=created_before,
+        status=status,
+        dialect=store.dialect,
+    )
+
+
+def admin_conversation(row: Any) -> AdminConversation:
+    return AdminConversation(**row._mapping)
+
+
+class AdminController(Controller):
+    path = "/admin"
+    tags = ["admin"]
+
+    @get("/conversations", summary="Every tenant's conversations, newest first, filtered")
+    async def list_conversations(
+        self,
+        admin: Principal,
+        state: State,
+        tenant: Tenant = None,
+        model: Model = None,
+        q: Query = None,
+        created_after: After = None,
+        created_before: Before = None,
+        status: Status = None,
+        limit: Limit = 20,
+        cursor: Cursor = None,
+    ) -> AdminConversationPage:
+        """Keyset pages that stay correct while rows are added. ``q`` uses the database's own
+        text index (PostgreSQL full-text search, SQLite FTS5): every word must appear."""
+        store: Store = state.store
+        filters = conversation_filter(store, tenant, model, q, created_after, created_before,
+                                      status)
+        rows, next_cursor = await store.admin_list(filters, limit=limit, cursor=cursor)
+        return AdminConversationPage(
+            [admin_conversation(r) for r in rows], next_cursor is not None, next_cursor
+        )
+
+    @get("/conversations/{conversation_id:uuid}",
+         summary="One conversation with its tenant, every message and every turn")
+    async def get_conversation(
+        self, conversation_id: uuid.UUID, admin: Principal, state: State
+    ) -> AdminConversationDetail:
+        rows = await state.store.export_one(None, conversation_id)
+        return AdminConversationDetail(
+            conversation=admin_conversation(rows.conversation),
+            messages=[MessageOut(**m._mapping) for m in rows.messages],
+            turns=[TurnOut(**t._mapping) for t in rows.turns],
+        )
+
+    @get("/conversations/{conversation_id:uuid}/export",
+         summary="Any tenant's conversation as a JSON transcript")
+    async def export_conversation(
+        self, conversation_id: uuid.UUID, admin: Principal, state: State
+    ) -> Response[bytes]:
+        rows = await state.store.export_one(None, conversation_id)
+        return Response(
+            transcripts.encode(transcripts.build(rows)),
+            media_type="application/json",
+            headers=attachment(f"conversation-{conversation_id}.json"),
+        )
+
+    @get("/stats", summary="Conversations, messages, turns by status, tokens by model, "
+         "tenant and day")
+    async def stats(
+        self,
+        admin: Principal,
+        state: State,
+        days: Annotated[int, Parameter(ge=1, le=366)] = 30,
+    ) -> dict[str, Any]:
+        stats: dict[str, Any] = await state.store.stats(days=days)
+        return stats
+
+    @get("/export", summary="NDJSON transcripts of every matching conversation, streamed")
+    async def export(
+        self,
+        admin: Principal,
+        state: State,
+        tenant: Tenant = None,
+        model: Model = None,
+        q: Query = None,
+        created_after: After = None,
+        created_before: Before = None,
+        status: Status = None,
+    ) -> Stream:
+        """One transcript per line, oldest first, with constant memory."""
+        store: Store = state.store
+        filters = conversation_filter(store, tenant, model, q, created_after, created_before,
+                                      status)
+        return export_stream(store, filters, "conversations.ndjson")
