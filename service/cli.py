@@ -258,8 +258,9 @@ async def _import_other(
     progress = Progress(len(converted.transcripts), "conversations")
     try:
         for transcript in converted.transcripts:
-            transcript["conversation"]["id"] = f"{args.source}:{transcript['conversation']['id']}"
-            outcome, note = await _import_one(store, args.tenant, transcript, settings)
+            outcome, note = await _import_one(
+                store, args.tenant, importers.prepared(args.source, transcript), settings
+            )
             counts[outcome] += 1
             if outcome == "failed":
                 notes.append(note)

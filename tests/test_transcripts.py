@@ -299,3 +299,35 @@ async def test_round_trip_property(client: Client, alice: dict[str, str],
     assert imported.status_code == 201, imported.text
     again = await export(client, alice, imported.json()["id"])
     assert comparable(again) == comparable(original)
+
+
+async def test_import_from_other_tools_over_the_api(
+    client: Client, alice: dict[str, str], project_root: Any
+) -> None:
+    for source, sample in (("chatgpt", "chatgpt_conversations.json"),
+                           ("openwebui", "openwebui_export.json")):
+        data = json.loads((project_root / "tests" / "samples" / sample).read_text())
+        first = await client.post(f"/v1/conversations/import/{source}", json=data,
+                                  headers=alice)
+        assert first.status_code == 201, first.text
+        created = first.json()["data"]
+        assert created
+        for conversation in created:
+            assert conversation["source_id"].startswith(f"{source}:")
+            assert conversation["model"] == "grok-4"  # the other tool's model is not an xAI one
+            assert conversation["metadata"]["imported_from"] == source
+            exported = await export(client, alice, conversation["id"])
+            assert list(VALIDATOR.iter_errors(exported)) == []
+            assert exported["messages"]
+        again = await client.post(f"/v1/conversations/import/{source}", json=data,
+                                  headers=alice)
+        assert again.status_code == 201
+        assert again.json()["data"] == []
+        assert sorted(again.json()["already_imported"]) == sorted(
+            c["source_id"] for c in created)
+    bad = await client.post("/v1/conversations/import/chatgpt", json={"not": "a list"},
+                            headers=alice)
+    assert bad.status_code == 422
+    assert "chatgpt" in bad.json()["detail"]
+    unknown = await client.post("/v1/conversations/import/claude", json=[], headers=alice)
+    assert unknown.status_code == 422

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
@@ -108,17 +108,17 @@ class TranscriptController(Controller):
                 f"Unknown source {source!r}: use one of {', '.join(importers.SOURCES)}."
             )
         try:
-            converted = importers.convert(source, data)  # type: ignore[arg-type]
+            converted = importers.convert(cast(importers.Source, source), data)
         except importers.ImportFormatError as exc:
             raise ValidationFailed(f"Not a {source} export: {exc}") from None
         store: Store = state.store
-        for transcript in converted.transcripts:
+        ready = [importers.prepared(source, t) for t in converted.transcripts]
+        for transcript in ready:
             transcripts.validate(transcript)
         created: list[ConversationOut] = []
         already: list[str] = []
-        for transcript in converted.transcripts:
-            source_id = f"{source}:{transcript['conversation']['id']}"
-            transcript["conversation"]["id"] = source_id
+        for transcript in ready:
+            source_id = transcript["conversation"]["id"]
             if await store.find_import(principal.tenant, source_id) is not None:
                 already.append(source_id)
                 continue

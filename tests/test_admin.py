@@ -1,0 +1,185 @@
+"""The admin API: every tenant's conversations, text search, detail, stats and export."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from service.fake_upstream import FakeUpstream, Fault
+
+Client = AsyncTestClient[Any]
+
+
+async def create(client: Client, headers: dict[str, str], **body: Any) -> str:
+    response = await client.post("/v1/conversations", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    cid: str = response.json()["id"]
+    return cid
+
+
+async def admin_ids(client: Client, admin: dict[str, str], **params: Any) -> list[str]:
+    response = await client.get("/admin/conversations", params={"limit": 100, **params},
+                                headers=admin)
+    assert response.status_code == 200, response.text
+    return [c["id"] for c in response.json()["data"]]
+
+
+async def test_tenant_keys_get_403_and_no_key_401(client: Client, alice: dict[str, str]) -> None:
+    for path in ("/admin/conversations", "/admin/stats", "/admin/export"):
+        response = await client.get(path, headers=alice)
+        assert response.status_code == 403, path
+        assert response.json()["code"] == "forbidden"
+        assert (await client.get(path)).status_code == 401
+
+
+async def test_list_across_tenants_with_filters(
+    client: Client, alice: dict[str, str], bob: dict[str, str], admin: dict[str, str]
+) -> None:
+    a1 = await create(client, alice, title="alpha", model="grok-4")
+    b1 = await create(client, bob, title="beta", model="grok-3-mini")
+    a2 = await create(client, alice, title="gamma", model="grok-3-mini")
+    assert await admin_ids(client, admin) == [a2, b1, a1]
+    assert await admin_ids(client, admin, tenant="alice") == [a2, a1]
+    assert await admin_ids(client, admin, model="grok-3-mini") == [a2, b1]
+    listing = (await client.get("/admin/conversations", headers=admin)).json()
+    assert {c["tenant"] for c in listing["data"]} == {"alice", "bob"}
+
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    assert await admin_ids(client, admin, created_after=future) == []
+    assert await admin_ids(client, admin, created_before=past) == []
+    assert len(await admin_ids(client, admin, created_after=past, created_before=future)) == 3
+    bad = await client.get("/admin/conversations", params={"created_after": "soon"},
+                           headers=admin)
+    assert bad.status_code == 400
+    backwards = await client.get("/admin/conversations",
+                                 params={"created_after": future, "created_before": past},
+                                 headers=admin)
+    assert backwards.status_code == 400
+
+
+async def test_keyset_pages_stay_correct_while_rows_are_added(
+    client: Client, alice: dict[str, str], admin: dict[str, str]
+) -> None:
+    ids = [await create(client, alice, title=f"c{i}") for i in range(5)]
+    first = (await client.get("/admin/conversations", params={"limit": 2},
+                              headers=admin)).json()
+    await create(client, alice, title="newcomer")
+    rest = (await client.get("/admin/conversations",
+                             params={"limit": 10, "cursor": first["next_cursor"]},
+                             headers=admin)).json()
+    seen = [c["id"] for c in first["data"] + rest["data"]]
+    assert seen == list(reversed(ids))
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("giraffe", {"zoo"}),
+        ("GIRAFFE", {"zoo"}),
+        ("quarterly", {"report"}),
+        ("revenue quarterly", {"report"}),
+        ("revenue giraffe", set()),
+        ("Zürich", {"travel"}),
+        ("image caption", {"parts"}),
+        ("nothing-like-this", set()),
+        ('"quoted" OR evil', set()),
+    ],
+)
+async def test_text_search_in_titles_and_messages(
+    client: Client, alice: dict[str, str], bob: dict[str, str], admin: dict[str, str],
+    q: str, expected: set[str],
+) -> None:
+    ids = {
+        "zoo": await create(client, alice, title="Animals",
+                            messages=[{"role": "user", "content": "Tell me about the giraffe"}]),
+        "report": await create(client, bob, title="Quarterly report",
+                               messages=[{"role": "assistant", "content": "Revenue grew."}]),
+        "travel": await create(client, alice, title="Trip",
+                               messages=[{"role": "user", "content": "Trains to Zürich?"}]),
+        "parts": await create(client, bob, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "an image caption"},
+            {"type": "image_url", "image_url": {"url": "https://x.invalid/giraffe-not-text.png"}},
+        ]}]),
+    }
+    found = set(await admin_ids(client, admin, q=q))
+    assert found == {ids[name] for name in expected}
+
+
+async def test_search_sees_renamed_titles_and_forgets_deleted(
+    client: Client, alice: dict[str, str], admin: dict[str, str]
+) -> None:
+    cid = await create(client, alice, title="old name")
+    await client.patch(f"/v1/conversations/{cid}", json={"title": "brand new"}, headers=alice)
+    assert await admin_ids(client, admin, q="brand") == [cid]
+    assert await admin_ids(client, admin, q="old") == []
+    await client.post(f"/v1/conversations/{cid}/messages",
+                      json={"messages": [{"role": "user", "content": "appended words"}]},
+                      headers=alice)
+    assert await admin_ids(client, admin, q="appended") == [cid]
+    await client.delete(f"/v1/conversations/{cid}", headers=alice)
+    assert await admin_ids(client, admin, q="appended") == []
+
+
+async def test_detail_failed_filter_and_stats(
+    client: Client, alice: dict[str, str], bob: dict[str, str], admin: dict[str, str],
+    upstream: FakeUpstream,
+) -> None:
+    good = await create(client, alice, model="grok-3-mini")
+    bad = await create(client, bob, model="grok-4")
+    ok = await client.post(f"/v1/conversations/{good}/turns",
+                           json={"messages": [{"role": "user", "content": "hi"}]},
+                           headers=alice)
+    assert ok.status_code == 201
+    upstream.push_fault(Fault(kind="status", status=400))
+    failed = await client.post(f"/v1/conversations/{bad}/turns",
+                               json={"messages": [{"role": "user", "content": "hi"}]},
+                               headers=bob)
+    assert failed.status_code == 502
+
+    assert await admin_ids(client, admin, status="failed") == [bad]
+    assert await admin_ids(client, admin, status="completed") == [good]
+
+    detail = (await client.get(f"/admin/conversations/{bad}", headers=admin)).json()
+    assert detail["conversation"]["tenant"] == "bob"
+    assert [m["role"] for m in detail["messages"]] == ["user"]
+    (turn,) = detail["turns"]
+    assert turn["status"] == "failed"
+    assert turn["error"]["upstream_status"] == 400
+    assert turn["latency_ms"] >= 0
+
+    stats = (await client.get("/admin/stats", headers=admin)).json()
+    assert stats["conversations"] == 2
+    assert stats["messages"] == 3
+    assert stats["turns"] == {"running": 0, "completed": 1, "failed": 1}
+    usage = ok.json()["reply"]["usage"]
+    by_model = {m["model"]: m for m in stats["tokens_by_model"]}
+    assert by_model["grok-3-mini"]["total_tokens"] == usage["total_tokens"]
+    assert by_model["grok-4"]["total_tokens"] == 0
+    by_tenant = {t["tenant"]: t for t in stats["tokens_by_tenant"]}
+    assert by_tenant["alice"]["total_tokens"] == usage["total_tokens"]
+    (today,) = stats["by_day"]
+    assert today["turns"] == 2
+    assert today["day"] == datetime.now(UTC).date().isoformat()
+
+    missing = await client.get("/admin/conversations/00000000-0000-0000-0000-000000000000",
+                               headers=admin)
+    assert missing.status_code == 404
+
+
+async def test_admin_export_with_filters(
+    client: Client, alice: dict[str, str], bob: dict[str, str], admin: dict[str, str]
+) -> None:
+    a = await create(client, alice, title="a", messages=[{"role": "user", "content": "x"}])
+    b = await create(client, bob, title="b")
+    everything = (await client.get("/admin/export", headers=admin)).text.splitlines()
+    assert [json.loads(line)["conversation"]["id"] for line in everything] == [a, b]
+    only_bob = (await client.get("/admin/export", params={"tenant": "bob"},
+                                 headers=admin)).text.splitlines()
+    assert [json.loads(line)["conversation"]["id"] for line in only_bob] == [b]
+    one = await client.get(f"/admin/conversations/{a}/export", headers=admin)
+    assert one.json()["messages"][0]["content"] == "x"
