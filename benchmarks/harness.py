@@ -67,9 +67,22 @@ def fake_upstream(workers: int = 1) -> Iterator[str]:
     """The fake xAI upstream as its own process; yields its base URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.fake_upstream", "--host", "127.0.0.1", "--port",
-         str(port), "--key", UPSTREAM_KEY, "--workers", str(workers)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "service.fake_upstream",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--key",
+            UPSTREAM_KEY,
+            "--workers",
+            str(workers),
+        ],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}/_fake/health")
@@ -105,8 +118,9 @@ def database(kind: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def service(database_url: str, upstream_url: str, *, workers: int = 1,
-            pool_size: int = 20) -> Iterator[tuple[str, str]]:
+def service(
+    database_url: str, upstream_url: str, *, workers: int = 1, pool_size: int = 20
+) -> Iterator[tuple[str, str]]:
     """`convstore serve` as its own process(es); yields (base URL, an API key)."""
     env = _env(
         CONVSTORE_DATABASE_URL=database_url,
@@ -116,13 +130,20 @@ def service(database_url: str, upstream_url: str, *, workers: int = 1,
         CONVSTORE_DB_POOL_SIZE=str(pool_size),
     )
     cli = [sys.executable, "-m", "service.cli"]
-    created = subprocess.run([*cli, "keys", "create", "--tenant", "bench"], env=env,
-                             capture_output=True, text=True, check=True)
+    created = subprocess.run(
+        [*cli, "keys", "create", "--tenant", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     key = created.stdout.strip().splitlines()[-1]
     port = free_port()
     process = subprocess.Popen(
         [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}/ready")

@@ -21,7 +21,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.harness import (
     UPSTREAM_KEY,
     database,
     fake_upstream,
@@ -44,26 +44,34 @@ def history(size: int) -> list[dict[str, Any]]:
 
 async def seed(client: httpx.AsyncClient, headers: dict[str, str], size: int) -> str:
     messages = history(size)
-    created = await client.post("/v1/conversations", json={"messages": messages[:1000]},
-                                headers=headers)
+    created = await client.post(
+        "/v1/conversations", json={"messages": messages[:1000]}, headers=headers
+    )
     created.raise_for_status()
     cid: str = created.json()["id"]
     for start in range(1000, len(messages), 1000):
-        (await client.post(f"/v1/conversations/{cid}/messages",
-                           json={"messages": messages[start:start + 1000]},
-                           headers=headers)).raise_for_status()
+        (
+            await client.post(
+                f"/v1/conversations/{cid}/messages",
+                json={"messages": messages[start : start + 1000]},
+                headers=headers,
+            )
+        ).raise_for_status()
     return cid
 
 
-async def measure(base: str, key: str, upstream: str, size: int, pairs: int
-                  ) -> dict[str, list[float]]:
+async def measure(
+    base: str, key: str, upstream: str, size: int, pairs: int
+) -> dict[str, list[float]]:
     headers = {"Authorization": f"Bearer {key}"}
     direct_headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
     question = {"role": "user", "content": "And what follows from that?"}
     body = {"model": "grok-4", "messages": [*history(size), question]}
     results: dict[str, list[float]] = {"service": [], "direct": [], "overhead": []}
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client, \
-            httpx.AsyncClient(timeout=120) as direct:
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=120) as client,
+        httpx.AsyncClient(timeout=120) as direct,
+    ):
         root = await seed(client, headers, size)
         for pair in range(pairs + 3):
             # A fresh copy of the same history for every pair, so each turn sees `size` messages.
@@ -71,13 +79,15 @@ async def measure(base: str, key: str, upstream: str, size: int, pairs: int
             fork.raise_for_status()
             cid = fork.json()["id"]
             started = time.perf_counter()
-            answer = await direct.post(f"{upstream}/chat/completions", json=body,
-                                       headers=direct_headers)
+            answer = await direct.post(
+                f"{upstream}/chat/completions", json=body, headers=direct_headers
+            )
             direct_ms = (time.perf_counter() - started) * 1000
             answer.raise_for_status()
             started = time.perf_counter()
-            turn = await client.post(f"/v1/conversations/{cid}/turns",
-                                     json={"messages": [question]}, headers=headers)
+            turn = await client.post(
+                f"/v1/conversations/{cid}/turns", json={"messages": [question]}, headers=headers
+            )
             service_ms = (time.perf_counter() - started) * 1000
             turn.raise_for_status()
             if pair < 3:
@@ -89,8 +99,9 @@ async def measure(base: str, key: str, upstream: str, size: int, pairs: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--sizes", default="10,100,1000,10000")
     parser.add_argument("--databases", default="sqlite,postgresql")
@@ -112,8 +123,19 @@ def main() -> None:
                 if len(sizes) > 1:
                     slope = statistics.linear_regression(sizes, medians).slope
                     slopes.append([kind, slope * 1000])
-    print(table(["database", "messages", "direct median", "service median",
-                 "overhead median", "overhead p95"], rows))
+    print(
+        table(
+            [
+                "database",
+                "messages",
+                "direct median",
+                "service median",
+                "overhead median",
+                "overhead p95",
+            ],
+            rows,
+        )
+    )
     if slopes:
         print()
         print(table(["database", "overhead per 1,000 messages (ms)"], slopes))

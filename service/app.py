@@ -70,7 +70,7 @@ def create_app(
         )
         app.state.settings = settings
         app.state.store = store
-        app.state.key_cache = KeyCache()
+        app.state.key_cache = KeyCache(settings.key_cache_ttl)
         turns = TurnRunner(store, upstream, lease=settings.turn_lease)
         app.state.turns = turns
         turns.start()

@@ -59,10 +59,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = _settings()
     _migrate(settings)
     print(f"convstore: database {_where(settings)} is at the newest schema", flush=True)
-    print(f"convstore: upstream {settings.upstream_url}"
-          + ("" if settings.xai_api_key else " (XAI_API_KEY is not set)"), flush=True)
-    print(f"convstore: listening on http://{args.host}:{args.port} "
-          f"(API docs at http://{args.host}:{args.port}/schema)", flush=True)
+    print(
+        f"convstore: upstream {settings.upstream_url}"
+        + ("" if settings.xai_api_key else " (XAI_API_KEY is not set)"),
+        flush=True,
+    )
+    print(
+        f"convstore: listening on http://{args.host}:{args.port} "
+        f"(API docs at http://{args.host}:{args.port}/schema)",
+        flush=True,
+    )
     try:
         import uvloop  # noqa: F401
 
@@ -175,8 +181,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     conversations, messages = _with_store(settings, work)
     where = args.out or "standard output"
-    print(f"Exported {conversations} conversations ({messages} messages) to {where}.",
-          file=sys.stderr)
+    print(
+        f"Exported {conversations} conversations ({messages} messages) to {where}.", file=sys.stderr
+    )
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -192,8 +199,11 @@ def cmd_import(args: argparse.Namespace) -> None:
     imported, already, failed, notes = summary
     for note in notes:
         print(f"  {note}", file=sys.stderr)
-    print(f"Imported {imported} conversations for tenant {args.tenant!r}; {already} were "
-          f"already imported, {failed} failed.", file=sys.stderr)
+    print(
+        f"Imported {imported} conversations for tenant {args.tenant!r}; {already} were "
+        f"already imported, {failed} failed.",
+        file=sys.stderr,
+    )
     if failed:
         sys.exit(1)
 

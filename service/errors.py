@@ -144,8 +144,10 @@ def _validation_problem(exc: ValidationException) -> ServiceError:
     if isinstance(exc.extra, list):
         errors = [e for e in exc.extra if isinstance(e, dict)]
     messages = [str(e.get("message", "")) for e in errors]
-    if any("malformed" in m.lower() or "json" in m.lower() and "decode" in m.lower()
-           for m in messages):
+    if any(
+        "malformed" in m.lower() or ("json" in m.lower() and "decode" in m.lower())
+        for m in messages
+    ):
         return BadRequest("The request body is not valid JSON.", errors=errors)
     detail = "; ".join(
         f"{m} ({e.get('key')})" if e.get("key") and e.get("key") != "data" else m

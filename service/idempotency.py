@@ -69,9 +69,7 @@ async def idempotent(
         if replay is not None and stored.status < 400:
             answer = await replay(stored.body)
         else:
-            media_type = (
-                "application/problem+json" if stored.status >= 400 else "application/json"
-            )
+            media_type = "application/problem+json" if stored.status >= 400 else "application/json"
             answer = Response(stored.body, status_code=stored.status, media_type=media_type)
         answer.headers["idempotent-replayed"] = "true"
         return answer

@@ -705,9 +705,7 @@ _CONVERTERS: dict[str, Callable[..., Converted]] = {
 }
 
 
-def convert(
-    source: Source, data: Any, *, exported_at: datetime | None = None
-) -> Converted:
+def convert(source: Source, data: Any, *, exported_at: datetime | None = None) -> Converted:
     """Convert ``data`` (the decoded JSON of an export file) from ``source``, one of
     :data:`SOURCES`. Raises :class:`ImportFormatError` for a malformed file and ``ValueError``
     for an unknown source."""

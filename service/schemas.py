@@ -15,13 +15,12 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 MAX_CONTENT_CHARS = 1_000_000
 MAX_MESSAGES_PER_REQUEST = 1_000
 
-# Text stored in plain columns may not hold NUL characters (PostgreSQL text cannot).
+# No text may hold NUL characters: PostgreSQL text cannot, and they mean nothing in a chat.
 NO_NUL = r"^[^\x00]*$"
 Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Model = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Title = Annotated[str, Meta(max_length=1_000, pattern=NO_NUL)]
-Text = Annotated[str, Meta(max_length=MAX_CONTENT_CHARS)]
-ColumnText = Annotated[str, Meta(max_length=MAX_CONTENT_CHARS, pattern=NO_NUL)]
+Text = Annotated[str, Meta(max_length=MAX_CONTENT_CHARS, pattern=NO_NUL)]
 Identifier = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Part = dict[str, Any]
 Content = Text | list[Part]
@@ -39,7 +38,7 @@ class FunctionCall(Strict):
     arguments: Annotated[str, Meta(max_length=MAX_CONTENT_CHARS)]
 
 
-class ToolCall(Strict):
+class ToolCall(Strict, omit_defaults=False):
     id: Identifier
     function: FunctionCall
     type: Literal["function"] = "function"
@@ -52,8 +51,11 @@ def _check_parts(content: Content | None) -> None:
         kind = part.get("type")
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"content part {index} needs a string `type`")
-        if kind == "text" and not isinstance(part.get("text"), str):
+        text = part.get("text")
+        if kind == "text" and not isinstance(text, str):
             raise ValueError(f"content part {index} of type text needs a string `text`")
+        if isinstance(text, str) and "\x00" in text:
+            raise ValueError(f"content part {index} holds a NUL character")
         if kind == "image_url":
             image = part.get("image_url")
             if not isinstance(image, dict) or not isinstance(image.get("url"), str):
@@ -80,7 +82,7 @@ class AssistantMessage(Strict, tag_field="role", tag="assistant"):
     content: Content | None = None
     name: Name | UnsetType = UNSET
     tool_calls: list[ToolCall] | UnsetType = UNSET
-    reasoning_content: ColumnText | UnsetType = UNSET
+    reasoning_content: Text | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _check_parts(self.content)
@@ -122,7 +124,7 @@ class ConversationCreate(Strict):
 
 
 class ConversationPatch(Strict):
-    title: Title | None | UnsetType = UNSET
+    title: Title | UnsetType | None = UNSET
     model: Model | UnsetType = UNSET
     params: Params | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET

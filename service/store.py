@@ -53,7 +53,7 @@ C = conversation_table.c
 M = message_table.c
 T = turn_table.c
 K = api_key_table.c
-I = idempotency_table.c
+IK = idempotency_table.c
 
 # Columns that go upstream, in the order the history query reads them.
 HISTORY_COLUMNS = (M.role, M.content, M.name, M.tool_calls, M.tool_call_id)
@@ -257,9 +257,7 @@ class ConversationFilter:
         if self.created_before is not None:
             query = query.where(C.created_at < self.created_before)
         if self.status is not None:
-            query = query.where(
-                C.id.in_(select(T.conversation_id).where(T.status == self.status))
-            )
+            query = query.where(C.id.in_(select(T.conversation_id).where(T.status == self.status)))
         if self.q is not None and self.q.strip():
             query = query.where(text_match(self.dialect, self.q))
         return query
@@ -368,8 +366,9 @@ class Store:
     async def list_keys(self) -> list[KeyRecord]:
         async with self._read() as conn:
             rows = await conn.execute(
-                select(K.id, K.tenant, K.key_prefix, K.is_admin, K.created_at, K.revoked_at)
-                .order_by(K.created_at)
+                select(
+                    K.id, K.tenant, K.key_prefix, K.is_admin, K.created_at, K.revoked_at
+                ).order_by(K.created_at)
             )
             return [KeyRecord(*row) for row in rows]
 
@@ -454,9 +453,7 @@ class Store:
         async with self._read() as conn:
             row = (
                 await conn.execute(
-                    select(*CONVERSATION_COLUMNS).where(
-                        C.id == conversation_id, C.tenant == tenant
-                    )
+                    select(*CONVERSATION_COLUMNS).where(C.id == conversation_id, C.tenant == tenant)
                 )
             ).first()
         if row is None:
@@ -555,8 +552,17 @@ class Store:
             turn_model = model or conv_model
             turn_params = {**conv_params, **(params or {})}
             turn = TurnOut(
-                uuid7(), conversation_id, "running", turn_model, turn_params,
-                None, None, None, None, now, None,
+                uuid7(),
+                conversation_id,
+                "running",
+                turn_model,
+                turn_params,
+                None,
+                None,
+                None,
+                None,
+                now,
+                None,
             )
             try:
                 async with conn.begin_nested():
@@ -577,9 +583,7 @@ class Store:
                     "A turn is already running in this conversation; wait for it to finish."
                 ) from None
             rows = await conn.execute(
-                select(*HISTORY_COLUMNS)
-                .where(M.conversation_id == conversation_id)
-                .order_by(M.seq)
+                select(*HISTORY_COLUMNS).where(M.conversation_id == conversation_id).order_by(M.seq)
             )
             history = [history_entry(r) for r in rows]
         return TurnStart(turn, appended, history, turn_model, turn_params)
@@ -751,38 +755,52 @@ class Store:
         since = utcnow() - timedelta(days=days)
         day = func.date(T.created_at)
         async with self._read() as conn:
-            conversations = (await conn.execute(select(func.count()).select_from(
-                conversation_table))).scalar_one()
-            messages = (await conn.execute(select(func.coalesce(func.sum(C.message_count), 0))
-                                           )).scalar_one()
-            by_status: dict[str, int] = dict((await conn.execute(
-                select(T.status, func.count()).group_by(T.status))).all())
-            by_model = (await conn.execute(
-                select(T.model, func.count(), tokens).group_by(T.model).order_by(T.model))).all()
-            by_tenant = (await conn.execute(
-                select(C.tenant, func.count(T.id), tokens)
-                .select_from(turn_table.join(conversation_table, C.id == T.conversation_id))
-                .group_by(C.tenant).order_by(C.tenant))).all()
-            by_day = (await conn.execute(
-                select(day, func.count(), tokens).where(T.created_at >= since)
-                .group_by(day).order_by(day))).all()
+            conversations = (
+                await conn.execute(select(func.count()).select_from(conversation_table))
+            ).scalar_one()
+            messages = (
+                await conn.execute(select(func.coalesce(func.sum(C.message_count), 0)))
+            ).scalar_one()
+            by_status: dict[str, int] = dict(
+                (await conn.execute(select(T.status, func.count()).group_by(T.status))).all()
+            )
+            by_model = (
+                await conn.execute(
+                    select(T.model, func.count(), tokens).group_by(T.model).order_by(T.model)
+                )
+            ).all()
+            by_tenant = (
+                await conn.execute(
+                    select(C.tenant, func.count(T.id), tokens)
+                    .select_from(turn_table.join(conversation_table, C.id == T.conversation_id))
+                    .group_by(C.tenant)
+                    .order_by(C.tenant)
+                )
+            ).all()
+            by_day = (
+                await conn.execute(
+                    select(day, func.count(), tokens)
+                    .where(T.created_at >= since)
+                    .group_by(day)
+                    .order_by(day)
+                )
+            ).all()
         return {
             "conversations": conversations,
             "messages": int(messages),
             "turns": {s: int(by_status.get(s, 0)) for s in ("running", "completed", "failed")},
             "tokens_by_model": [
-                {"model": m, "turns": n, "total_tokens": int(t)} for m, n, t in by_model],
+                {"model": m, "turns": n, "total_tokens": int(t)} for m, n, t in by_model
+            ],
             "tokens_by_tenant": [
-                {"tenant": m, "turns": n, "total_tokens": int(t)} for m, n, t in by_tenant],
-            "by_day": [
-                {"day": str(d), "turns": n, "total_tokens": int(t)} for d, n, t in by_day],
+                {"tenant": m, "turns": n, "total_tokens": int(t)} for m, n, t in by_tenant
+            ],
+            "by_day": [{"day": str(d), "turns": n, "total_tokens": int(t)} for d, n, t in by_day],
         }
 
     # ---- transcripts and forks ------------------------------------------------------------
 
-    async def export_one(
-        self, tenant: str | None, conversation_id: uuid.UUID
-    ) -> ExportRows:
+    async def export_one(self, tenant: str | None, conversation_id: uuid.UUID) -> ExportRows:
         """Everything a transcript holds for one conversation (any tenant's if ``tenant`` is
         None, for admins)."""
         query = select(*EXPORT_CONVERSATION_COLUMNS).where(C.id == conversation_id)
@@ -820,8 +838,9 @@ class Store:
     async def count_conversations(self, filters: ConversationFilter) -> int:
         async with self._read() as conn:
             count: int = (
-                await conn.execute(filters.apply(select(func.count()).select_from(
-                    conversation_table)))
+                await conn.execute(
+                    filters.apply(select(func.count()).select_from(conversation_table))
+                )
             ).scalar_one()
         return count
 
@@ -846,9 +865,7 @@ class Store:
     async def find_import(self, tenant: str, source_id: str) -> uuid.UUID | None:
         async with self._read() as conn:
             found: uuid.UUID | None = (
-                await conn.execute(
-                    select(C.id).where(C.tenant == tenant, C.source_id == source_id)
-                )
+                await conn.execute(select(C.id).where(C.tenant == tenant, C.source_id == source_id))
             ).scalar()
         return found
 
@@ -956,9 +973,9 @@ class Store:
             rows = [
                 {**row._mapping, "id": uuid7(), "conversation_id": new_id, "turn_id": None}
                 for row in await conn.execute(
-                    select(*COPIED_MESSAGE_COLUMNS).where(
-                        M.conversation_id == conversation_id, M.seq <= count
-                    ).order_by(M.seq)
+                    select(*COPIED_MESSAGE_COLUMNS)
+                    .where(M.conversation_id == conversation_id, M.seq <= count)
+                    .order_by(M.seq)
                 )
             ]
             if rows:
@@ -988,21 +1005,28 @@ class Store:
         async with self._write() as conn:
             row = (
                 await conn.execute(
-                    select(I.fingerprint, I.state, I.response_status, I.response_body,
-                           I.locked_until, I.expires_at)
-                    .where(I.tenant == tenant, I.key == key)
+                    select(
+                        IK.fingerprint,
+                        IK.state,
+                        IK.response_status,
+                        IK.response_body,
+                        IK.locked_until,
+                        IK.expires_at,
+                    )
+                    .where(IK.tenant == tenant, IK.key == key)
                     .with_for_update()
                 )
             ).first()
             if row is None:
-                await conn.execute(insert(idempotency_table).values(tenant=tenant, key=key,
-                                                                     **claim))
+                await conn.execute(
+                    insert(idempotency_table).values(tenant=tenant, key=key, **claim)
+                )
                 return None
             stored_fingerprint, state, status, body, locked_until, expires_at = row
             if expires_at <= now or (state == "running" and locked_until <= now):
                 await conn.execute(
                     update(idempotency_table)
-                    .where(I.tenant == tenant, I.key == key)
+                    .where(IK.tenant == tenant, IK.key == key)
                     .values(**claim)
                 )
                 return None
@@ -1022,7 +1046,7 @@ class Store:
         async with self._write() as conn:
             await conn.execute(
                 update(idempotency_table)
-                .where(I.tenant == tenant, I.key == key)
+                .where(IK.tenant == tenant, IK.key == key)
                 .values(state="done", response_status=status, response_body=body)
             )
 
@@ -1031,26 +1055,20 @@ class Store:
         async with self._write() as conn:
             await conn.execute(
                 delete(idempotency_table).where(
-                    I.tenant == tenant, I.key == key, I.state == "running"
+                    IK.tenant == tenant, IK.key == key, IK.state == "running"
                 )
             )
 
     async def purge_idempotency_keys(self) -> int:
         async with self._write() as conn:
-            result = await conn.execute(
-                delete(idempotency_table).where(I.expires_at < utcnow())
-            )
+            result = await conn.execute(delete(idempotency_table).where(IK.expires_at < utcnow()))
             return int(result.rowcount or 0)
 
     # ---- helpers ------------------------------------------------------------------------
 
-    async def _owned(
-        self, conn: AsyncConnection, tenant: str, conversation_id: uuid.UUID
-    ) -> None:
+    async def _owned(self, conn: AsyncConnection, tenant: str, conversation_id: uuid.UUID) -> None:
         found = (
-            await conn.execute(
-                select(C.id).where(C.id == conversation_id, C.tenant == tenant)
-            )
+            await conn.execute(select(C.id).where(C.id == conversation_id, C.tenant == tenant))
         ).first()
         if found is None:
             raise NotFound("No conversation has this id.")

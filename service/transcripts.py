@@ -118,11 +118,13 @@ def problems(data: Any) -> list[dict[str, str]]:
     messages = data["messages"]
     for index, message in enumerate(messages):
         if message["seq"] != index + 1:
-            found.append({
-                "path": f"$.messages[{index}].seq",
-                "message": f"seq must be {index + 1} here: messages are numbered 1, 2, 3, … "
-                f"in order, without gaps or repeats (found {message['seq']})",
-            })
+            found.append(
+                {
+                    "path": f"$.messages[{index}].seq",
+                    "message": f"seq must be {index + 1} here: messages are numbered 1, 2, 3, … "
+                    f"in order, without gaps or repeats (found {message['seq']})",
+                }
+            )
             break
     turn_ids = [t["id"] for t in data.get("turns", [])]
     if len(set(turn_ids)) != len(turn_ids):
@@ -130,10 +132,12 @@ def problems(data: Any) -> list[dict[str, str]]:
     known = set(turn_ids)
     for index, message in enumerate(messages):
         if "turn_id" in message and message["turn_id"] not in known:
-            found.append({
-                "path": f"$.messages[{index}].turn_id",
-                "message": "names no turn in `turns`",
-            })
+            found.append(
+                {
+                    "path": f"$.messages[{index}].turn_id",
+                    "message": "names no turn in `turns`",
+                }
+            )
     return found
 
 
@@ -191,23 +195,25 @@ def to_rows(
             status = "failed"
             error = {"code": "interrupted", "detail": "The turn was running when exported."}
         turn_created = _timestamp(t.get("created_at"), created)
-        turns.append({
-            "id": t["id"],
-            "status": status,
-            "model": t.get("model") or conversation["model"],
-            "params": t.get("params") or {},
-            "stream": False,
-            "usage": t.get("usage"),
-            "finish_reason": t.get("finish_reason"),
-            "error": error,
-            "latency_ms": t.get("latency_ms"),
-            "reply_seq": t.get("reply_seq"),
-            "attempts": 0,
-            "created_at": turn_created,
-            "completed_at": _timestamp(t["completed_at"], turn_created)
-            if t.get("completed_at")
-            else (turn_created if status != "completed" else None),
-        })
+        turns.append(
+            {
+                "id": t["id"],
+                "status": status,
+                "model": t.get("model") or conversation["model"],
+                "params": t.get("params") or {},
+                "stream": False,
+                "usage": t.get("usage"),
+                "finish_reason": t.get("finish_reason"),
+                "error": error,
+                "latency_ms": t.get("latency_ms"),
+                "reply_seq": t.get("reply_seq"),
+                "attempts": 0,
+                "created_at": turn_created,
+                "completed_at": _timestamp(t["completed_at"], turn_created)
+                if t.get("completed_at")
+                else (turn_created if status != "completed" else None),
+            }
+        )
     return conversation, messages, turns
 
 
@@ -244,8 +250,10 @@ def markdown(transcript: dict[str, Any]) -> str:
             lines.append(f"_result of tool call `{m['tool_call_id']}`_")
             lines.append("")
         if m.get("usage"):
-            lines.append(f"_{m.get('model', '')} · {m['usage'].get('total_tokens', '?')} tokens · "
-                         f"{m.get('finish_reason', '')}_")
+            lines.append(
+                f"_{m.get('model', '')} · {m['usage'].get('total_tokens', '?')} tokens · "
+                f"{m.get('finish_reason', '')}_"
+            )
             lines.append("")
     failed = [t for t in transcript.get("turns", []) if t["status"] == "failed"]
     if failed:

@@ -32,9 +32,11 @@ from service.upstream import (
     Attempted,
     UpstreamClient,
     UpstreamError,
-    UpstreamRateLimited as UpstreamRateLimitedError,
     UpstreamRejected,
     UpstreamTimeout,
+)
+from service.upstream import (
+    UpstreamRateLimited as UpstreamRateLimitedError,
 )
 
 log = logging.getLogger("convstore.turns")
@@ -98,8 +100,13 @@ class TurnFeed:
     async def follow(self, start: int = 0) -> AsyncIterator[bytes]:
         position = max(0, start)
         while True:
+            seen = position
+
+            def ready(seen: int = seen) -> bool:
+                return self.closed or len(self.events) > seen
+
             async with self._changed:
-                await self._changed.wait_for(lambda: self.closed or len(self.events) > position)
+                await self._changed.wait_for(ready)
                 pending = self.events[position:]
                 closed = self.closed
             for event in pending:
@@ -184,9 +191,7 @@ class TurnRunner:
         started = time.perf_counter()
         start = await self._begin(tenant, conversation_id, request)
         feed = TurnFeed(start.turn.id)
-        await feed.publish(
-            "turn.started", {"turn": start.turn, "messages": start.appended}
-        )
+        await feed.publish("turn.started", {"turn": start.turn, "messages": start.appended})
         task = self._spawn(start, feed, started, stream=True)
         # Retrieve the outcome so a failure is not reported as "never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -240,8 +245,13 @@ class TurnRunner:
             )
             await feed.publish(
                 "turn.failed",
-                {"status": 500, "code": "internal_error", "title": "Internal Server Error",
-                 "detail": "The turn stopped on an unexpected error.", "turn_id": str(turn_id)},
+                {
+                    "status": 500,
+                    "code": "internal_error",
+                    "title": "Internal Server Error",
+                    "detail": "The turn stopped on an unexpected error.",
+                    "turn_id": str(turn_id),
+                },
             )
             await feed.close()
             raise

@@ -149,7 +149,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def column_text(value: str | None) -> str | None:
-    """Text kept in a plain database column: PostgreSQL text cannot hold NUL characters."""
+    """Text as stored: without NUL characters, which PostgreSQL text cannot hold."""
     return value.replace("\x00", "") if value else value
 
 
@@ -339,10 +339,15 @@ class StreamAccumulator:
         try:
             chunk = _chunk_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(f"The model's stream held something unreadable: {exc}") from exc
+            raise UpstreamBadResponse(
+                f"The model's stream held something unreadable: {exc}"
+            ) from exc
         if chunk.error is not None:
-            message = chunk.error if isinstance(chunk.error, str) else msgspec.json.encode(
-                chunk.error).decode()
+            message = (
+                chunk.error
+                if isinstance(chunk.error, str)
+                else msgspec.json.encode(chunk.error).decode()
+            )
             raise UpstreamBadResponse(f"The model's stream reported an error: {message}")
         self.started = True
         if chunk.model:
@@ -383,7 +388,7 @@ class StreamAccumulator:
 
     def reply(self) -> Reply:
         return Reply(
-            content="".join(self.content),
+            content=column_text("".join(self.content)),
             reasoning_content=column_text("".join(self.reasoning)) or None,
             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
             finish_reason=column_text(self.finish_reason),
@@ -458,7 +463,9 @@ def parse_completion(content: bytes, requested_model: str) -> Reply:
     choice = completion.choices[0]
     message = choice.message
     return Reply(
-        content=message.content,
+        content=column_text(message.content)
+        if isinstance(message.content, str)
+        else message.content,
         reasoning_content=column_text(message.reasoning_content),
         tool_calls=tool_call_dicts(message.tool_calls),
         finish_reason=column_text(choice.finish_reason),

@@ -8,10 +8,10 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
+from live import serve
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -57,8 +57,9 @@ def _postgres_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A migrated database of each kind, shared by the session and emptied after each test."""
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "convstore.db"
@@ -99,6 +100,7 @@ def settings(database_url: str, upstream: FakeUpstream) -> Settings:
         upstream_max_retries=2,
         upstream_retry_deadline=10,
         db_pool_size=5,
+        key_cache_ttl=0,
     )
 
 
@@ -114,10 +116,10 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def client(settings: Settings, store: Store) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(settings, retry_backoff=0.01)
-    async with AsyncTestClient(app=app) as test_client:
-        yield test_client
+async def client(settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the service, served over a real socket on the test database."""
+    async with serve(create_app(settings, retry_backoff=0.01)) as http:
+        yield http
 
 
 async def _key(store: Store, tenant: str, *, admin: bool = False) -> dict[str, str]:

@@ -16,13 +16,15 @@ import pytest
 CONVSTORE = [sys.executable, "-m", "service.cli"]
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVSTORE_")}
     environment["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     environment.update(env or {})
-    result = subprocess.run([*CONVSTORE, *args], cwd=cwd, env=environment, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [*CONVSTORE, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -44,7 +46,8 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert "admin key" in admin.stdout
 
     listing = run(["keys", "list"], tmp_path).stdout
-    assert "acme" in listing and "ops" in listing
+    assert "acme" in listing
+    assert "ops" in listing
     assert key not in listing  # the key itself is never shown again
     assert key[:10] in listing
     key_id = created.stdout.split()[2]
@@ -62,8 +65,9 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     ("name", "value"),
     [("CONVSTORE_DATABASE_URL", "mysql://nope"), ("CONVSTORE_UPSTREAM_TIMEOUT", "forever")],
 )
-def test_bad_setting_stops_start_up_with_a_clear_message(tmp_path: Path, name: str,
-                                                         value: str) -> None:
+def test_bad_setting_stops_start_up_with_a_clear_message(
+    tmp_path: Path, name: str, value: str
+) -> None:
     result = run(["serve", "--port", str(free_port())], tmp_path, env={name: value}, check=False)
     assert result.returncode != 0
     assert "bad setting" in result.stderr
@@ -74,9 +78,14 @@ def test_serve_on_a_fresh_machine(tmp_path: Path) -> None:
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVSTORE_")}
     environment["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    server = subprocess.Popen([*CONVSTORE, "serve", "--port", str(port)], cwd=tmp_path,
-                              env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+    server = subprocess.Popen(
+        [*CONVSTORE, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -101,11 +110,19 @@ def test_serve_on_a_fresh_machine(tmp_path: Path) -> None:
 def test_export_and_import_round_trip(tmp_path: Path, database_url: str) -> None:
     env = {"CONVSTORE_DATABASE_URL": database_url}
     transcript = {
-        "format": "convstore.transcript", "version": 1,
-        "conversation": {"id": f"cli-src-{time.time_ns()}", "title": "from a file",
-                         "model": "grok-4", "params": {}, "metadata": {}},
-        "messages": [{"seq": 1, "role": "system", "content": "s"},
-                     {"seq": 2, "role": "user", "content": "u"}],
+        "format": "convstore.transcript",
+        "version": 1,
+        "conversation": {
+            "id": f"cli-src-{time.time_ns()}",
+            "title": "from a file",
+            "model": "grok-4",
+            "params": {},
+            "metadata": {},
+        },
+        "messages": [
+            {"seq": 1, "role": "system", "content": "s"},
+            {"seq": 2, "role": "user", "content": "u"},
+        ],
         "turns": [],
     }
     source = tmp_path / "in.ndjson"
@@ -128,5 +145,4 @@ def test_export_and_import_round_trip(tmp_path: Path, database_url: str) -> None
     back = json.loads(line)
     assert back["conversation"]["title"] == "from a file"
     assert back["conversation"]["source_id"] == transcript["conversation"]["id"]
-    assert [(m["role"], m["content"]) for m in back["messages"]] == [("system", "s"),
-                                                                     ("user", "u")]
+    assert [(m["role"], m["content"]) for m in back["messages"]] == [("system", "s"), ("user", "u")]

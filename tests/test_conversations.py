@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from service.store import Store
 
-Client = AsyncTestClient[Any]
+Client = httpx.AsyncClient
 
 PARTS = [
     {"type": "text", "text": "What is in this picture?"},
-    {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png", "detail": "high"}},
+    {
+        "type": "image_url",
+        "image_url": {"url": "https://example.invalid/cat.png", "detail": "high"},
+    },
 ]
 
 
@@ -40,14 +43,28 @@ async def test_create_with_initial_messages_in_any_order(
         {"role": "user", "content": "first, before any system message"},
         {"role": "system", "content": "Be terse."},
         {"role": "system", "content": PARTS[:1]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+                }
+            ],
+        },
         {"role": "tool", "content": "42", "tool_call_id": "call_1", "name": "lookup"},
         {"role": "user", "content": PARTS, "name": "ann"},
     ]
-    body = await create(client, alice, title="Mixed", params={"temperature": 0.2},
-                        metadata={"project": "x", "n": [1, 2]}, messages=messages)
+    body = await create(
+        client,
+        alice,
+        title="Mixed",
+        params={"temperature": 0.2},
+        metadata={"project": "x", "n": [1, 2]},
+        messages=messages,
+    )
     assert body["title"] == "Mixed"
     assert body["model"] == "grok-4"
     assert body["params"] == {"temperature": 0.2}
@@ -73,8 +90,12 @@ async def test_get_patch_delete(client: Client, alice: dict[str, str]) -> None:
 
     patched = await client.patch(
         f"/v1/conversations/{cid}",
-        json={"title": "New", "model": "grok-3-mini", "params": {"max_tokens": 5},
-              "metadata": {"k": "v"}},
+        json={
+            "title": "New",
+            "model": "grok-3-mini",
+            "params": {"max_tokens": 5},
+            "metadata": {"k": "v"},
+        },
         headers=alice,
     )
     assert patched.status_code == 200, patched.text
@@ -137,11 +158,13 @@ async def test_messages_pages_asc_and_desc(client: Client, alice: dict[str, str]
             params: dict[str, Any] = {"limit": 10, "order": order}
             if cursor:
                 params["cursor"] = cursor
-            page = (await client.get(f"/v1/conversations/{cid}/messages", params=params,
-                                     headers=alice)).json()
+            page = (
+                await client.get(f"/v1/conversations/{cid}/messages", params=params, headers=alice)
+            ).json()
             seqs += [m["seq"] for m in page["data"]]
-            assert [m["content"] for m in page["data"]] == [f"m{s}" for s in
-                                                           seqs[-len(page["data"]):]]
+            assert [m["content"] for m in page["data"]] == [
+                f"m{s}" for s in seqs[-len(page["data"]) :]
+            ]
             cursor = page["next_cursor"]
             if not page["has_more"]:
                 break
@@ -155,15 +178,22 @@ async def test_append_messages(client: Client, alice: dict[str, str]) -> None:
     cid = conv["id"]
     response = await client.post(
         f"/v1/conversations/{cid}/messages",
-        json={"messages": [{"role": "user", "content": "u"},
-                           {"role": "assistant", "content": "a", "reasoning_content": "r"}]},
+        json={
+            "messages": [
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a", "reasoning_content": "r"},
+            ]
+        },
         headers=alice,
     )
     assert response.status_code == 201, response.text
     assert [m["seq"] for m in response.json()["data"]] == [2, 3]
     stored = await all_messages(client, alice, cid)
     assert [(m["seq"], m["role"], m["content"]) for m in stored] == [
-        (1, "system", "s"), (2, "user", "u"), (3, "assistant", "a")]
+        (1, "system", "s"),
+        (2, "user", "u"),
+        (3, "assistant", "a"),
+    ]
     assert stored[2]["reasoning_content"] == "r"
     got = (await client.get(f"/v1/conversations/{cid}", headers=alice)).json()
     assert got["message_count"] == 3
@@ -181,6 +211,8 @@ BAD_MESSAGES = [
     ({"role": "assistant"}, "content"),
     ({"content": "no role"}, "role"),
     ("just a string", "object"),
+    ({"role": "user", "content": "nul \x00 here"}, "content"),
+    ({"role": "user", "content": [{"type": "text", "text": "\x00"}]}, "NUL"),
 ]
 
 
@@ -231,22 +263,29 @@ async def test_bad_conversation_bodies(
 
 async def test_malformed_json_and_bad_query(client: Client, alice: dict[str, str]) -> None:
     response = await client.post(
-        "/v1/conversations", content=b"{not json", headers={**alice,
-                                                             "content-type": "application/json"}
+        "/v1/conversations",
+        content=b"{not json",
+        headers={**alice, "content-type": "application/json"},
     )
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["code"] == "bad_request"
 
-    for params in ({"limit": 0}, {"limit": 101}, {"limit": "many"}, {"cursor": "%%%"},
-                   {"cursor": "WzFd"}):
+    for params in (
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": "many"},
+        {"cursor": "%%%"},
+        {"cursor": "WzFd"},
+    ):
         response = await client.get("/v1/conversations", params=params, headers=alice)
         assert response.status_code == 400, (params, response.text)
         assert response.json()["status"] == 400
         assert "code" in response.json()
     conv = await create(client, alice)
-    response = await client.get(f"/v1/conversations/{conv['id']}/messages",
-                                params={"order": "sideways"}, headers=alice)
+    response = await client.get(
+        f"/v1/conversations/{conv['id']}/messages", params={"order": "sideways"}, headers=alice
+    )
     assert response.status_code == 400
 
 
@@ -265,8 +304,12 @@ async def test_unknown_route_and_method_are_problems(client: Client, alice: dict
 async def test_auth_required_and_revoked_keys(
     client: Client, store: Store, alice: dict[str, str]
 ) -> None:
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"},
-                    {"Authorization": "Bearer "}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer"},
+    ):
         response = await client.get("/v1/conversations", headers=headers)
         assert response.status_code == 401, headers
         assert response.json()["code"] == "unauthorized"
@@ -275,7 +318,6 @@ async def test_auth_required_and_revoked_keys(
     headers = {"Authorization": f"Bearer {key}"}
     assert (await client.get("/v1/conversations", headers=headers)).status_code == 200
     assert await store.revoke_key(record.id)
-    client.app.state.key_cache = type(client.app.state.key_cache)()  # skip the short cache
     assert (await client.get("/v1/conversations", headers=headers)).status_code == 401
 
 

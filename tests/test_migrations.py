@@ -32,7 +32,8 @@ def test_revisions_form_one_dated_line() -> None:
     for revision in script.walk_revisions():
         assert revision.path is not None
         name = revision.path.rsplit("/", 1)[-1]
-        assert name[:4].isdigit() and name[4] == "_", name
+        assert name[:4].isdigit(), name
+        assert name[4] == "_", name
 
 
 def _tables(url: str) -> set[str]:

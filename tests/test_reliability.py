@@ -8,8 +8,9 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
+from live import serve
 from sqlalchemy import update
 
 from service.app import create_app
@@ -18,7 +19,7 @@ from service.settings import Settings
 from service.store import Store
 from service.tables import turn_table, utcnow
 
-Client = AsyncTestClient[Any]
+Client = httpx.AsyncClient
 USER = {"role": "user", "content": "hello"}
 
 
@@ -30,8 +31,9 @@ async def new_conversation(client: Client, headers: dict[str, str], **body: Any)
 
 
 async def messages_of(client: Client, headers: dict[str, str], cid: str) -> list[dict[str, Any]]:
-    page = await client.get(f"/v1/conversations/{cid}/messages", params={"limit": 100},
-                            headers=headers)
+    page = await client.get(
+        f"/v1/conversations/{cid}/messages", params={"limit": 100}, headers=headers
+    )
     data: list[dict[str, Any]] = page.json()["data"]
     return data
 
@@ -42,20 +44,25 @@ async def test_turn_or_append_while_a_turn_runs_is_409_without_side_effects(
     cid = await new_conversation(client, alice)
     upstream.push_fault(Fault(kind="slow", delay=0.6))
     first = asyncio.create_task(
-        client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice))
+        client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice)
+    )
     for _ in range(100):
         if upstream.calls:
             break
         await asyncio.sleep(0.02)
     assert upstream.calls == 1
-    second = await client.post(f"/v1/conversations/{cid}/turns",
-                               json={"messages": [{"role": "user", "content": "me too"}]},
-                               headers=alice)
+    second = await client.post(
+        f"/v1/conversations/{cid}/turns",
+        json={"messages": [{"role": "user", "content": "me too"}]},
+        headers=alice,
+    )
     assert second.status_code == 409, second.text
     assert second.json()["code"] == "turn_in_progress"
-    appended = await client.post(f"/v1/conversations/{cid}/messages",
-                                 json={"messages": [{"role": "user", "content": "sneak"}]},
-                                 headers=alice)
+    appended = await client.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"messages": [{"role": "user", "content": "sneak"}]},
+        headers=alice,
+    )
     assert appended.status_code == 409
     assert appended.json()["code"] == "turn_in_progress"
     done = await first
@@ -73,11 +80,16 @@ async def test_concurrent_turns_one_wins(
 ) -> None:
     cid = await new_conversation(client, alice)
     upstream.push_fault(Fault(kind="slow", delay=0.2, times=20))
-    answers = await asyncio.gather(*[
-        client.post(f"/v1/conversations/{cid}/turns",
-                    json={"messages": [{"role": "user", "content": f"q{i}"}]}, headers=alice)
-        for i in range(8)
-    ])
+    answers = await asyncio.gather(
+        *[
+            client.post(
+                f"/v1/conversations/{cid}/turns",
+                json={"messages": [{"role": "user", "content": f"q{i}"}]},
+                headers=alice,
+            )
+            for i in range(8)
+        ]
+    )
     codes = sorted(a.status_code for a in answers)
     assert set(codes) <= {201, 409}
     assert codes.count(201) >= 1
@@ -91,19 +103,23 @@ async def test_idempotent_turn_calls_upstream_once(
 ) -> None:
     cid = await new_conversation(client, alice)
     headers = {**alice, "Idempotency-Key": "turn-1"}
-    first = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
-                              headers=headers)
-    again = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
-                              headers=headers)
+    first = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers
+    )
+    again = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers
+    )
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
     assert upstream.calls == 1
     assert len(await messages_of(client, alice, cid)) == 2
 
-    different = await client.post(f"/v1/conversations/{cid}/turns",
-                                  json={"messages": [{"role": "user", "content": "other"}]},
-                                  headers=headers)
+    different = await client.post(
+        f"/v1/conversations/{cid}/turns",
+        json={"messages": [{"role": "user", "content": "other"}]},
+        headers=headers,
+    )
     assert different.status_code == 422
     assert different.json()["code"] == "idempotency_key_reused"
     # Keys are per tenant: another tenant's identical key is unrelated.
@@ -116,31 +132,37 @@ async def test_idempotent_duplicate_while_running_is_409(
     cid = await new_conversation(client, alice)
     upstream.push_fault(Fault(kind="slow", delay=0.5))
     headers = {**alice, "Idempotency-Key": "slow-1"}
-    first = asyncio.create_task(client.post(f"/v1/conversations/{cid}/turns",
-                                            json={"messages": [USER]}, headers=headers))
+    first = asyncio.create_task(
+        client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers)
+    )
     for _ in range(100):
         if upstream.calls:
             break
         await asyncio.sleep(0.02)
-    duplicate = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
-                                  headers=headers)
+    duplicate = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers
+    )
     assert duplicate.status_code == 409
     assert duplicate.json()["code"] == "idempotency_key_in_use"
     assert (await first).status_code == 201
     assert upstream.calls == 1
 
 
-async def test_idempotent_create_and_append(client: Client, alice: dict[str, str],
-                                            bob: dict[str, str]) -> None:
+async def test_idempotent_create_and_append(
+    client: Client, alice: dict[str, str], bob: dict[str, str]
+) -> None:
     body = {"title": "once", "messages": [USER]}
-    first = await client.post("/v1/conversations", json=body,
-                              headers={**alice, "Idempotency-Key": "k"})
-    again = await client.post("/v1/conversations", json=body,
-                              headers={**alice, "Idempotency-Key": "k"})
+    first = await client.post(
+        "/v1/conversations", json=body, headers={**alice, "Idempotency-Key": "k"}
+    )
+    again = await client.post(
+        "/v1/conversations", json=body, headers={**alice, "Idempotency-Key": "k"}
+    )
     assert first.status_code == again.status_code == 201
     assert first.json()["id"] == again.json()["id"]
-    other = await client.post("/v1/conversations", json=body,
-                              headers={**bob, "Idempotency-Key": "k"})
+    other = await client.post(
+        "/v1/conversations", json=body, headers={**bob, "Idempotency-Key": "k"}
+    )
     assert other.status_code == 201
     assert other.json()["id"] != first.json()["id"]
     listing = (await client.get("/v1/conversations", headers=alice)).json()
@@ -149,8 +171,11 @@ async def test_idempotent_create_and_append(client: Client, alice: dict[str, str
     cid = first.json()["id"]
     append = {"messages": [{"role": "assistant", "content": "a"}]}
     for _ in range(2):
-        response = await client.post(f"/v1/conversations/{cid}/messages", json=append,
-                                     headers={**alice, "Idempotency-Key": "append-1"})
+        response = await client.post(
+            f"/v1/conversations/{cid}/messages",
+            json=append,
+            headers={**alice, "Idempotency-Key": "append-1"},
+        )
         assert response.status_code == 201
     assert len(await messages_of(client, alice, cid)) == 2
 
@@ -162,8 +187,9 @@ async def test_refused_request_releases_its_idempotency_key(
     cid = await new_conversation(client, alice)
     bad = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=headers)
     assert bad.status_code == 422  # nothing to send: no effect, so the key is free again
-    fixed = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
-                              headers=headers)
+    fixed = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers
+    )
     assert fixed.status_code == 201, fixed.text
 
 
@@ -173,10 +199,12 @@ async def test_failed_turn_answer_is_replayed_under_its_key(
     cid = await new_conversation(client, alice)
     upstream.push_fault(Fault(kind="status", status=400))
     headers = {**alice, "Idempotency-Key": "doomed"}
-    first = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
-                              headers=headers)
-    again = await client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]},
-                              headers=headers)
+    first = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers
+    )
+    again = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers
+    )
     assert first.status_code == again.status_code == 502
     assert again.json()["turn_id"] == first.json()["turn_id"]
     assert again.headers["content-type"].startswith("application/problem+json")
@@ -187,13 +215,14 @@ async def test_hung_upstream_gives_504_within_the_timeout(
     settings: Settings, store: Store, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
     app = create_app(dataclasses.replace(settings, upstream_timeout=0.5), retry_backoff=0.01)
-    async with AsyncTestClient(app=app) as client:
+    async with serve(app) as client:
         cid = await new_conversation(client, alice)
         upstream.push_fault(Fault(kind="hang", delay=30))
         loop = asyncio.get_running_loop()
         started = loop.time()
-        response = await client.post(f"/v1/conversations/{cid}/turns",
-                                     json={"messages": [USER]}, headers=alice)
+        response = await client.post(
+            f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice
+        )
         elapsed = loop.time() - started
         assert response.status_code == 504, response.text
         assert response.json()["code"] == "upstream_timeout"
@@ -206,17 +235,20 @@ async def test_abandoned_turn_is_recovered(
 ) -> None:
     cid = await new_conversation(client, alice, messages=[USER])
     # A turn left running by a process that died: its lease has run out.
-    start = await store.begin_turn("alice", uuid.UUID(cid), [], model=None,
-                                   params=None, stream=False, lease=60)
+    start = await store.begin_turn(
+        "alice", uuid.UUID(cid), [], model=None, params=None, stream=False, lease=60
+    )
     blocked = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
     assert blocked.status_code == 409
     async with store.engine.begin() as conn:
-        await conn.execute(update(turn_table).where(turn_table.c.id == start.turn.id)
-                           .values(deadline_at=utcnow() - timedelta(seconds=1)))
+        await conn.execute(
+            update(turn_table)
+            .where(turn_table.c.id == start.turn.id)
+            .values(deadline_at=utcnow() - timedelta(seconds=1))
+        )
     response = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
     assert response.status_code == 201, response.text
-    old = (await client.get(f"/v1/conversations/{cid}/turns/{start.turn.id}",
-                            headers=alice)).json()
+    old = (await client.get(f"/v1/conversations/{cid}/turns/{start.turn.id}", headers=alice)).json()
     assert old["status"] == "failed"
     assert old["error"]["code"] == "abandoned"
     assert [m["role"] for m in await messages_of(client, alice, cid)] == ["user", "assistant"]
@@ -224,7 +256,8 @@ async def test_abandoned_turn_is_recovered(
 
 @pytest.mark.parametrize("key", ["", "x" * 256])
 async def test_bad_idempotency_keys(client: Client, alice: dict[str, str], key: str) -> None:
-    response = await client.post("/v1/conversations", json={},
-                                 headers={**alice, "Idempotency-Key": key})
+    response = await client.post(
+        "/v1/conversations", json={}, headers={**alice, "Idempotency-Key": key}
+    )
     assert response.status_code == 400
     assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []

@@ -18,13 +18,15 @@ def test_defaults_need_no_setting() -> None:
 
 
 def test_values_are_read() -> None:
-    settings = Settings.from_env({
-        "CONVSTORE_DATABASE_URL": "postgresql+asyncpg://u@h/db",
-        "CONVSTORE_UPSTREAM_URL": "http://127.0.0.1:9100/v1",
-        "XAI_API_KEY": "xai-123",
-        "CONVSTORE_DEFAULT_MODEL": "grok-4.3",
-        "CONVSTORE_UPSTREAM_TIMEOUT": "12.5",
-    })
+    settings = Settings.from_env(
+        {
+            "CONVSTORE_DATABASE_URL": "postgresql+asyncpg://u@h/db",
+            "CONVSTORE_UPSTREAM_URL": "http://127.0.0.1:9100/v1",
+            "XAI_API_KEY": "xai-123",
+            "CONVSTORE_DEFAULT_MODEL": "grok-4.3",
+            "CONVSTORE_UPSTREAM_TIMEOUT": "12.5",
+        }
+    )
     assert settings.database_url == "postgresql+asyncpg://u@h/db"
     assert settings.upstream_url == "http://127.0.0.1:9100/v1"
     assert settings.xai_api_key == "xai-123"

@@ -6,11 +6,11 @@ import asyncio
 import json
 from typing import Any
 
-from litestar.testing import AsyncTestClient
+import httpx
 
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
 
-Client = AsyncTestClient[Any]
+Client = httpx.AsyncClient
 
 
 def parse_events(raw: str) -> list[tuple[str, Any]]:
@@ -35,16 +35,19 @@ async def new_conversation(client: Client, headers: dict[str, str], **body: Any)
     return cid
 
 
-async def streamed_turn(client: Client, headers: dict[str, str], cid: str, **body: Any
-                        ) -> tuple[Any, list[tuple[str, Any]]]:
-    response = await client.post(f"/v1/conversations/{cid}/turns", json={**body, "stream": True},
-                                 headers=headers)
+async def streamed_turn(
+    client: Client, headers: dict[str, str], cid: str, **body: Any
+) -> tuple[Any, list[tuple[str, Any]]]:
+    response = await client.post(
+        f"/v1/conversations/{cid}/turns", json={**body, "stream": True}, headers=headers
+    )
     return response, parse_events(response.text)
 
 
 async def messages_of(client: Client, headers: dict[str, str], cid: str) -> list[dict[str, Any]]:
-    page = await client.get(f"/v1/conversations/{cid}/messages", params={"limit": 100},
-                            headers=headers)
+    page = await client.get(
+        f"/v1/conversations/{cid}/messages", params={"limit": 100}, headers=headers
+    )
     data: list[dict[str, Any]] = page.json()["data"]
     return data
 
@@ -52,11 +55,13 @@ async def messages_of(client: Client, headers: dict[str, str], cid: str) -> list
 async def test_streamed_turn_is_relayed_and_stored_exactly(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
-    cid = await new_conversation(client, alice, model="grok-3-mini",
-                                 messages=[{"role": "system", "content": "s"}])
+    cid = await new_conversation(
+        client, alice, model="grok-3-mini", messages=[{"role": "system", "content": "s"}]
+    )
     response, events = await streamed_turn(
-        client, alice, cid, messages=[{"role": "user", "content": "tell me a long story"}])
-    assert response.status_code == 200, response.text
+        client, alice, cid, messages=[{"role": "user", "content": "tell me a long story"}]
+    )
+    assert response.status_code == 201, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
     names = [name for name, _ in events]
     assert names[0] == "turn.started"
@@ -69,8 +74,10 @@ async def test_streamed_turn_is_relayed_and_stored_exactly(
     assert [m["content"] for m in started["messages"]] == ["tell me a long story"]
     content = "".join(d.get("content", "") for n, d in events if n == "message.delta")
     reasoning = "".join(d.get("reasoning_content", "") for n, d in events if n == "message.delta")
-    history = [{"role": "system", "content": "s"},
-               {"role": "user", "content": "tell me a long story"}]
+    history = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "tell me a long story"},
+    ]
     assert content == expected_reply(history)
     assert reasoning
 
@@ -84,8 +91,11 @@ async def test_streamed_turn_is_relayed_and_stored_exactly(
     assert completed["reply"]["reasoning_content"] == reasoning
     assert completed["turn"]["status"] == "completed"
     usage = completed["reply"]["usage"]
-    assert usage["total_tokens"] == (usage["prompt_tokens"] + usage["completion_tokens"]
-                                     + usage["completion_tokens_details"]["reasoning_tokens"])
+    assert usage["total_tokens"] == (
+        usage["prompt_tokens"]
+        + usage["completion_tokens"]
+        + usage["completion_tokens_details"]["reasoning_tokens"]
+    )
     stored = await messages_of(client, alice, cid)
     assert stored[-1]["content"] == content
     assert stored[-1]["reasoning_content"] == reasoning
@@ -98,8 +108,9 @@ async def test_streamed_tool_call_is_stored_whole(
 ) -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     cid = await new_conversation(client, alice, params={"tools": tools})
-    _, events = await streamed_turn(client, alice, cid,
-                                    messages=[{"role": "user", "content": "use tool now"}])
+    _, events = await streamed_turn(
+        client, alice, cid, messages=[{"role": "user", "content": "use tool now"}]
+    )
     assert events[-1][0] == "turn.completed"
     reply = events[-1][1]["reply"]
     assert reply["finish_reason"] == "tool_calls"
@@ -114,8 +125,9 @@ async def test_stream_cut_by_upstream_fails_the_turn(
 ) -> None:
     cid = await new_conversation(client, alice)
     upstream.push_fault(Fault(kind="drop_stream", after_chunks=2))
-    _, events = await streamed_turn(client, alice, cid,
-                                    messages=[{"role": "user", "content": "one two three four"}])
+    _, events = await streamed_turn(
+        client, alice, cid, messages=[{"role": "user", "content": "one two three four"}]
+    )
     assert events[0][0] == "turn.started"
     assert events[-1][0] == "turn.failed"
     failure = events[-1][1]
@@ -134,8 +146,9 @@ async def test_failure_before_the_stream_is_retried(
 ) -> None:
     cid = await new_conversation(client, alice)
     upstream.push_fault(Fault(kind="status", status=502))
-    _, events = await streamed_turn(client, alice, cid,
-                                    messages=[{"role": "user", "content": "hi"}])
+    _, events = await streamed_turn(
+        client, alice, cid, messages=[{"role": "user", "content": "hi"}]
+    )
     assert events[-1][0] == "turn.completed"
     assert upstream.calls == 2
 
@@ -144,14 +157,16 @@ async def test_errors_before_the_turn_starts_are_plain_problems(
     client: Client, alice: dict[str, str], bob: dict[str, str]
 ) -> None:
     cid = await new_conversation(client, alice)
-    response = await client.post(f"/v1/conversations/{cid}/turns", json={"stream": True},
-                                 headers=alice)
+    response = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"stream": True}, headers=alice
+    )
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
-    response = await client.post(f"/v1/conversations/{cid}/turns",
-                                 json={"stream": True, "messages": [{"role": "user",
-                                                                     "content": "x"}]},
-                                 headers=bob)
+    response = await client.post(
+        f"/v1/conversations/{cid}/turns",
+        json={"stream": True, "messages": [{"role": "user", "content": "x"}]},
+        headers=bob,
+    )
     assert response.status_code == 404
 
 
@@ -162,10 +177,12 @@ async def test_client_that_leaves_loses_nothing_and_can_reattach(
     upstream.push_fault(Fault(kind="slow", delay=0.05))
     text = " ".join(f"w{i}" for i in range(30))
     turn_id = None
-    async with client.stream("POST", f"/v1/conversations/{cid}/turns",
-                             json={"stream": True,
-                                   "messages": [{"role": "user", "content": text}]},
-                             headers=alice) as response:
+    async with client.stream(
+        "POST",
+        f"/v1/conversations/{cid}/turns",
+        json={"stream": True, "messages": [{"role": "user", "content": text}]},
+        headers=alice,
+    ) as response:
         seen = 0
         async for line in response.aiter_lines():
             if line.startswith("data: ") and turn_id is None:
@@ -178,8 +195,8 @@ async def test_client_that_leaves_loses_nothing_and_can_reattach(
 
     # Re-attach: everything from the start, then live to the end.
     events = parse_events(
-        (await client.get(f"/v1/conversations/{cid}/turns/{turn_id}/events",
-                          headers=alice)).text)
+        (await client.get(f"/v1/conversations/{cid}/turns/{turn_id}/events", headers=alice)).text
+    )
     assert events[0][0] == "turn.started"
     assert events[-1][0] == "turn.completed"
     content = "".join(d.get("content", "") for n, d in events if n == "message.delta")
@@ -187,8 +204,7 @@ async def test_client_that_leaves_loses_nothing_and_can_reattach(
     assert content == expected
 
     for _ in range(100):
-        turn = (await client.get(f"/v1/conversations/{cid}/turns/{turn_id}",
-                                 headers=alice)).json()
+        turn = (await client.get(f"/v1/conversations/{cid}/turns/{turn_id}", headers=alice)).json()
         if turn["status"] != "running":
             break
         await asyncio.sleep(0.05)
@@ -197,10 +213,17 @@ async def test_client_that_leaves_loses_nothing_and_can_reattach(
     assert stored[-1]["content"] == expected
 
     # After the turn, its events are rebuilt from the database; Last-Event-ID skips ahead.
-    later = parse_events((await client.get(f"/v1/conversations/{cid}/turns/{turn_id}/events",
-                                           headers=alice)).text)
+    later = parse_events(
+        (await client.get(f"/v1/conversations/{cid}/turns/{turn_id}/events", headers=alice)).text
+    )
     assert [n for n, _ in later] == ["turn.started", "message.delta", "turn.completed"]
     assert later[1][1]["content"] == expected
-    tail = parse_events((await client.get(f"/v1/conversations/{cid}/turns/{turn_id}/events",
-                                          headers={**alice, "Last-Event-ID": "1"})).text)
+    tail = parse_events(
+        (
+            await client.get(
+                f"/v1/conversations/{cid}/turns/{turn_id}/events",
+                headers={**alice, "Last-Event-ID": "1"},
+            )
+        ).text
+    )
     assert [n for n, _ in tail] == ["turn.completed"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from service.fake_upstream import Fault, FakeUpstream, expected_reply
+from service.fake_upstream import FakeUpstream, Fault, expected_reply
 
-Client = AsyncTestClient[Any]
+Client = httpx.AsyncClient
 
 
 async def new_conversation(client: Client, headers: dict[str, str], **body: Any) -> str:
@@ -23,15 +23,18 @@ async def turn(client: Client, headers: dict[str, str], cid: str, **body: Any) -
     return await client.post(f"/v1/conversations/{cid}/turns", json=body, headers=headers)
 
 
-async def stored_messages(client: Client, headers: dict[str, str], cid: str) -> list[dict[str, Any]]:
+async def stored_messages(
+    client: Client, headers: dict[str, str], cid: str
+) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     cursor = None
     while True:
         params: dict[str, Any] = {"limit": 100}
         if cursor:
             params["cursor"] = cursor
-        page = (await client.get(f"/v1/conversations/{cid}/messages", params=params,
-                                 headers=headers)).json()
+        page = (
+            await client.get(f"/v1/conversations/{cid}/messages", params=params, headers=headers)
+        ).json()
         messages += page["data"]
         if not page["has_more"]:
             return messages
@@ -51,15 +54,20 @@ async def test_seed_example_system_and_user_get_a_stored_reply(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
     cid = await new_conversation(
-        client, alice, messages=[{"role": "system", "content": "You are a PhD-level mathematician."}]
+        client,
+        alice,
+        messages=[{"role": "system", "content": "You are a PhD-level mathematician."}],
     )
-    response = await turn(client, alice, cid,
-                          messages=[{"role": "user", "content": "What is 2 + 2?"}])
+    response = await turn(
+        client, alice, cid, messages=[{"role": "user", "content": "What is 2 + 2?"}]
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     sent = upstream.requests[-1]
-    history = [{"role": "system", "content": "You are a PhD-level mathematician."},
-               {"role": "user", "content": "What is 2 + 2?"}]
+    history = [
+        {"role": "system", "content": "You are a PhD-level mathematician."},
+        {"role": "user", "content": "What is 2 + 2?"},
+    ]
     assert sent["body"]["messages"] == history
     assert sent["body"]["model"] == "grok-4"
     assert "stream" not in sent["body"]
@@ -81,8 +89,9 @@ async def test_seed_example_system_and_user_get_a_stored_reply(
     stored = await stored_messages(client, alice, cid)
     assert [m["role"] for m in stored] == ["system", "user", "assistant"]
     assert stored[-1] == reply
-    got_turn = await client.get(f"/v1/conversations/{cid}/turns/{body['turn']['id']}",
-                                headers=alice)
+    got_turn = await client.get(
+        f"/v1/conversations/{cid}/turns/{body['turn']['id']}", headers=alice
+    )
     assert got_turn.json() == body["turn"]
 
 
@@ -91,8 +100,9 @@ async def test_history_rebuilt_exactly_over_several_turns(
 ) -> None:
     cid = await new_conversation(client, alice, messages=[{"role": "system", "content": "s"}])
     for i in range(5):
-        response = await turn(client, alice, cid,
-                              messages=[{"role": "user", "content": f"question {i}"}])
+        response = await turn(
+            client, alice, cid, messages=[{"role": "user", "content": f"question {i}"}]
+        )
         assert response.status_code == 201, response.text
         stored = await stored_messages(client, alice, cid)
         # What went upstream is exactly the stored history before the reply, in seq order.
@@ -105,13 +115,24 @@ async def test_history_rebuilt_exactly_over_several_turns(
 @pytest.mark.parametrize(
     "history",
     [
-        [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
-         {"role": "user", "content": "c"}, {"role": "user", "content": "d"}],
-        [{"role": "user", "content": "c"}, {"role": "user", "content": "d"},
-         {"role": "system", "content": "last"}],
+        [
+            {"role": "system", "content": "a"},
+            {"role": "system", "content": "b"},
+            {"role": "user", "content": "c"},
+            {"role": "user", "content": "d"},
+        ],
+        [
+            {"role": "user", "content": "c"},
+            {"role": "user", "content": "d"},
+            {"role": "system", "content": "last"},
+        ],
         [{"role": "assistant", "content": "I speak first"}, {"role": "user", "content": "ok"}],
-        [{"role": "user", "content": "x"}, {"role": "system", "content": "y"},
-         {"role": "user", "content": "z"}, {"role": "system", "content": "w"}],
+        [
+            {"role": "user", "content": "x"},
+            {"role": "system", "content": "y"},
+            {"role": "user", "content": "z"},
+            {"role": "system", "content": "w"},
+        ],
     ],
     ids=["several-system", "system-last", "assistant-first", "interleaved"],
 )
@@ -130,14 +151,17 @@ async def test_content_parts_and_names_are_kept_exactly(
 ) -> None:
     parts = [
         {"type": "text", "text": "Describe ☃ this"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=",
-                                            "detail": "low"}},
+        {
+            "type": "image_url",
+            "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"},
+        },
     ]
-    cid = await new_conversation(client, alice,
-                                 messages=[{"role": "system", "content": [{"type": "text",
-                                                                           "text": "sys"}]}])
-    response = await turn(client, alice, cid,
-                          messages=[{"role": "user", "content": parts, "name": "ann"}])
+    cid = await new_conversation(
+        client, alice, messages=[{"role": "system", "content": [{"type": "text", "text": "sys"}]}]
+    )
+    response = await turn(
+        client, alice, cid, messages=[{"role": "user", "content": parts, "name": "ann"}]
+    )
     assert response.status_code == 201, response.text
     sent = upstream.requests[-1]["body"]["messages"]
     assert sent[1] == {"role": "user", "content": parts, "name": "ann"}
@@ -149,12 +173,20 @@ async def test_content_parts_and_names_are_kept_exactly(
 async def test_tool_call_round_trip(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ]
     cid = await new_conversation(client, alice, params={"tools": tools})
-    first = await turn(client, alice, cid,
-                       messages=[{"role": "user", "content": "please use tool for Paris"}])
+    first = await turn(
+        client, alice, cid, messages=[{"role": "user", "content": "please use tool for Paris"}]
+    )
     assert first.status_code == 201, first.text
     reply = first.json()["reply"]
     assert reply["finish_reason"] == "tool_calls"
@@ -163,14 +195,22 @@ async def test_tool_call_round_trip(
     assert call["type"] == "function"
     assert call["function"]["name"] == "get_weather"
 
-    second = await turn(client, alice, cid, messages=[
-        {"role": "tool", "content": "{\"temp\": 21}", "tool_call_id": call["id"]},
-    ])
+    second = await turn(
+        client,
+        alice,
+        cid,
+        messages=[
+            {"role": "tool", "content": '{"temp": 21}', "tool_call_id": call["id"]},
+        ],
+    )
     assert second.status_code == 201, second.text
     sent = upstream.requests[-1]["body"]["messages"]
-    assert sent[1] == {"role": "assistant", "content": reply["content"],
-                       "tool_calls": reply["tool_calls"]}
-    assert sent[2] == {"role": "tool", "content": "{\"temp\": 21}", "tool_call_id": call["id"]}
+    assert sent[1] == {
+        "role": "assistant",
+        "content": reply["content"],
+        "tool_calls": reply["tool_calls"],
+    }
+    assert sent[2] == {"role": "tool", "content": '{"temp": 21}', "tool_call_id": call["id"]}
     assert second.json()["reply"]["finish_reason"] == "stop"
 
 
@@ -199,10 +239,17 @@ async def test_reasoning_and_usage_are_stored(
 async def test_turn_overrides_model_and_params(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
-    cid = await new_conversation(client, alice, model="grok-3", params={"temperature": 0.1,
-                                                                        "top_p": 0.5})
-    response = await turn(client, alice, cid, model="grok-4.3", params={"temperature": 0.9},
-                          messages=[{"role": "user", "content": "hi"}])
+    cid = await new_conversation(
+        client, alice, model="grok-3", params={"temperature": 0.1, "top_p": 0.5}
+    )
+    response = await turn(
+        client,
+        alice,
+        cid,
+        model="grok-4.3",
+        params={"temperature": 0.9},
+        messages=[{"role": "user", "content": "hi"}],
+    )
     assert response.status_code == 201, response.text
     sent = upstream.requests[-1]["body"]
     assert sent["model"] == "grok-4.3"
@@ -240,7 +287,11 @@ async def test_turn_on_empty_conversation_is_rejected(
     ids=["500", "503", "429", "403", "garbage"],
 )
 async def test_upstream_failure_keeps_the_user_message(
-    client: Client, alice: dict[str, str], upstream: FakeUpstream, fault: Fault, status: int,
+    client: Client,
+    alice: dict[str, str],
+    upstream: FakeUpstream,
+    fault: Fault,
+    status: int,
     code: str,
 ) -> None:
     cid = await new_conversation(client, alice)
@@ -254,8 +305,9 @@ async def test_upstream_failure_keeps_the_user_message(
         assert int(response.headers["retry-after"]) >= 1
     stored = await stored_messages(client, alice, cid)
     assert [(m["role"], m["content"]) for m in stored] == [("user", "keep me")]
-    failed = (await client.get(f"/v1/conversations/{cid}/turns/{problem['turn_id']}",
-                               headers=alice)).json()
+    failed = (
+        await client.get(f"/v1/conversations/{cid}/turns/{problem['turn_id']}", headers=alice)
+    ).json()
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == code
     assert failed["completed_at"] is not None

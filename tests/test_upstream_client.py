@@ -22,15 +22,24 @@ from service.upstream import (
 )
 
 COMPLETION = {
-    "id": "x", "object": "chat.completion", "created": 1, "model": "grok-4",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None},
-                 "finish_reason": "stop"}],
+    "id": "x",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "grok-4",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hi", "refusal": None},
+            "finish_reason": "stop",
+        }
+    ],
     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
 }
 
 
-def client_for(answers: list[Callable[[httpx.Request], httpx.Response] | httpx.Response],
-               **options: Any) -> tuple[UpstreamClient, list[httpx.Request]]:
+def client_for(
+    answers: list[Callable[[httpx.Request], httpx.Response] | httpx.Response], **options: Any
+) -> tuple[UpstreamClient, list[httpx.Request]]:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -39,9 +48,14 @@ def client_for(answers: list[Callable[[httpx.Request], httpx.Response] | httpx.R
         return answer(request) if callable(answer) else answer
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    defaults: dict[str, Any] = {"base_url": "http://upstream.test/v1", "api_key": "k",
-                                "timeout": 5, "max_retries": 2, "retry_deadline": 5,
-                                "backoff": 0.001}
+    defaults: dict[str, Any] = {
+        "base_url": "http://upstream.test/v1",
+        "api_key": "k",
+        "timeout": 5,
+        "max_retries": 2,
+        "retry_deadline": 5,
+        "backoff": 0.001,
+    }
     return UpstreamClient(http, **{**defaults, **options}), seen
 
 
@@ -71,9 +85,16 @@ async def test_transient_statuses_are_retried(status: int) -> None:
     assert len(seen) == 2
 
 
-@pytest.mark.parametrize(("status", "error"), [(400, UpstreamRejected), (401, UpstreamRejected),
-                                              (403, UpstreamRejected), (404, UpstreamRejected),
-                                              (422, UpstreamRejected)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, UpstreamRejected),
+        (401, UpstreamRejected),
+        (403, UpstreamRejected),
+        (404, UpstreamRejected),
+        (422, UpstreamRejected),
+    ],
+)
 async def test_rejections_are_never_retried(status: int, error: type[UpstreamError]) -> None:
     client, seen = client_for([httpx.Response(status, json={"code": "c", "error": "no way"})])
     with pytest.raises(error, match="no way") as caught:
@@ -127,8 +148,14 @@ async def test_read_timeout_is_a_timeout_and_not_retried() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"<html>not json</html>", b"{}", b'{"choices": []}', b'{"choices": [{"message": 5}]}',
-     b"[1, 2]", b""],
+    [
+        b"<html>not json</html>",
+        b"{}",
+        b'{"choices": []}',
+        b'{"choices": [{"message": 5}]}',
+        b"[1, 2]",
+        b"",
+    ],
 )
 async def test_malformed_answers_are_bad_responses(body: bytes) -> None:
     client, seen = client_for([httpx.Response(200, content=body)])
@@ -140,15 +167,20 @@ async def test_malformed_answers_are_bad_responses(body: bytes) -> None:
 async def test_tool_calls_and_reasoning_are_parsed() -> None:
     completion = json.loads(json.dumps(COMPLETION))
     completion["choices"][0]["message"] = {
-        "role": "assistant", "content": "", "reasoning_content": "hmm",
-        "tool_calls": [{"id": "call_1", "type": "function",
-                        "function": {"name": "f", "arguments": "{}"}}]}
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": "hmm",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    }
     completion["choices"][0]["finish_reason"] = "tool_calls"
     client, _ = client_for([httpx.Response(200, json=completion)])
     reply = (await client.complete({"model": "m"}, conversation_id="c")).reply
     assert reply.reasoning_content == "hmm"
-    assert reply.tool_calls == [{"id": "call_1", "type": "function",
-                                 "function": {"name": "f", "arguments": "{}"}}]
+    assert reply.tool_calls == [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]
     assert reply.finish_reason == "tool_calls"
 
 

@@ -95,7 +95,11 @@ def downgrade() -> None:
         op.execute("DROP INDEX IF EXISTS search_message_content")
         op.execute("DROP FUNCTION IF EXISTS search_content_text(json)")
         return
-    for trigger in ("search_message_insert", "search_conversation_insert",
-                    "search_conversation_title", "search_conversation_delete"):
+    for trigger in (
+        "search_message_insert",
+        "search_conversation_insert",
+        "search_conversation_title",
+        "search_conversation_delete",
+    ):
         op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     op.execute("DROP TABLE IF EXISTS search_text")

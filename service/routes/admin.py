@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from litestar.response import Stream
 from msgspec import Struct
 
 from service import transcripts
 from service.errors import BadRequest
-from service.routes.conversations import Cursor, Limit
+from service.routes.params import Admin, ConversationId, Cursor, Limit
 from service.routes.transcripts import attachment, export_stream
 from service.schemas import ConversationOut, MessageOut, TurnOut
-from service.store import ConversationFilter, Principal, Store
+from service.store import ConversationFilter, Store
 
-Tenant = Annotated[str | None, Parameter(max_length=200, description="Only this tenant's.")]
-Model = Annotated[str | None, Parameter(max_length=200, description="Only this model's.")]
+Tenant = Annotated[str | None, QueryParameter(max_length=200, description="Only this tenant's.")]
+Model = Annotated[str | None, QueryParameter(max_length=200, description="Only this model's.")]
 Query = Annotated[
     str | None,
-    Parameter(max_length=500, description="Words to find in titles or message content."),
+    QueryParameter(max_length=500, description="Words to find in titles or message content."),
 ]
-After = Annotated[datetime | None, Parameter(description="Created at or after (ISO 8601).")]
-Before = Annotated[datetime | None, Parameter(description="Created before (ISO 8601).")]
+After = Annotated[datetime | None, QueryParameter(description="Created at or after (ISO 8601).")]
+Before = Annotated[datetime | None, QueryParameter(description="Created before (ISO 8601).")]
 Status = Annotated[
     Literal["running", "completed", "failed"] | None,
-    Parameter(description="Only conversations having a turn in this status."),
+    QueryParameter(description="Only conversations having a turn in this status."),
 ]
 
 
@@ -77,12 +76,12 @@ def admin_conversation(row: Any) -> AdminConversation:
 
 class AdminController(Controller):
     path = "/admin"
-    tags = ["admin"]
+    tags = ("admin",)
 
     @get("/conversations", summary="Every tenant's conversations, newest first, filtered")
     async def list_conversations(
         self,
-        admin: Principal,
+        admin: Admin,
         state: State,
         tenant: Tenant = None,
         model: Model = None,
@@ -96,17 +95,20 @@ class AdminController(Controller):
         """Keyset pages that stay correct while rows are added. ``q`` uses the database's own
         text index (PostgreSQL full-text search, SQLite FTS5): every word must appear."""
         store: Store = state.store
-        filters = conversation_filter(store, tenant, model, q, created_after, created_before,
-                                      status)
+        filters = conversation_filter(
+            store, tenant, model, q, created_after, created_before, status
+        )
         rows, next_cursor = await store.admin_list(filters, limit=limit, cursor=cursor)
         return AdminConversationPage(
             [admin_conversation(r) for r in rows], next_cursor is not None, next_cursor
         )
 
-    @get("/conversations/{conversation_id:uuid}",
-         summary="One conversation with its tenant, every message and every turn")
+    @get(
+        "/conversations/{conversation_id:uuid}",
+        summary="One conversation with its tenant, every message and every turn",
+    )
     async def get_conversation(
-        self, conversation_id: uuid.UUID, admin: Principal, state: State
+        self, conversation_id: ConversationId, admin: Admin, state: State
     ) -> AdminConversationDetail:
         rows = await state.store.export_one(None, conversation_id)
         return AdminConversationDetail(
@@ -115,10 +117,12 @@ class AdminController(Controller):
             turns=[TurnOut(**t._mapping) for t in rows.turns],
         )
 
-    @get("/conversations/{conversation_id:uuid}/export",
-         summary="Any tenant's conversation as a JSON transcript")
+    @get(
+        "/conversations/{conversation_id:uuid}/export",
+        summary="Any tenant's conversation as a JSON transcript",
+    )
     async def export_conversation(
-        self, conversation_id: uuid.UUID, admin: Principal, state: State
+        self, conversation_id: ConversationId, admin: Admin, state: State
     ) -> Response[bytes]:
         rows = await state.store.export_one(None, conversation_id)
         return Response(
@@ -127,13 +131,15 @@ class AdminController(Controller):
             headers=attachment(f"conversation-{conversation_id}.json"),
         )
 
-    @get("/stats", summary="Conversations, messages, turns by status, tokens by model, "
-         "tenant and day")
+    @get(
+        "/stats",
+        summary="Conversations, messages, turns by status, tokens by model, tenant and day",
+    )
     async def stats(
         self,
-        admin: Principal,
+        admin: Admin,
         state: State,
-        days: Annotated[int, Parameter(ge=1, le=366)] = 30,
+        days: Annotated[int, QueryParameter(ge=1, le=366)] = 30,
     ) -> dict[str, Any]:
         stats: dict[str, Any] = await state.store.stats(days=days)
         return stats
@@ -141,7 +147,7 @@ class AdminController(Controller):
     @get("/export", summary="NDJSON transcripts of every matching conversation, streamed")
     async def export(
         self,
-        admin: Principal,
+        admin: Admin,
         state: State,
         tenant: Tenant = None,
         model: Model = None,
@@ -152,6 +158,7 @@ class AdminController(Controller):
     ) -> Stream:
         """One transcript per line, oldest first, with constant memory."""
         store: Store = state.store
-        filters = conversation_filter(store, tenant, model, q, created_after, created_before,
-                                      status)
+        filters = conversation_filter(
+            store, tenant, model, q, created_after, created_before, status
+        )
         return export_stream(store, filters, "conversations.ndjson")

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
-from litestar.params import Parameter
-import msgspec
+from litestar.params import FromQuery, JSONBody
 from msgspec import UNSET
 
 from service.idempotency import idempotent
+from service.routes.params import Caller, ConversationId, Cursor, Limit
 from service.schemas import (
     ConversationCreate,
     ConversationCreated,
@@ -23,25 +23,19 @@ from service.schemas import (
     MessagesAppended,
     message_fields,
 )
-from service.store import Principal, Store
-
-Limit = Annotated[int, Parameter(ge=1, le=100, description="Page size (at most 100).")]
-Cursor = Annotated[
-    str | None,
-    Parameter(max_length=512, description="`next_cursor` of the previous page."),
-]
+from service.store import Store
 
 
 class ConversationController(Controller):
     path = "/v1/conversations"
-    tags = ["conversations"]
+    tags = ("conversations",)
 
     @post("/", status_code=201, summary="Create a conversation")
     async def create(
         self,
         request: Request[Any, Any, Any],
-        data: ConversationCreate,
-        principal: Principal,
+        data: JSONBody[ConversationCreate],
+        principal: Caller,
         state: State,
     ) -> Response[ConversationCreated]:
         """Create a conversation, optionally with its first messages (any roles, any order)."""
@@ -56,16 +50,14 @@ class ConversationController(Controller):
                 metadata=data.metadata,
                 messages=[message_fields(m) for m in data.messages],
             )
-            created = ConversationCreated(
-                **msgspec.structs.asdict(conversation), messages=messages
-            )
+            created = ConversationCreated(**msgspec.structs.asdict(conversation), messages=messages)
             return Response(created, status_code=201)
 
         return await idempotent(request, principal, store, run)
 
     @get("/", summary="List conversations, newest first")
     async def list_conversations(
-        self, principal: Principal, state: State, limit: Limit = 20, cursor: Cursor = None
+        self, principal: Caller, state: State, limit: Limit = 20, cursor: Cursor = None
     ) -> ConversationPage:
         items, next_cursor = await state.store.list_conversations(
             principal.tenant, limit=limit, cursor=cursor
@@ -74,16 +66,22 @@ class ConversationController(Controller):
 
     @get("/{conversation_id:uuid}", summary="Get a conversation")
     async def get_conversation(
-        self, conversation_id: uuid.UUID, principal: Principal, state: State
+        self, conversation_id: ConversationId, principal: Caller, state: State
     ) -> ConversationOut:
         conversation: ConversationOut = await state.store.get_conversation(
             principal.tenant, conversation_id
         )
         return conversation
 
-    @patch("/{conversation_id:uuid}", summary="Change a conversation's title, model, params or metadata")
+    @patch(
+        "/{conversation_id:uuid}",
+        summary="Change a conversation's title, model, params or metadata",
+    )
     async def patch_conversation(
-        self, conversation_id: uuid.UUID, data: ConversationPatch, principal: Principal,
+        self,
+        conversation_id: ConversationId,
+        data: JSONBody[ConversationPatch],
+        principal: Caller,
         state: State,
     ) -> ConversationOut:
         changes = {
@@ -98,34 +96,40 @@ class ConversationController(Controller):
 
     @delete("/{conversation_id:uuid}", status_code=204, summary="Delete a conversation")
     async def delete_conversation(
-        self, conversation_id: uuid.UUID, principal: Principal, state: State
+        self, conversation_id: ConversationId, principal: Caller, state: State
     ) -> None:
         await state.store.delete_conversation(principal.tenant, conversation_id)
 
     @get("/{conversation_id:uuid}/messages", summary="List a conversation's messages by seq")
     async def list_messages(
         self,
-        conversation_id: uuid.UUID,
-        principal: Principal,
+        conversation_id: ConversationId,
+        principal: Caller,
         state: State,
         limit: Limit = 20,
         cursor: Cursor = None,
-        order: Literal["asc", "desc"] = "asc",
+        order: FromQuery[Literal["asc", "desc"]] = "asc",
     ) -> MessagePage:
         items, next_cursor = await state.store.list_messages(
-            principal.tenant, conversation_id, limit=limit, cursor=cursor,
+            principal.tenant,
+            conversation_id,
+            limit=limit,
+            cursor=cursor,
             descending=order == "desc",
         )
         return MessagePage(items, next_cursor is not None, next_cursor)
 
-    @post("/{conversation_id:uuid}/messages", status_code=201,
-          summary="Append messages without asking the model")
+    @post(
+        "/{conversation_id:uuid}/messages",
+        status_code=201,
+        summary="Append messages without asking the model",
+    )
     async def append_messages(
         self,
         request: Request[Any, Any, Any],
-        conversation_id: uuid.UUID,
-        data: MessagesAppend,
-        principal: Principal,
+        conversation_id: ConversationId,
+        data: JSONBody[MessagesAppend],
+        principal: Caller,
         state: State,
     ) -> Response[MessagesAppended]:
         store: Store = state.store

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal, cast
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Stream
 
 from service import importers, transcripts
 from service.errors import ValidationFailed
 from service.idempotency import idempotent
+from service.routes.params import Caller, ConversationId
 from service.schemas import ConversationOut, ForkCreate
-from service.store import ConversationFilter, Principal, Store
+from service.store import ConversationFilter, Store
 
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
 NDJSON = "application/x-ndjson"
@@ -36,7 +37,7 @@ def export_stream(store: Store, filters: ConversationFilter, name: str) -> Strea
 
 class TranscriptController(Controller):
     path = "/v1"
-    tags = ["transcripts"]
+    tags = ("transcripts",)
 
     @get(
         "/conversations/{conversation_id:uuid}/export",
@@ -45,10 +46,10 @@ class TranscriptController(Controller):
     )
     async def export_conversation(
         self,
-        conversation_id: uuid.UUID,
-        principal: Principal,
+        conversation_id: ConversationId,
+        principal: Caller,
         state: State,
-        format: Literal["json", "markdown"] = "json",  # noqa: A002 - the query parameter's name
+        format: FromQuery[Literal["json", "markdown"]] = "json",
     ) -> Response[bytes]:
         """The versioned JSON transcript of one conversation; ``?format=markdown`` for people."""
         rows = await state.store.export_one(principal.tenant, conversation_id)
@@ -72,7 +73,7 @@ class TranscriptController(Controller):
         request_max_body_size=MAX_IMPORT_BYTES,
     )
     async def import_transcript(
-        self, request: Request[Any, Any, Any], data: Any, principal: Principal, state: State
+        self, request: Request[Any, Any, Any], data: JSONBody[Any], principal: Caller, state: State
     ) -> Response[ConversationOut]:
         """A transcript in, a new conversation out (new ids, same content). Invalid transcripts
         are refused with every problem and where it is; nothing is stored. A transcript this
@@ -98,7 +99,7 @@ class TranscriptController(Controller):
         request_max_body_size=MAX_IMPORT_BYTES,
     )
     async def import_other(
-        self, source: str, data: Any, principal: Principal, state: State
+        self, source: FromPath[str], data: JSONBody[Any], principal: Caller, state: State
     ) -> dict[str, Any]:
         """``source`` is ``chatgpt`` (its ``conversations.json``) or ``openwebui`` (its JSON
         chat export). Each conversation's current branch becomes a new conversation;
@@ -135,7 +136,7 @@ class TranscriptController(Controller):
         summary="Export every conversation of the tenant as NDJSON transcripts",
         response_description="application/x-ndjson: one transcript per line, streamed",
     )
-    async def export_all(self, principal: Principal, state: State) -> Stream:
+    async def export_all(self, principal: Caller, state: State) -> Stream:
         """Every conversation of the caller's tenant, oldest first, one transcript per line.
         Streamed with constant memory, whatever the number of conversations."""
         return export_stream(
@@ -149,10 +150,10 @@ class TranscriptController(Controller):
     )
     async def fork(
         self,
-        conversation_id: uuid.UUID,
-        principal: Principal,
+        conversation_id: ConversationId,
+        principal: Caller,
         state: State,
-        data: ForkCreate | None = None,
+        data: JSONBody[ForkCreate | None] = None,
     ) -> ConversationOut:
         """A new conversation holding a copy of messages 1..``through_seq`` (default: all),
         recording where it came from (``forked_from_id``, ``forked_through_seq``)."""

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, JSONBody
 from litestar.response import Stream
 
 from service.idempotency import idempotent
+from service.routes.params import Caller, ConversationId, TurnId
 from service.schemas import TurnCreate, TurnOut, TurnResult
-from service.store import Principal, Store
+from service.store import Store
 from service.turns import TurnRunner, replay
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -27,7 +28,7 @@ def event_stream(events: AsyncIterator[bytes]) -> Stream:
 
 class TurnController(Controller):
     path = "/v1/conversations/{conversation_id:uuid}/turns"
-    tags = ["turns"]
+    tags = ("turns",)
 
     @post(
         "/",
@@ -40,9 +41,9 @@ class TurnController(Controller):
     async def create_turn(
         self,
         request: Request[Any, Any, Any],
-        conversation_id: uuid.UUID,
-        data: TurnCreate,
-        principal: Principal,
+        conversation_id: ConversationId,
+        data: JSONBody[TurnCreate],
+        principal: Caller,
         state: State,
     ) -> Response[TurnResult]:
         """Append the given messages, send the whole history upstream and store the reply."""
@@ -79,7 +80,7 @@ class TurnController(Controller):
 
     @get("/{turn_id:uuid}", summary="Get a turn")
     async def get_turn(
-        self, conversation_id: uuid.UUID, turn_id: uuid.UUID, principal: Principal, state: State
+        self, conversation_id: ConversationId, turn_id: TurnId, principal: Caller, state: State
     ) -> TurnOut:
         turn: TurnOut = await state.store.get_turn(principal.tenant, conversation_id, turn_id)
         return turn
@@ -92,12 +93,12 @@ class TurnController(Controller):
     )
     async def follow_turn(
         self,
-        conversation_id: uuid.UUID,
-        turn_id: uuid.UUID,
-        principal: Principal,
+        conversation_id: ConversationId,
+        turn_id: TurnId,
+        principal: Caller,
         state: State,
         last_event_id: Annotated[
-            int | None, Parameter(header="last-event-id", ge=0, required=False)
+            int | None, HeaderParameter(name="last-event-id", ge=0, required=False)
         ] = None,
     ) -> Stream:
         """Re-attach to a turn: every event from the start (or after ``Last-Event-ID``), then
@@ -107,7 +108,7 @@ class TurnController(Controller):
         return _follow(state, principal, turn, 0 if last_event_id is None else last_event_id + 1)
 
 
-def _follow(state: State, principal: Principal, turn: TurnOut, start: int) -> Stream:
+def _follow(state: State, principal: Caller, turn: TurnOut, start: int) -> Stream:
     feed = state.turns.feed(turn.id)
     if feed is not None:
         return event_stream(feed.follow(start))
