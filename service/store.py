@@ -1113,7 +1113,7 @@ class Store:
         if deadline > now:
             raise TurnInProgress(
                 "A turn is already running in this conversation; wait for it to finish.",
-                turn_id=str(turn_id),
+                running_turn_id=str(turn_id),
             )
         # The process that ran it died: free the conversation and say why.
         await conn.execute(

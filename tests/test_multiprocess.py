@@ -1,0 +1,226 @@
+"""Several server processes on one database: the database alone decides which turn runs.
+
+Real `convstore serve` processes, a real database (SQLite file and PostgreSQL), the fake
+upstream over a socket; one test kills a server with SIGKILL in the middle of a turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.fake_upstream import FakeUpstream, Fault, expected_reply
+from service.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+
+
+@contextlib.contextmanager
+def server(database_url: str, upstream: FakeUpstream, **env: str) -> Iterator[Server]:
+    """`convstore serve` as its own process."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVSTORE_")}
+    environment.update(
+        PYTHONPATH=str(ROOT),
+        CONVSTORE_DATABASE_URL=database_url,
+        CONVSTORE_UPSTREAM_URL=upstream.base_url,
+        XAI_API_KEY="test-key",
+        CONVSTORE_LOG_LEVEL="WARNING",
+        CONVSTORE_UPSTREAM_RETRY_DEADLINE="5",
+        **env,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.communicate(timeout=5)[0] if process.poll() is not None else ""
+                pytest.fail(f"the server did not start: {output}")
+            time.sleep(0.1)
+        yield Server(process, url)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        output = process.communicate(timeout=30)[0]
+        assert "database is locked" not in output
+        assert "Traceback" not in output, output
+
+
+async def check_conversation(
+    client: httpx.AsyncClient, base: str, headers: dict[str, str], cid: str
+) -> int:
+    """Messages 1..n without gaps, strictly user/assistant, each reply answering exactly the
+    history before it. Returns the number of replies."""
+    messages: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if cursor:
+            params["cursor"] = cursor
+        page = (
+            await client.get(
+                f"{base}/v1/conversations/{cid}/messages", params=params, headers=headers
+            )
+        ).json()
+        messages += page["data"]
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
+    for index in range(1, len(messages), 2):
+        history = [{"role": m["role"], "content": m["content"]} for m in messages[:index]]
+        assert messages[index]["content"] == expected_reply(history), index
+    return len(messages) // 2
+
+
+async def test_two_processes_many_concurrent_turns(
+    database_url: str, store: Store, upstream: FakeUpstream
+) -> None:
+    _, key = await store.create_key("storm")
+    headers = {"Authorization": f"Bearer {key}"}
+    # Each reply takes a little while, so that turns really overlap.
+    upstream.push_fault(Fault(kind="slow", delay=0.03, times=100_000))
+    with server(database_url, upstream) as first, server(database_url, upstream) as second:
+        urls = [first.url, second.url]
+        async with httpx.AsyncClient(timeout=60) as client:
+            conversations = []
+            for i in range(4):
+                created = await client.post(
+                    f"{urls[i % 2]}/v1/conversations", json={"title": f"storm {i}"}, headers=headers
+                )
+                conversations.append(created.json()["id"])
+            answers: Counter[int] = Counter()
+
+            async def user(number: int) -> None:
+                cid = conversations[number % len(conversations)]
+                for attempt in range(25):
+                    url = urls[(number + attempt) % 2]
+                    response = await client.post(
+                        f"{url}/v1/conversations/{cid}/turns",
+                        json={"messages": [{"role": "user", "content": f"q{number}"}]},
+                        headers=headers,
+                    )
+                    answers[response.status_code] += 1
+                    if response.status_code == 201:
+                        return
+                    assert response.json()["code"] == "turn_in_progress", response.text
+                    await asyncio.sleep(random.uniform(0.01, 0.1))
+
+            await asyncio.gather(*(user(n) for n in range(120)))
+            assert set(answers) <= {201, 409}, answers
+            assert answers[201] >= 60, answers
+            replies = 0
+            for cid in conversations:
+                replies += await check_conversation(client, urls[0], headers, cid)
+            # Every 201 is exactly one stored exchange; every 409 stored nothing.
+            assert replies == answers[201]
+
+
+async def test_a_killed_server_loses_nothing_and_the_conversation_recovers(
+    database_url: str, store: Store, upstream: FakeUpstream
+) -> None:
+    _, key = await store.create_key("crash")
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(timeout=60) as client:
+        with server(database_url, upstream, CONVSTORE_TURN_LEASE="2") as victim:
+            url = victim.url
+            cid = (await client.post(f"{url}/v1/conversations", json={}, headers=headers)).json()[
+                "id"
+            ]
+            appended = await client.post(
+                f"{url}/v1/conversations/{cid}/messages",
+                json={"messages": [{"role": "system", "content": "acknowledged"}]},
+                headers=headers,
+            )
+            assert appended.status_code == 201
+            upstream.push_fault(Fault(kind="hang", delay=60))
+            turn = asyncio.create_task(
+                client.post(
+                    f"{url}/v1/conversations/{cid}/turns",
+                    json={"messages": [{"role": "user", "content": "in flight"}]},
+                    headers=headers,
+                )
+            )
+            for _ in range(200):
+                if upstream.calls:
+                    break
+                await asyncio.sleep(0.02)
+            assert upstream.calls == 1
+            os.kill(victim.process.pid, signal.SIGKILL)
+            victim.process.wait(timeout=10)
+            with pytest.raises(httpx.TransportError):
+                await turn
+        upstream.clear()
+
+        with server(database_url, upstream, CONVSTORE_TURN_LEASE="2") as survivor:
+            url = survivor.url
+            messages = (
+                await client.get(f"{url}/v1/conversations/{cid}/messages", headers=headers)
+            ).json()["data"]
+            assert [(m["role"], m["content"]) for m in messages] == [
+                ("system", "acknowledged"),
+                ("user", "in flight"),
+            ]
+            # Until the dead server's lease runs out the turn still counts as running.
+            blocked = await client.post(
+                f"{url}/v1/conversations/{cid}/turns", json={}, headers=headers
+            )
+            assert blocked.status_code == 409
+            await asyncio.sleep(2.5)
+            retried = await client.post(
+                f"{url}/v1/conversations/{cid}/turns", json={}, headers=headers
+            )
+            assert retried.status_code == 201, retried.text
+            assert retried.json()["reply"]["content"] == expected_reply(
+                [
+                    {"role": "system", "content": "acknowledged"},
+                    {"role": "user", "content": "in flight"},
+                ]
+            )
+            dead_turn = blocked.json()["running_turn_id"]
+            old = (
+                await client.get(f"{url}/v1/conversations/{cid}/turns/{dead_turn}", headers=headers)
+            ).json()
+            assert old["status"] == "failed"
+            assert old["error"]["code"] == "abandoned"
