@@ -142,32 +142,7 @@ def main() -> None:
                             f"{peak:.1f} MiB (Python heap)",
                         ]
                     )
-                with service(url, upstream) as (base, _):
-                    import subprocess
-
-                    key = (
-                        subprocess.run(
-                            [
-                                sys.executable,
-                                "-m",
-                                "service.cli",
-                                "keys",
-                                "create",
-                                "--tenant",
-                                TENANT,
-                            ],
-                            env={
-                                "CONVSTORE_DATABASE_URL": url,
-                                "PATH": "/usr/bin:/bin",
-                                "PYTHONPATH": str(Path(__file__).parent.parent),
-                            },
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                        )
-                        .stdout.strip()
-                        .splitlines()[-1]
-                    )
+                with service(url, upstream) as (base, key):  # a key of tenant "bench"
                     lines, seconds, size = asyncio.run(export_over_http(base, key))
                     messages = lines * args.per_conversation
                     rows.append(
@@ -181,9 +156,8 @@ def main() -> None:
                         ]
                     )
     print(table(["database", "path", "messages", "seconds", "messages/s", "memory"], rows))
-    print(
-        f"\nthis process's peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-    )
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nthis process's peak RSS: {peak_rss:.0f} MiB")
 
 
 if __name__ == "__main__":
