@@ -158,6 +158,9 @@ class _Model(NamedTuple):
 
 _NO_SAMPLING = ("presence_penalty", "frequency_penalty", "stop")
 _REASONING_BY_NAME = frozenset({"grok-4-0709", "grok-4.3", "grok-3-mini", "grok-code-fast-1"})
+# Of the reasoning models only these return their reasoning as `reasoning_content`; the others
+# reason hidden: reasoning tokens are counted, and a stream shows empty deltas meanwhile.
+_SHOWS_REASONING = frozenset({"grok-3-mini", "grok-code-fast-1"})
 
 
 def _model(
@@ -1217,7 +1220,7 @@ async def _garbage(exchange: _Exchange, stream: bool) -> None:
 
 def _completion(reply: _Reply) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.pieces)}
-    if reply.reasoning is not None:
+    if reply.reasoning is not None and reply.model.id in _SHOWS_REASONING:
         message["reasoning_content"] = "".join(reply.reasoning)
     message["refusal"] = None
     if reply.tool_call is not None:
@@ -1238,7 +1241,13 @@ def _deltas(reply: _Reply, chunk_size: int) -> Iterable[tuple[dict[str, Any], _C
     groups = [
         "".join(reply.pieces[i : i + chunk_size]) for i in range(0, len(reply.pieces), chunk_size)
     ]
-    if reply.reasoning:
+    if reply.reasoning and reply.model.id not in _SHOWS_REASONING:
+        yield {"role": "assistant"}, "reasoning"
+        for _ in range(len(reply.reasoning) - 1 + _EMPTY_DELTAS):  # hidden reasoning
+            yield {}, "reasoning"
+        for group in groups:
+            yield {"content": group}, "content"
+    elif reply.reasoning:
         yield {"role": "assistant", "reasoning_content": reply.reasoning[0]}, "reasoning"
         for _ in range(_EMPTY_DELTAS):  # hidden reasoning: empty deltas
             yield {}, "reasoning"

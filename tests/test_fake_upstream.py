@@ -936,3 +936,19 @@ def test_command_line_serves_and_prints_the_url() -> None:
     finally:
         process.terminate()
         process.communicate(timeout=10)
+
+
+def test_hidden_reasoning_is_counted_but_not_shown(client: httpx.Client) -> None:
+    # grok-4 reasons, but (unlike grok-3-mini) does not return its reasoning.
+    body = chat(client, model="grok-4").json()
+    message = body["choices"][0]["message"]
+    assert "reasoning_content" not in message
+    assert_usage(body["usage"], reasoning=True)
+    _, events = stream(client, model="grok-4")
+    chunks = [e for e in events if e != "[DONE]" and e["choices"]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert not any("reasoning_content" in d for d in deltas)
+    assert {} in deltas
+    content = "".join(d.get("content", "") for d in deltas)
+    assert content == message["content"]
