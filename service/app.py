@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
+from service.observability import ObservedLitestar, configure_logging
 from service.routes.admin import AdminController
 from service.routes.conversations import ConversationController
-from service.routes.health import health, ready
+from service.routes.health import health, metrics, ready
 from service.routes.transcripts import TranscriptController
 from service.routes.turns import TurnController
 from service.settings import Settings
@@ -83,8 +83,8 @@ def create_app(
             if own_engine:
                 await db.dispose()
 
-    logging.getLogger("convstore").setLevel(settings.log_level)
-    return Litestar(
+    configure_logging(settings.log_level)
+    return ObservedLitestar(
         route_handlers=[
             ConversationController,
             TurnController,
@@ -92,6 +92,7 @@ def create_app(
             AdminController,
             health,
             ready,
+            metrics,
         ],
         dependencies={
             "principal": Provide(provide_principal),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -69,6 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         f"(API docs at http://{args.host}:{args.port}/schema)",
         flush=True,
     )
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker writes its metrics here, so that /metrics adds up every worker's.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="convstore-metrics-")
     try:
         import uvloop  # noqa: F401
 

@@ -15,7 +15,8 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import msgspec
 
@@ -26,6 +27,7 @@ from service.errors import (
     UpstreamRateLimited,
     UpstreamTimedOut,
 )
+from service.observability import observe_turn
 from service.schemas import MessageOut, TurnCreate, TurnOut, TurnResult, message_fields
 from service.store import Store, TurnStart
 from service.upstream import (
@@ -171,15 +173,19 @@ class TurnRunner:
             lease=self.lease,
         )
 
-    async def run(self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate) -> TurnResult:
-        """Run one turn to its end and return the stored turn and reply."""
-        started = time.perf_counter()
+    async def run(
+        self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate
+    ) -> tuple[TurnResult, Timing]:
+        """Run one turn to its end; the stored turn and reply, and where the time went."""
+        timing = Timing(started=time.perf_counter())
         start = await self._begin(tenant, conversation_id, request)
+        timing.db_ms += _ms_since(timing.started, exact=True)
         feed = TurnFeed(start.turn.id)
-        task = self._spawn(start, feed, started, stream=False)
+        task = self._spawn(start, feed, timing, stream=False)
         # Shielded: a client that hangs up must not cancel a turn whose input is stored.
         result: TurnResult = await asyncio.shield(task)
-        return result
+        timing.total_ms = _ms_since(timing.started, exact=True)
+        return result, timing
 
     async def run_streamed(
         self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate
@@ -188,11 +194,12 @@ class TurnRunner:
 
         Errors before the turn starts (404, 409, 422) are raised here, as plain answers.
         """
-        started = time.perf_counter()
+        timing = Timing(started=time.perf_counter())
         start = await self._begin(tenant, conversation_id, request)
+        timing.db_ms += _ms_since(timing.started, exact=True)
         feed = TurnFeed(start.turn.id)
         await feed.publish("turn.started", {"turn": start.turn, "messages": start.appended})
-        task = self._spawn(start, feed, started, stream=True)
+        task = self._spawn(start, feed, timing, stream=True)
         # Retrieve the outcome so a failure is not reported as "never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return feed
@@ -202,10 +209,10 @@ class TurnRunner:
         return self.feeds.get(turn_id)
 
     def _spawn(
-        self, start: TurnStart, feed: TurnFeed, started: float, *, stream: bool
+        self, start: TurnStart, feed: TurnFeed, timing: Timing, *, stream: bool
     ) -> asyncio.Task[TurnResult]:
         self.feeds[start.turn.id] = feed
-        task = asyncio.create_task(self._finish(start, feed, started, stream=stream))
+        task = asyncio.create_task(self._finish(start, feed, timing, stream=stream))
         self.tasks.add(task)
 
         def done(t: asyncio.Task[TurnResult]) -> None:
@@ -216,26 +223,42 @@ class TurnRunner:
         return task
 
     async def _finish(
-        self, start: TurnStart, feed: TurnFeed, started: float, *, stream: bool
+        self, start: TurnStart, feed: TurnFeed, timing: Timing, *, stream: bool
     ) -> TurnResult:
         turn_id = start.turn.id
+        started = timing.started
         upstream_started = time.perf_counter()
         try:
             attempted = await self._ask(start, feed, stream=stream)
         except UpstreamError as exc:
+            upstream_ms = _ms_since(upstream_started)
             failed = await self.store.fail_turn(
                 turn_id,
                 exc.as_dict(),
                 latency_ms=_ms_since(started),
-                upstream_ms=_ms_since(upstream_started),
+                upstream_ms=upstream_ms,
                 attempts=exc.attempts,
             )
             log.warning("turn %s failed: %s", turn_id, exc.message)
             error = service_error(exc, turn_id)
+            observe_turn(
+                error.code,
+                seconds=time.perf_counter() - started,
+                upstream_seconds=upstream_ms / 1000,
+                model=start.model,
+                usage=None,
+            )
             await feed.publish("turn.failed", {**error.problem(), "turn": failed})
             await feed.close()
             raise error from None
         except BaseException:
+            observe_turn(
+                "internal_error",
+                seconds=time.perf_counter() - started,
+                upstream_seconds=None,
+                model=start.model,
+                usage=None,
+            )
             await self.store.fail_turn(
                 turn_id,
                 {"code": "internal_error", "detail": "The turn stopped on an unexpected error."},
@@ -255,12 +278,22 @@ class TurnRunner:
             )
             await feed.close()
             raise
+        stored_at = time.perf_counter()
+        timing.upstream_ms = (stored_at - upstream_started) * 1000
         stored = await self.store.complete_turn(
             turn_id,
             attempted.reply,
             latency_ms=_ms_since(started),
-            upstream_ms=_ms_since(upstream_started),
+            upstream_ms=round(timing.upstream_ms),
             attempts=attempted.attempts,
+        )
+        timing.db_ms += _ms_since(stored_at, exact=True)
+        observe_turn(
+            "completed" if stored else "not_found",
+            seconds=time.perf_counter() - started,
+            upstream_seconds=timing.upstream_ms / 1000,
+            model=attempted.reply.model,
+            usage=attempted.reply.usage,
         )
         if stored is None:
             error = NotFound("The conversation was deleted while the model was answering.")
@@ -302,5 +335,26 @@ def replay(turn: TurnOut, reply: MessageOut | None) -> list[bytes]:
     return events
 
 
-def _ms_since(started: float) -> int:
-    return round((time.perf_counter() - started) * 1000)
+@dataclass
+class Timing:
+    """Where a turn's time went, for the ``Server-Timing`` header (milliseconds)."""
+
+    started: float
+    db_ms: float = 0.0
+    upstream_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def header(self) -> str:
+        return (
+            f"db;dur={self.db_ms:.2f}, upstream;dur={self.upstream_ms:.2f}, "
+            f"total;dur={self.total_ms:.2f}"
+        )
+
+
+@overload
+def _ms_since(started: float) -> int: ...
+@overload
+def _ms_since(started: float, *, exact: Literal[True]) -> float: ...
+def _ms_since(started: float, *, exact: bool = False) -> float:
+    elapsed = (time.perf_counter() - started) * 1000
+    return elapsed if exact else round(elapsed)

@@ -6,11 +6,20 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from service.errors import PROBLEM_JSON
+from service.observability import metrics_text
 
 
 @get("/health", summary="The process is alive", tags=["operations"])
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["operations"], include_in_schema=True)
+async def metrics(state: State) -> Response[bytes]:
+    """Requests by route and status, turn and upstream latency, turns by outcome, tokens by
+    model, database connections in use."""
+    body, content_type = metrics_text(state.store.engine.pool.checkedout())
+    return Response(body, media_type=content_type)
 
 
 @get("/ready", summary="The database is reachable", tags=["operations"])

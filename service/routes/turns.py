@@ -52,8 +52,8 @@ class TurnController(Controller):
         if not data.stream:
 
             async def run() -> Response[Any]:
-                result = await turns.run(principal.tenant, conversation_id, data)
-                return Response(result, status_code=201)
+                result, timing = await turns.run(principal.tenant, conversation_id, data)
+                return Response(result, status_code=201, headers={"server-timing": timing.header()})
 
             return await idempotent(request, principal, store, run)
 
