@@ -128,6 +128,7 @@ def service(
         XAI_API_KEY=UPSTREAM_KEY,
         CONVSTORE_LOG_LEVEL="WARNING",
         CONVSTORE_DB_POOL_SIZE=str(pool_size),
+        CONVSTORE_TURN_RATE_LIMIT="0",  # measure the service, not its per-tenant limit
     )
     cli = [sys.executable, "-m", "service.cli"]
     created = subprocess.run(

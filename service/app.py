@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
 from service.observability import ObservedLitestar, configure_logging
+from service.ratelimit import TurnRateLimit
 from service.routes.admin import AdminController
 from service.routes.conversations import ConversationController
 from service.routes.health import health, metrics, ready
@@ -71,7 +72,12 @@ def create_app(
         app.state.settings = settings
         app.state.store = store
         app.state.key_cache = KeyCache(settings.key_cache_ttl)
-        turns = TurnRunner(store, upstream, lease=settings.turn_lease)
+        turns = TurnRunner(
+            store,
+            upstream,
+            lease=settings.turn_lease,
+            rate_limit=TurnRateLimit(settings.turn_rate_limit),
+        )
         app.state.turns = turns
         turns.start()
         try:

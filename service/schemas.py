@@ -14,6 +14,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 MAX_CONTENT_CHARS = 1_000_000
 MAX_MESSAGES_PER_REQUEST = 1_000
+MAX_OBJECT_BYTES = 64 * 1024  # params and metadata, each
 
 # No text may hold NUL characters: PostgreSQL text cannot, and they mean nothing in a chat.
 NO_NUL = r"^[^\x00]*$"
@@ -105,11 +106,23 @@ Params = dict[str, Any]
 Metadata = dict[str, Any]
 
 
-def check_params(params: Params | UnsetType) -> None:
+def check_params(params: Params | UnsetType, metadata: Metadata | UnsetType = UNSET) -> None:
+    """Refuse params the service sets itself, and params or metadata that are too large."""
     if isinstance(params, dict):
         reserved = sorted(RESERVED_PARAMS.intersection(params))
         if reserved:
             raise ValueError(f"`params` may not set {', '.join(reserved)}: the service sets them")
+        _check_size("params", params)
+    if isinstance(metadata, dict):
+        _check_size("metadata", metadata)
+
+
+def _check_size(name: str, value: dict[str, Any]) -> None:
+    size = len(msgspec.json.encode(value))
+    if size > MAX_OBJECT_BYTES:
+        raise ValueError(
+            f"`{name}` is {size} bytes as JSON; at most {MAX_OBJECT_BYTES} are allowed"
+        )
 
 
 class ConversationCreate(Strict):
@@ -120,7 +133,7 @@ class ConversationCreate(Strict):
     messages: MessageList = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_params(self.params)
+        check_params(self.params, self.metadata)
 
 
 class ConversationPatch(Strict):
@@ -130,7 +143,7 @@ class ConversationPatch(Strict):
     metadata: Metadata | UnsetType = UNSET
 
     def __post_init__(self) -> None:
-        check_params(self.params)
+        check_params(self.params, self.metadata)
 
 
 class MessagesAppend(Strict):

@@ -33,6 +33,7 @@ class Settings:
     db_pool_size: int = 20
     turn_lease: float = 60.0
     key_cache_ttl: float = 5.0
+    turn_rate_limit: float = 1200.0
     log_level: str = "INFO"
 
     @classmethod
@@ -54,6 +55,7 @@ class Settings:
             db_pool_size=int(_number(env, "CONVSTORE_DB_POOL_SIZE", 20, whole=True)),
             turn_lease=_number(env, "CONVSTORE_TURN_LEASE", 60.0),
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
+            turn_rate_limit=_number(env, "CONVSTORE_TURN_RATE_LIMIT", 1200.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
@@ -83,6 +85,8 @@ class Settings:
             raise SettingsError("CONVSTORE_UPSTREAM_TIMEOUT must be a positive number of seconds")
         if self.upstream_max_retries < 0:
             raise SettingsError("CONVSTORE_UPSTREAM_MAX_RETRIES must be 0 or more")
+        if self.turn_rate_limit < 0:
+            raise SettingsError("CONVSTORE_TURN_RATE_LIMIT must be 0 (no limit) or more")
         if self.key_cache_ttl < 0:
             raise SettingsError("CONVSTORE_KEY_CACHE_TTL must be 0 or more seconds")
         if self.turn_lease < 1:

@@ -28,6 +28,7 @@ from service.errors import (
     UpstreamTimedOut,
 )
 from service.observability import observe_turn
+from service.ratelimit import TurnRateLimit
 from service.schemas import MessageOut, TurnCreate, TurnOut, TurnResult, message_fields
 from service.store import Store, TurnStart
 from service.upstream import (
@@ -121,10 +122,18 @@ class TurnFeed:
 class TurnRunner:
     """Runs turns against one store and one upstream client, and keeps their leases alive."""
 
-    def __init__(self, store: Store, upstream: UpstreamClient, *, lease: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        upstream: UpstreamClient,
+        *,
+        lease: float = 60.0,
+        rate_limit: TurnRateLimit | None = None,
+    ) -> None:
         self.store = store
         self.upstream = upstream
         self.lease = lease
+        self.rate_limit = rate_limit or TurnRateLimit(0)
         self.feeds: dict[uuid.UUID, TurnFeed] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self._renewer: asyncio.Task[None] | None = None
@@ -163,6 +172,7 @@ class TurnRunner:
     async def _begin(
         self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate
     ) -> TurnStart:
+        self.rate_limit.check(tenant)
         return await self.store.begin_turn(
             tenant,
             conversation_id,

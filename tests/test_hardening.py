@@ -1,0 +1,190 @@
+"""Limits with clear answers, and no route that lets one tenant reach another's data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from live import serve
+
+from service.app import MAX_BODY_BYTES, create_app
+from service.fake_upstream import FakeUpstream
+from service.schemas import MAX_MESSAGES_PER_REQUEST, MAX_OBJECT_BYTES
+from service.settings import Settings
+from service.store import Store
+
+Client = httpx.AsyncClient
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == status
+    assert problem["code"] == code
+    assert problem["title"]
+    assert problem["detail"]
+    return problem
+
+
+async def test_limits_answer_with_clear_problems(client: Client, alice: dict[str, str]) -> None:
+    too_big = b'{"title": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    assert_problem(
+        await client.post(
+            "/v1/conversations",
+            content=too_big,
+            headers={**alice, "content-type": "application/json"},
+        ),
+        413,
+        "payload_too_large",
+    )
+    many = {"messages": [{"role": "user", "content": "m"}] * (MAX_MESSAGES_PER_REQUEST + 1)}
+    assert_problem(
+        await client.post("/v1/conversations", json=many, headers=alice), 422, "validation_error"
+    )
+    long_content = {"messages": [{"role": "user", "content": "x" * 1_000_001}]}
+    assert_problem(
+        await client.post("/v1/conversations", json=long_content, headers=alice),
+        422,
+        "validation_error",
+    )
+    big_metadata = {"metadata": {"blob": "x" * MAX_OBJECT_BYTES}}
+    problem = assert_problem(
+        await client.post("/v1/conversations", json=big_metadata, headers=alice),
+        422,
+        "validation_error",
+    )
+    assert "metadata" in problem["detail"]
+    assert_problem(
+        await client.get("/v1/conversations", params={"limit": 1000}, headers=alice),
+        400,
+        "validation_error",
+    )
+    assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
+
+
+async def test_per_tenant_turn_rate_limit(
+    settings: Settings,
+    store: Store,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    upstream: FakeUpstream,
+) -> None:
+    app = create_app(dataclasses.replace(settings, turn_rate_limit=6), retry_backoff=0.01)
+    async with serve(app) as client:
+        cid = (await client.post("/v1/conversations", json={}, headers=alice)).json()["id"]
+        answers = []
+        for i in range(3):
+            response = await client.post(
+                f"/v1/conversations/{cid}/turns",
+                json={"messages": [{"role": "user", "content": f"q{i}"}]},
+                headers=alice,
+            )
+            answers.append(response.status_code)
+        assert answers == [201, 429, 429]  # a burst of one, then one every 10 s
+        problem = assert_problem(response, 429, "rate_limited")
+        assert "minute" in problem["detail"]
+        assert 1 <= int(response.headers["retry-after"]) <= 10
+        # Refused turns stored nothing; other tenants have buckets of their own.
+        messages = (await client.get(f"/v1/conversations/{cid}/messages", headers=alice)).json()[
+            "data"
+        ]
+        assert [m["content"] for m in messages] == ["q0", messages[1]["content"]]
+        other = (await client.post("/v1/conversations", json={}, headers=bob)).json()["id"]
+        assert (
+            await client.post(
+                f"/v1/conversations/{other}/turns",
+                json={"messages": [{"role": "user", "content": "b"}]},
+                headers=bob,
+            )
+        ).status_code == 201
+
+
+async def test_framework_errors_are_problems(client: Client, alice: dict[str, str]) -> None:
+    assert_problem(await client.get("/nowhere"), 404, "not_found")
+    assert_problem(
+        await client.delete("/v1/conversations", headers=alice), 405, "method_not_allowed"
+    )
+    assert_problem(
+        await client.post(
+            "/v1/conversations",
+            content=b"[1,",
+            headers={**alice, "content-type": "application/json"},
+        ),
+        400,
+        "bad_request",
+    )
+    assert_problem(
+        await client.post("/v1/conversations", json={"title": 1}, headers=alice),
+        422,
+        "validation_error",
+    )
+
+
+async def test_no_route_reaches_another_tenants_data(
+    client: Client, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    cid = (
+        await client.post(
+            "/v1/conversations",
+            json={"title": "alice's", "messages": [{"role": "user", "content": "private"}]},
+            headers=alice,
+        )
+    ).json()["id"]
+    turn = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
+    turn_id = turn.json()["turn"]["id"]
+    for method, path, body in [
+        ("get", f"/v1/conversations/{cid}/export", None),
+        ("get", f"/v1/conversations/{cid}/export?format=markdown", None),
+        ("post", f"/v1/conversations/{cid}/fork", {"through_seq": 1}),
+        ("get", f"/v1/conversations/{cid}/turns/{turn_id}/events", None),
+    ]:
+        kwargs: dict[str, Any] = {"headers": bob}
+        if body is not None:
+            kwargs["json"] = body
+        assert_problem(await getattr(client, method)(path, **kwargs), 404, "not_found")
+    # Bob's own bulk export and listing hold nothing of alice's.
+    assert (await client.get("/v1/export", headers=bob)).text == ""
+    assert (await client.get("/v1/conversations", headers=bob)).json()["data"] == []
+    # Importing alice's transcript as bob makes bob a copy of his own, not access to hers.
+    transcript = (await client.get(f"/v1/conversations/{cid}/export", headers=alice)).json()
+    imported = await client.post("/v1/conversations/import", json=transcript, headers=bob)
+    assert imported.status_code == 201
+    assert imported.json()["id"] != cid
+    assert (await client.get(f"/v1/conversations/{cid}", headers=bob)).status_code == 404
+    # Alice's conversation is untouched.
+    mine = (await client.get(f"/v1/conversations/{cid}", headers=alice)).json()
+    assert mine["message_count"] == 2
+    listing = (await client.get("/v1/conversations", headers=alice)).json()["data"]
+    assert [c["id"] for c in listing] == [cid]
+
+
+@pytest.mark.parametrize(
+    "field", ["seq", "id", "tenant", "conversation_id", "turn_id", "created_at"]
+)
+async def test_clients_cannot_set_server_fields(
+    client: Client, alice: dict[str, str], field: str
+) -> None:
+    value: Any = 7 if field == "seq" else str(uuid.uuid4())
+    for body in ({field: value}, {"messages": [{"role": "user", "content": "x", field: value}]}):
+        assert_problem(
+            await client.post("/v1/conversations", json=body, headers=alice),
+            422,
+            "validation_error",
+        )
+    cid = (await client.post("/v1/conversations", json={}, headers=alice)).json()["id"]
+    assert_problem(
+        await client.patch(f"/v1/conversations/{cid}", json={field: value}, headers=alice),
+        422,
+        "validation_error",
+    )
+    assert (
+        json.loads((await client.get(f"/v1/conversations/{cid}", headers=alice)).text)[
+            "message_count"
+        ]
+        == 0
+    )
