@@ -9,12 +9,16 @@ import httpx
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
 from service.observability import ObservedLitestar, configure_logging
+from service.openapi import CompletedJsonRenderPlugin
 from service.ratelimit import TurnRateLimit
 from service.routes.admin import AdminController
 from service.routes.conversations import ConversationController
@@ -25,6 +29,7 @@ from service.settings import Settings
 from service.store import Store, make_engine
 from service.turns import TurnRunner
 from service.upstream import UpstreamClient
+from service.web import TEMPLATES, AdminPages
 
 __version__ = "0.1.0"
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -96,6 +101,7 @@ def create_app(
             TurnController,
             TranscriptController,
             AdminController,
+            AdminPages,
             health,
             ready,
             metrics,
@@ -107,6 +113,7 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=MAX_BODY_BYTES,
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(
             title="convstore",
             version=__version__,
@@ -118,5 +125,6 @@ def create_app(
                 }
             ),
             security=[{"bearer": []}],
+            render_plugins=[CompletedJsonRenderPlugin(), SwaggerRenderPlugin(path="/")],
         ),
     )

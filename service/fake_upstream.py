@@ -560,6 +560,26 @@ def _check_types(body: Any) -> dict[str, Any]:
     return body
 
 
+def _lenient_request(body: Any) -> dict[str, Any]:
+    """The parts of a chat request that shape the reply, with only the messages checked."""
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise _bad("missing field `model`")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages: expected a non-empty sequence")
+    for i, message in enumerate(messages):
+        _check_message(i, message)
+    options = body.get("stream_options")
+    tools = body.get("tools")
+    return {
+        "model": body["model"],
+        "messages": messages,
+        "stream": body.get("stream") is True,
+        "stream_options": options if isinstance(options, dict) else None,
+        "tools": tools if isinstance(tools, list) else None,
+    }
+
+
 def _check_semantics(body: dict[str, Any]) -> _Model:
     """The model to answer with; raises the upstream's 400/404/410 for what it refuses."""
     if body.get("search_parameters") is not None:
@@ -820,6 +840,7 @@ class FakeUpstream:
         keepalive: bool = True,
         legacy_usage: bool = False,
         max_recorded: int = 1000,
+        lenient: bool = False,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
@@ -827,6 +848,9 @@ class FakeUpstream:
         self.reasoning = reasoning
         self.chunk_size = chunk_size
         self.reply_delay = reply_delay
+        # Lenient: any model name and any parameters are accepted (messages are still checked),
+        # for fuzzing the service's own validation without upstream refusals in the way.
+        self.lenient = lenient
         self.keepalive = keepalive
         self.legacy_usage = legacy_usage
         self.max_recorded = max_recorded
@@ -1073,8 +1097,12 @@ class FakeUpstream:
         if not decoded:
             what = "EOF while parsing a value at line 1 column 0" if not raw.strip() else error
             raise _bad(what)
-        request = _check_types(body)
-        model = _check_semantics(request)
+        if self.lenient:
+            request = _lenient_request(body)
+            model = _BY_NAME.get(request["model"]) or _BY_NAME["grok-3"]
+        else:
+            request = _check_types(body)
+            model = _check_semantics(request)
         reply = _plan(request, model, request["model"], self.reasoning)
         if self.reply_delay > 0 and not await self._pause(self.reply_delay, exchange):
             return await self._aborted(exchange)

@@ -178,6 +178,8 @@ class ObservedLitestar(Litestar):
                 status = message["status"]
                 headers = list(message.get("headers") or [])
                 headers.append((b"x-request-id", request_id.encode()))
+                if scope.get("method") == "OPTIONS" and status == 204:
+                    headers = self._with_full_allow(scope, headers)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -205,6 +207,25 @@ class ObservedLitestar(Litestar):
                 },
             )
             REQUEST_ID.reset(token)
+
+    def _with_full_allow(
+        self, scope: Scope, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        # Litestar 2 answers OPTIONS with only some of a path's methods when several handlers
+        # share the path (litestar#4169, fixed in Litestar 3); list them all.
+        template = scope.get("path_template")
+        methods = sorted(
+            {
+                m
+                for r in self.routes
+                if getattr(r, "path_format", None) == template
+                for m in getattr(r, "methods", ())
+            }
+        )
+        if not methods:
+            return headers
+        kept = [(k, v) for k, v in headers if k.lower() != b"allow"]
+        return [*kept, (b"allow", ", ".join(methods).encode())]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

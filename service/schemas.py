@@ -15,6 +15,8 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 MAX_CONTENT_CHARS = 1_000_000
 MAX_MESSAGES_PER_REQUEST = 1_000
 MAX_OBJECT_BYTES = 64 * 1024  # params and metadata, each
+# The content part types the chat-completions API knows.
+PART_TYPES = frozenset({"text", "image_url", "text_file", "file"})
 
 # No text may hold NUL characters: PostgreSQL text cannot, and they mean nothing in a chat.
 NO_NUL = r"^[^\x00]*$"
@@ -45,13 +47,22 @@ class ToolCall(Strict, omit_defaults=False):
     type: Literal["function"] = "function"
 
 
+def holds_nul(value: Any) -> bool:
+    """Whether a NUL character stands anywhere in a JSON value (keys included)."""
+    return b"\\u0000" in msgspec.json.encode(value)
+
+
 def _check_parts(content: Content | None) -> None:
     if not isinstance(content, list):
         return
+    if holds_nul(content):
+        raise ValueError("content holds a NUL character")
     for index, part in enumerate(content):
         kind = part.get("type")
-        if not isinstance(kind, str) or not kind:
-            raise ValueError(f"content part {index} needs a string `type`")
+        if kind not in PART_TYPES:
+            raise ValueError(
+                f"content part {index} needs a `type` of {', '.join(sorted(PART_TYPES))}"
+            )
         text = part.get("text")
         if kind == "text" and not isinstance(text, str):
             raise ValueError(f"content part {index} of type text needs a string `text`")
@@ -254,4 +265,4 @@ class ConversationCreated(ConversationOut):
 
 
 class ForkCreate(Strict):
-    through_seq: Annotated[int, Meta(ge=0)] | None = None
+    through_seq: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None

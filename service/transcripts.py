@@ -16,6 +16,7 @@ import msgspec
 from jsonschema import Draft202012Validator
 
 from service.errors import ValidationFailed
+from service.schemas import holds_nul
 from service.store import ExportRows
 
 FORMAT = "convstore.transcript"
@@ -115,7 +116,13 @@ def problems(data: Any) -> list[dict[str, str]]:
     ]
     if found:
         return found[:MAX_REPORTED_ERRORS]
+    found += _bad_timestamps(data)
     messages = data["messages"]
+    for index, message in enumerate(messages):
+        if isinstance(message.get("content"), list) and holds_nul(message["content"]):
+            found.append(
+                {"path": f"$.messages[{index}].content", "message": "holds a NUL character"}
+            )
     for index, message in enumerate(messages):
         if message["seq"] != index + 1:
             found.append(
@@ -139,6 +146,28 @@ def problems(data: Any) -> list[dict[str, str]]:
                 }
             )
     return found
+
+
+def _bad_timestamps(data: dict[str, Any]) -> list[dict[str, str]]:
+    """Timestamps that do not parse (the schema's ``date-time`` format is not enforced by
+    every validator, and these values are stored)."""
+    places: list[tuple[str, Any]] = [
+        (f"$.conversation.{k}", data["conversation"].get(k)) for k in ("created_at", "updated_at")
+    ]
+    places += [
+        (f"$.messages[{i}].created_at", m.get("created_at")) for i, m in enumerate(data["messages"])
+    ]
+    for i, t in enumerate(data.get("turns", [])):
+        places += [(f"$.turns[{i}].{k}", t.get(k)) for k in ("created_at", "completed_at")]
+    bad = []
+    for path, value in places:
+        if value is None:
+            continue
+        try:
+            _timestamp(value, datetime.now(UTC))
+        except ValueError:
+            bad.append({"path": path, "message": f"{value!r} is not an ISO 8601 date-time"})
+    return bad[:MAX_REPORTED_ERRORS]
 
 
 def validate(data: Any) -> None:

@@ -1,0 +1,254 @@
+"""Completes the OpenAPI document Litestar generates: every status a route can answer (as
+problem+json, with an example), the real media types of exports and streams, the routes that
+need no key, strict request bodies, and the transcript's own JSON Schema for imports."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from litestar import Request
+from litestar.openapi.plugins import JsonRenderPlugin
+
+from service import transcripts
+
+PROBLEM = "application/problem+json"
+PUBLIC = ("/health", "/ready", "/metrics", "/v1/transcripts/schema")
+STRICT_BODIES = (
+    "ConversationCreate",
+    "ConversationPatch",
+    "MessagesAppend",
+    "TurnCreate",
+    "ForkCreate",
+    "SystemMessage",
+    "UserMessage",
+    "AssistantMessage",
+    "ToolMessage",
+    "ToolCall",
+    "FunctionCall",
+)
+MESSAGES = ("SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage")
+CODES = {
+    400: ("bad_request", "`cursor` is not a cursor this API handed out."),
+    401: ("unauthorized", "Send an API key as `Authorization: Bearer <key>`."),
+    403: ("forbidden", "This route needs an admin key."),
+    404: ("not_found", "No conversation has this id."),
+    409: (
+        "turn_in_progress",
+        "A turn is already running in this conversation; wait for it to finish.",
+    ),
+    413: ("payload_too_large", "Request Entity Too Large"),
+    422: ("validation_error", "Object missing required field `content` - at `$.messages[0]`"),
+    429: ("upstream_rate_limited", "The model is rate limited: Too many requests."),
+    502: (
+        "upstream_error",
+        "The model rejected the request (400): Model grok-4 does not "
+        "support parameter presencePenalty.",
+    ),
+    504: ("upstream_timeout", "The model did not answer within 3600 s."),
+}
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "description": "An RFC 9457 problem; `code` says what went wrong, for programs.",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes a retried request return the first answer instead of acting twice.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
+def problem(status: int) -> dict[str, Any]:
+    code, detail = CODES[status]
+    example = {
+        "type": "about:blank",
+        "title": _phrase(status),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    response: dict[str, Any] = {
+        "description": _phrase(status),
+        "content": {
+            PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}, "example": example}
+        },
+    }
+    if status == 429:
+        response["headers"] = {
+            "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}
+        }
+    return response
+
+
+def _phrase(status: int) -> str:
+    from http import HTTPStatus
+
+    return HTTPStatus(status).phrase
+
+
+def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
+    statuses = {400, 401}
+    if path.startswith("/admin"):
+        statuses.add(403)
+    if "{conversation_id}" in path:
+        statuses.add(404)
+    if "requestBody" in operation:
+        statuses |= {413, 422}
+    if method == "post" and path.endswith(("/turns", "/messages")):
+        statuses |= {409}
+    if method == "post" and path.endswith("/turns"):
+        statuses |= {429, 502, 504}
+    if method == "post" and path.startswith("/v1/conversations") and "{source}" not in path:
+        statuses.add(409)  # an Idempotency-Key still in use; an import already made
+    return statuses
+
+
+def _transcript_components() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The transcript schema as OpenAPI components (its $defs renamed) and the root schema."""
+    raw = copy.deepcopy(transcripts.schema())
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: (
+                    v.replace("#/$defs/", "#/components/schemas/Transcript_")
+                    if k == "$ref" and isinstance(v, str)
+                    else rewrite(v)
+                )
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    definitions = rewrite(raw.pop("$defs"))
+    for key in ("$schema", "$id"):
+        raw.pop(key, None)
+    components = {f"Transcript_{name}": schema for name, schema in definitions.items()}
+    return components, rewrite(raw)
+
+
+def complete(document: dict[str, Any]) -> dict[str, Any]:
+    """The finished OpenAPI document (a copy; the input is left as it is)."""
+    doc = copy.deepcopy(document)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    transcript_parts, transcript = _transcript_components()
+    schemas.update(transcript_parts)
+    schemas["Transcript"] = transcript
+    for name in STRICT_BODIES:
+        if name in schemas:
+            schemas[name]["additionalProperties"] = False
+    for name in MESSAGES:
+        if name in schemas and "content" in schemas[name].get("properties", {}):
+            content: dict[str, Any] = {"$ref": "#/components/schemas/Transcript_content"}
+            if name == "AssistantMessage":
+                content = {"oneOf": [content, {"type": "null"}]}
+            schemas[name]["properties"]["content"] = content
+    for name in ("ConversationCreate", "ConversationPatch", "TurnCreate"):
+        params = schemas.get(name, {}).get("properties", {}).get("params")
+        if params is not None:
+            _forbid_reserved(params)
+
+    for path, item in doc.get("paths", {}).items():
+        for method, operation in item.items():
+            if method not in ("get", "post", "patch", "put", "delete"):
+                continue
+            responses = operation.setdefault("responses", {})
+            if path in PUBLIC:
+                operation["security"] = []
+                responses.pop("400", None)
+            else:
+                for status in sorted(_statuses(path, method, operation)):
+                    responses[str(status)] = problem(status)
+            if (
+                method == "post"
+                and path.startswith("/v1/conversations")
+                and ("{source}" not in path and not path.endswith("/fork"))
+            ):
+                operation.setdefault("parameters", []).append(IDEMPOTENCY_HEADER)
+            _media_types(path, method, operation)
+    return doc
+
+
+def _forbid_reserved(params: dict[str, Any]) -> None:
+    from service.schemas import RESERVED_PARAMS
+
+    target = params
+    for variant in params.get("oneOf", []):
+        if variant.get("type") == "object":
+            target = variant
+    target["propertyNames"] = {"not": {"enum": sorted(RESERVED_PARAMS)}}
+
+
+def _media_types(path: str, method: str, operation: dict[str, Any]) -> None:
+    responses = operation["responses"]
+    ok = responses.get("200") or responses.get("201")
+    if path.endswith("/export") and "{conversation_id}" in path and ok:
+        if path.startswith("/v1"):
+            ok["content"]["text/markdown"] = {"schema": {"type": "string"}}
+        ok["content"]["application/json"] = {"schema": {"$ref": "#/components/schemas/Transcript"}}
+    elif path in ("/v1/export", "/admin/export") and ok:
+        ok["content"] = {
+            "application/x-ndjson": {
+                "schema": {"type": "string", "description": "One transcript per line."}
+            }
+        }
+    elif path.endswith("/events") and ok:
+        ok["content"] = {
+            "text/event-stream": {"schema": {"description": "Events whose data are JSON objects."}}
+        }
+    elif path.endswith("/turns") and method == "post" and ok:
+        ok["content"]["text/event-stream"] = {
+            "schema": {
+                "description": "With `stream: true`: the turn's events (data are JSON objects)."
+            }
+        }
+    elif path == "/metrics" and ok:
+        ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    elif path == "/ready":
+        responses["503"] = {
+            "description": "The database is not reachable",
+            "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    if path == "/v1/conversations/import" and method == "post":
+        operation["requestBody"]["content"] = {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Transcript"}}
+        }
+    if path.endswith("/fork") and "requestBody" in operation:
+        operation["requestBody"]["required"] = False
+    if path.endswith("/import/{source}"):
+        operation["requestBody"]["content"] = {
+            "application/json": {
+                "schema": {
+                    "type": ["array", "object"],
+                    "description": "The other tool's export file, as it is.",
+                }
+            }
+        }
+        for parameter in operation.get("parameters", []):
+            if parameter.get("name") == "source":
+                parameter["schema"] = {"type": "string", "enum": ["chatgpt", "openwebui"]}
+
+
+class CompletedJsonRenderPlugin(JsonRenderPlugin):
+    """Serves the completed document at ``/schema/openapi.json``."""
+
+    _completed: bytes | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self._completed is None:
+            self._completed = self.render_json(request, complete(openapi_schema))
+        return self._completed

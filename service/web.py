@@ -1,0 +1,693 @@
+"""The admin web pages (``/admin/``): sign in with an admin key, then browse, search and read
+every tenant's conversations, download their transcripts and see usage stats.
+
+The pages are server-rendered Jinja templates with autoescaping on: message content is user data
+and is only ever rendered as text, never as HTML. They authenticate with a cookie holding the
+admin key, set by the sign-in form (``HttpOnly``, ``Secure``, ``SameSite=Strict``,
+``Path=/admin``); the JSON admin API beside them keeps using ``Authorization: Bearer``.
+None of these routes is part of the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeAlias
+from urllib.parse import urlencode
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import Cookie, State
+from litestar.di import NamedDependency, Provide
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
+from litestar.response import Redirect, Template
+
+from service import transcripts
+from service.auth import KeyCache
+from service.errors import NotFound, ServiceError
+from service.routes.transcripts import attachment
+from service.store import ConversationFilter, Principal, Store
+
+TEMPLATES = Path(__file__).with_name("templates")
+STATIC = Path(__file__).with_name("static")
+
+COOKIE = "convstore_admin"
+COOKIE_PATH = "/admin"
+LOGIN_PATH = "/admin/login"
+HOME_PATH = "/admin/"
+PAGE_SIZE = 25
+PAGE_SIZES = (10, 25, 50, 100)
+MAX_KEY_CHARS = 512  # far longer than any key we issue; longer input is not worth a lookup
+MAX_QUERY_CHARS = 500  # as on the JSON admin API
+MAX_NAME_CHARS = 200
+STATUSES = ("running", "completed", "failed")
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+STAT_DAYS = (7, 30, 90)
+# Raster images only: an inline SVG could hold links, and a remote URL is not fetched (below).
+INLINE_IMAGE = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,", re.IGNORECASE)
+
+# The stylesheet is tiny and changes only with a release: read it once, serve it with a
+# content hash in its URL so browsers may cache it for good.
+STYLESHEET = (STATIC / "admin.css").read_bytes()
+STYLESHEET_URL = f"/admin/static/admin.css?v={hashlib.sha256(STYLESHEET).hexdigest()[:12]}"
+
+# Message content is untrusted: no script runs on these pages, nothing loads from elsewhere,
+# and no other site may frame them or learn their URLs.
+PAGE_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+# ---- authentication -------------------------------------------------------------------------
+
+
+class SignInRequired(Exception):
+    """The request carries no admin cookie that still holds a valid admin key."""
+
+    def __init__(self, next_path: str | None, *, had_cookie: bool) -> None:
+        super().__init__("sign in with an admin key")
+        self.next_path = next_path
+        self.had_cookie = had_cookie
+
+
+async def provide_page_admin(request: Request[Any, Any, Any], state: State) -> Principal:
+    """The admin behind the request's cookie, looked up like a bearer key (through the key
+    cache, so a revoked key stops working within seconds); else ``SignInRequired``."""
+    key = request.cookies.get(COOKIE)
+    cache: KeyCache = state.key_cache
+    principal = None
+    if key and len(key) <= MAX_KEY_CHARS:
+        principal = await cache.principal(state.store, key)
+    if principal is None or not principal.is_admin:
+        # Only a page the browser can simply open again is worth coming back to.
+        next_path = None
+        if request.method == "GET":
+            next_path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise SignInRequired(next_path, had_cookie=key is not None)
+    return principal
+
+
+PageAdmin: TypeAlias = NamedDependency[Principal]
+
+
+def safe_next(value: str | None) -> str | None:
+    """``value`` if it is one of these pages (so the redirect after sign-in cannot lead to
+    another site), else None."""
+    if not value or len(value) > 2000:
+        return None
+    if value != "/admin" and not value.startswith(("/admin/", "/admin?")):
+        return None
+    if any(c in value for c in "\\\r\n\t") or value.startswith(LOGIN_PATH):
+        return None
+    return value
+
+
+def session_cookie(key: str) -> Cookie:
+    # A browser-session cookie: it goes when the browser closes, or on sign-out.
+    return Cookie(
+        key=COOKIE,
+        value=key,
+        path=COOKIE_PATH,
+        httponly=True,
+        secure=True,
+        samesite="strict",
+    )
+
+
+def expired_cookie() -> Cookie:
+    return Cookie(
+        key=COOKIE,
+        value="",
+        path=COOKIE_PATH,
+        max_age=0,
+        httponly=True,
+        secure=True,
+        samesite="strict",
+    )
+
+
+def redirect_to_sign_in(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """303 to the sign-in form, remembering the page asked for; a stale cookie is cleared."""
+    assert isinstance(exc, SignInRequired)
+    # The list is where signing in leads anyway; any other page is worth returning to.
+    wanted = exc.next_path if exc.next_path and exc.next_path.rstrip("/") != "/admin" else None
+    query = {"next": wanted} if wanted else None
+    return Redirect(
+        LOGIN_PATH,
+        status_code=303,
+        query_params=query,
+        cookies=[expired_cookie()] if exc.had_cookie else None,
+        headers={"cache-control": "no-store"},
+    )
+
+
+def error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A service error (a missing conversation, a bad cursor) as an HTML page, not JSON."""
+    assert isinstance(exc, ServiceError)
+    return Template(
+        "error.html",
+        context=base_context(signed_in=True, status=exc.status, title=exc.title, detail=exc.detail),
+        status_code=exc.status,
+        headers=PAGE_HEADERS,
+    )
+
+
+def base_context(*, signed_in: bool, **context: Any) -> dict[str, Any]:
+    return {"stylesheet": STYLESHEET_URL, "signed_in": signed_in, **context}
+
+
+# ---- formatting -----------------------------------------------------------------------------
+
+
+def when(value: Any) -> dict[str, str] | None:
+    """A timestamp as ``<time>`` wants it: ISO 8601 for the machine, UTC minutes for people."""
+    if not isinstance(value, datetime):
+        return None
+    moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return {"iso": moment.isoformat(), "text": moment.strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def pretty_arguments(arguments: Any) -> str:
+    """Tool-call arguments (a JSON string, by the API's contract) indented; as given if not JSON."""
+    if isinstance(arguments, str):
+        try:
+            return pretty_json(json.loads(arguments))
+        except ValueError:
+            return arguments
+    return pretty_json(arguments)
+
+
+def usage_text(usage: Any) -> str | None:
+    """Token usage in a few words: prompt, completion (with reasoning), total."""
+    if not isinstance(usage, dict):
+        return None if usage is None else pretty_json(usage)
+    words = []
+    for field, label in (("prompt_tokens", "prompt"), ("completion_tokens", "completion")):
+        if isinstance(usage.get(field), int):
+            words.append(f"{usage[field]:,} {label}")
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    if isinstance(reasoning, int) and reasoning:
+        words.append(f"{reasoning:,} reasoning")
+    if isinstance(usage.get("total_tokens"), int):
+        words.append(f"{usage['total_tokens']:,} total")
+    return " · ".join(words) if words else pretty_json(usage)
+
+
+def latency_text(ms: Any) -> str | None:
+    if not isinstance(ms, int):
+        return None
+    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+def content_parts(content: Any) -> list[dict[str, Any]]:
+    """A message's content as parts to show: text as text, images, anything else as JSON.
+
+    Only ``data:`` images are shown inline; a remote image is a link, because loading it would
+    tell its host that (and when) an admin read the conversation."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"kind": "text", "text": content}]
+    if not isinstance(content, list):
+        return [{"kind": "other", "type": type(content).__name__, "json": pretty_json(content)}]
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"kind": "text", "text": part["text"]})
+            continue
+        if kind == "image_url" and isinstance(part.get("image_url"), dict):
+            url = part["image_url"].get("url")
+            if isinstance(url, str) and INLINE_IMAGE.match(url):
+                parts.append({"kind": "image", "src": url})
+                continue
+            if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
+                parts.append({"kind": "link", "url": url})
+                continue
+        parts.append({"kind": "other", "type": str(kind or "part"), "json": pretty_json(part)})
+    return parts
+
+
+def message_view(m: Any) -> dict[str, Any]:
+    """One stored message, ready for the template."""
+    calls = []
+    for call in m.tool_calls if isinstance(m.tool_calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        function = function if isinstance(function, dict) else {}
+        calls.append(
+            {
+                "id": call.get("id") if isinstance(call, dict) else None,
+                "name": function.get("name") or "(unnamed)",
+                "arguments": pretty_arguments(function.get("arguments", "")),
+            }
+        )
+    is_reply = m.turn_id is not None or m.model is not None or m.usage is not None
+    return {
+        "seq": m.seq,
+        "role": m.role,
+        "role_class": m.role if m.role in ROLES else "other",
+        "name": m.name,
+        "created": when(m.created_at),
+        "parts": content_parts(m.content),
+        "tool_calls": calls,
+        "tool_call_id": m.tool_call_id,
+        "reasoning": m.reasoning_content,
+        "reply": (
+            {
+                "model": m.model,
+                "finish_reason": m.finish_reason,
+                "usage": usage_text(m.usage),
+                "turn_id": str(m.turn_id) if m.turn_id else None,
+            }
+            if is_reply
+            else None
+        ),
+    }
+
+
+def turn_view(t: Any) -> dict[str, Any]:
+    error = t.error if isinstance(t.error, dict) else ({"detail": t.error} if t.error else None)
+    return {
+        "id": str(t.id),
+        "status": t.status,
+        "model": t.model,
+        "created": when(t.created_at),
+        "latency": latency_text(t.latency_ms),
+        "usage": usage_text(t.usage),
+        "finish_reason": t.finish_reason,
+        "reply_seq": t.reply_seq,
+        "error": (
+            {
+                "code": error.get("code"),
+                "detail": error.get("detail"),
+                "upstream_status": error.get("upstream_status"),
+                "json": pretty_json(error),
+            }
+            if error
+            else None
+        ),
+    }
+
+
+def conversation_view(c: Any) -> dict[str, Any]:
+    return {
+        "id": str(c.id),
+        "title": c.title,
+        "tenant": c.tenant,
+        "model": c.model,
+        "message_count": c.message_count,
+        "created": when(c.created_at),
+        "updated": when(c.updated_at),
+        "params": pretty_json(c.params) if c.params else None,
+        "metadata": pretty_json(c.metadata) if c.metadata else None,
+        "source_id": getattr(c, "source_id", None),
+        "forked_from_id": str(c.forked_from_id) if getattr(c, "forked_from_id", None) else None,
+        "url": f"/admin/c/{c.id}",
+    }
+
+
+# ---- the list's filters ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListForm:
+    """The list page's filter form, as the admin filled it in (empty fields are None)."""
+
+    q: str | None = None
+    tenant: str | None = None
+    model: str | None = None
+    status: str | None = None
+    created_after: str | None = None
+    created_before: str | None = None
+    limit: str | None = None  # page size
+
+    @property
+    def filtered(self) -> bool:
+        return any(v for k, v in asdict(self).items() if k != "limit")
+
+    def query(self, **extra: str | None) -> str:
+        """The query string of a link that keeps these filters."""
+        fields = {**asdict(self), **extra}
+        return urlencode({k: v for k, v in fields.items() if v})
+
+
+def day_start(value: str | None, field: str, errors: list[str]) -> datetime | None:
+    """A date (``YYYY-MM-DD``, as a date input sends it) as the start of that day in UTC; a full
+    ISO 8601 timestamp is taken as given."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), time(), UTC)
+        moment = datetime.fromisoformat(value)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    except ValueError:
+        errors.append(f"“{field}” is not a date (YYYY-MM-DD).")
+        return None
+
+
+def blank_to_none(value: str | None) -> str | None:
+    value = value.strip() if value is not None else None
+    return value or None
+
+
+def parse_filters(form: ListForm, dialect: str) -> tuple[ConversationFilter | None, int, list[str]]:
+    """The store's filter and the page size for the form, or the problems to show next to it."""
+    errors: list[str] = []
+    limit = PAGE_SIZE
+    if form.limit is not None:
+        limit = int(form.limit) if form.limit.isdigit() else 0
+        if not 1 <= limit <= max(PAGE_SIZES):
+            errors.append(f"“Per page” must be a number from 1 to {max(PAGE_SIZES)}.")
+    if form.q is not None and len(form.q) > MAX_QUERY_CHARS:
+        errors.append(f"The search text is longer than {MAX_QUERY_CHARS} characters.")
+    for label, value in (("Tenant", form.tenant), ("Model", form.model)):
+        if value is not None and len(value) > MAX_NAME_CHARS:
+            errors.append(f"{label} is longer than {MAX_NAME_CHARS} characters.")
+    if form.status is not None and form.status not in STATUSES:
+        errors.append(f"Status must be one of {', '.join(STATUSES)}.")
+    after = day_start(form.created_after, "Created from", errors)
+    before = day_start(form.created_before, "Created before", errors)
+    if after and before and after >= before:
+        errors.append("“Created from” must be earlier than “Created before”.")
+    if errors:
+        return None, PAGE_SIZE, errors
+    return (
+        ConversationFilter(
+            tenant=form.tenant,
+            model=form.model,
+            q=form.q,
+            created_after=after,
+            created_before=before,
+            status=form.status,
+            dialect=dialect,
+        ),
+        limit,
+        [],
+    )
+
+
+# ---- the stats chart ------------------------------------------------------------------------
+
+
+def nice_ceiling(value: float) -> int:
+    """The smallest of 1, 2, 5 times a power of ten that is at least ``value`` (axis tops)."""
+    if value <= 1:
+        return 1
+    magnitude = int(10 ** math.floor(math.log10(value)))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= value)
+
+
+CHART_HEIGHT = 180
+PLOT_TOP = 10
+PLOT_BOTTOM = 150  # baseline; day labels below it
+PLOT_LEFT = 64
+PLOT_WIDTH = 960  # the bars share this, so a month and a quarter fill the same space
+
+
+def bar_chart(title: str, unit: str, days: list[str], values: dict[str, int]) -> dict[str, Any]:
+    """An SVG bar chart's geometry, one bar per day: the template only draws it."""
+    top = nice_ceiling(max([values.get(d, 0) for d in days], default=0))
+    scale = (PLOT_BOTTOM - PLOT_TOP) / top
+    step = max(4, min(40, PLOT_WIDTH // max(1, len(days))))
+    bar_width = max(2, round(step * 0.7))
+    bars = []
+    for i, day in enumerate(days):
+        value = values.get(day, 0)
+        height = round(value * scale, 1)
+        bars.append(
+            {
+                "x": PLOT_LEFT + i * step + (step - bar_width) / 2,
+                "y": round(PLOT_BOTTOM - height, 1),
+                "width": bar_width,
+                "height": height,
+                "day": day,
+                "value": value,
+                "label": f"{day}: {value:,} {unit}",
+            }
+        )
+    width = PLOT_LEFT + len(days) * step + 8
+    # Gridlines at 0, half way (when that is a whole number) and the top.
+    levels = [0, top // 2, top] if top % 2 == 0 else [0, top]
+    ticks = [{"y": round(PLOT_BOTTOM - v * scale, 1), "label": f"{v:,}"} for v in levels]
+    every = max(1, len(days) // 7)
+    labels = [
+        {"x": PLOT_LEFT + i * step + step / 2, "text": days[i][5:]}
+        for i in range(len(days) - 1, -1, -every)
+    ]
+    return {
+        "title": title,
+        "width": width,
+        "height": CHART_HEIGHT,
+        "left": PLOT_LEFT,
+        "right": width - 8,
+        "baseline": PLOT_BOTTOM,
+        "label_y": PLOT_BOTTOM + 16,
+        "bars": bars,
+        "ticks": ticks,
+        "labels": labels,
+        "total": sum(values.get(d, 0) for d in days),
+    }
+
+
+def chart_days(by_day: list[dict[str, Any]], days: int, today: date) -> list[str]:
+    """Every day of the period, oldest first, so days without turns show as gaps."""
+    period = {(today - timedelta(days=i)).isoformat() for i in range(days + 1)}
+    return sorted(period | {str(d["day"]) for d in by_day})
+
+
+# ---- the pages ------------------------------------------------------------------------------
+
+
+@dataclass
+class SignInForm:
+    """The sign-in form's fields: the key, and the page to go on to."""
+
+    key: str = ""
+    next: str = ""
+
+
+NextPath = Annotated[str | None, QueryParameter(name="next")]
+# Form fields arrive as text (an empty field as ""), and are checked here so that a bad value
+# shows the form again instead of a JSON problem.
+Field: TypeAlias = FromQuery[str | None]
+
+
+class AdminPages(Controller):
+    """The admin web pages. Each page needs the admin cookie and otherwise answers
+    ``303`` to the sign-in form."""
+
+    path = "/admin"
+    include_in_schema = False
+    dependencies = {"page_admin": Provide(provide_page_admin)}  # noqa: RUF012 - Litestar's API
+    exception_handlers = {  # noqa: RUF012 - Litestar's API
+        SignInRequired: redirect_to_sign_in,
+        ServiceError: error_page,
+    }
+    response_headers = PAGE_HEADERS
+
+    @get("/static/admin.css", sync_to_thread=False)
+    def stylesheet(self) -> Response[bytes]:
+        """The pages' stylesheet (no sign-in: it holds nothing private)."""
+        return Response(
+            STYLESHEET,
+            media_type="text/css",
+            headers={"cache-control": "public, max-age=31536000, immutable"},
+        )
+
+    @get("/login")
+    async def login_form(
+        self, request: Request[Any, Any, Any], state: State, next_path: NextPath = None
+    ) -> Response[Any]:
+        """The sign-in form; an admin already signed in goes straight on."""
+        key = request.cookies.get(COOKIE)
+        cache: KeyCache = state.key_cache
+        if key and len(key) <= MAX_KEY_CHARS:
+            principal = await cache.principal(state.store, key)
+            if principal is not None and principal.is_admin:
+                return Redirect(safe_next(next_path) or HOME_PATH, status_code=303)
+        return login_page(next_path=safe_next(next_path))
+
+    @post("/login", status_code=303)
+    async def login(
+        self,
+        state: State,
+        data: Annotated[SignInForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Response[Any]:
+        """Check the key (it must be an admin key) and set the session cookie; a tenant key
+        answers 403 and an unknown or revoked one 401, with the form shown again."""
+        key = data.key.strip()
+        next_path = safe_next(data.next)
+        if not key:
+            return login_page(next_path=next_path, error="Enter an admin key.", status=401)
+        store: Store = state.store
+        principal = await store.authenticate(key) if len(key) <= MAX_KEY_CHARS else None
+        if principal is None:
+            return login_page(
+                next_path=next_path, error="This key is unknown or revoked.", status=401
+            )
+        if not principal.is_admin:
+            return login_page(
+                next_path=next_path,
+                error="This is a tenant key. These pages need an admin key.",
+                status=403,
+            )
+        return Redirect(
+            next_path or HOME_PATH,
+            status_code=303,
+            cookies=[session_cookie(key)],
+            headers={"cache-control": "no-store"},
+        )
+
+    @post("/logout", status_code=303)
+    async def logout(self) -> Response[Any]:
+        """Clear the session cookie and show the sign-in form."""
+        return Redirect(
+            LOGIN_PATH,
+            status_code=303,
+            cookies=[expired_cookie()],
+            headers={"cache-control": "no-store"},
+        )
+
+    @get("/")
+    async def conversations(
+        self,
+        page_admin: PageAdmin,
+        state: State,
+        q: Field = None,
+        tenant: Field = None,
+        model: Field = None,
+        status: Field = None,
+        created_after: Field = None,
+        created_before: Field = None,
+        limit: Field = None,
+        cursor: Field = None,
+    ) -> Template:
+        """Every tenant's conversations, newest first, ``limit`` (25) a page: the filter form
+        (``q`` text search, tenant, model, turn status, creation dates) and keyset "Next page"
+        links that keep the filters. A bad filter shows the form with its problems (400)."""
+        store: Store = state.store
+        form = ListForm(
+            q=blank_to_none(q),
+            tenant=blank_to_none(tenant),
+            model=blank_to_none(model),
+            status=blank_to_none(status),
+            created_after=blank_to_none(created_after),
+            created_before=blank_to_none(created_before),
+            limit=blank_to_none(limit),
+        )
+        filters, page_size, errors = parse_filters(form, store.dialect)
+        rows: list[Any] = []
+        next_cursor = None
+        if filters is not None:
+            rows, next_cursor = await store.admin_list(
+                filters, limit=page_size, cursor=blank_to_none(cursor)
+            )
+        return Template(
+            "conversations.html",
+            context=base_context(
+                signed_in=True,
+                form=form,
+                statuses=STATUSES,
+                page_sizes=sorted({*PAGE_SIZES, page_size}),
+                page_size=page_size,
+                errors=errors,
+                rows=[conversation_view(r) for r in rows],
+                filtered=form.filtered,
+                paged=bool(blank_to_none(cursor)),
+                first_url=f"{HOME_PATH}?{form.query()}",
+                next_url=f"{HOME_PATH}?{form.query(cursor=next_cursor)}" if next_cursor else None,
+            ),
+            status_code=400 if errors else 200,
+        )
+
+    @get("/c/{conversation_id:str}")
+    async def conversation(
+        self, page_admin: PageAdmin, state: State, conversation_id: FromPath[str]
+    ) -> Template:
+        """One conversation read like a chat: every message in ``seq`` order, then its turns
+        (status, latency, usage, errors). 404 page if there is no such conversation."""
+        rows = await state.store.export_one(None, conversation_uuid(conversation_id))
+        turns = [turn_view(t) for t in rows.turns]
+        return Template(
+            "conversation.html",
+            context=base_context(
+                signed_in=True,
+                conversation=conversation_view(rows.conversation),
+                messages=[message_view(m) for m in rows.messages],
+                turns=turns,
+                failed_turns=sum(1 for t in turns if t["status"] == "failed"),
+            ),
+        )
+
+    @get("/c/{conversation_id:str}/download")
+    async def download(
+        self, page_admin: PageAdmin, state: State, conversation_id: FromPath[str]
+    ) -> Response[bytes]:
+        """The conversation's JSON transcript as a download (what
+        ``GET /admin/conversations/{id}/export`` gives a bearer key)."""
+        cid = conversation_uuid(conversation_id)
+        rows = await state.store.export_one(None, cid)
+        return Response(
+            transcripts.encode(transcripts.build(rows)),
+            media_type="application/json",
+            headers=attachment(f"conversation-{cid}.json"),
+        )
+
+    @get("/dashboard")
+    async def dashboard(self, page_admin: PageAdmin, state: State, days: Field = None) -> Template:
+        """Counts of conversations, messages and turns, tokens by model and tenant, and bar
+        charts (inline SVG) of turns and tokens per day over the last ``days`` days."""
+        period_days = int(days) if days and days.isdigit() and 1 <= int(days) <= 366 else 30
+        stats = await state.store.stats(days=period_days)
+        period = chart_days(stats["by_day"], period_days, datetime.now(UTC).date())
+        turns_by_day = {str(d["day"]): int(d["turns"]) for d in stats["by_day"]}
+        tokens_by_day = {str(d["day"]): int(d["total_tokens"]) for d in stats["by_day"]}
+        return Template(
+            "stats.html",
+            context=base_context(
+                signed_in=True,
+                stats=stats,
+                days=period_days,
+                day_choices=STAT_DAYS,
+                total_turns=sum(stats["turns"].values()),
+                total_tokens=sum(m["total_tokens"] for m in stats["tokens_by_model"]),
+                charts=[
+                    bar_chart("Turns per day", "turns", period, turns_by_day),
+                    bar_chart("Tokens per day", "tokens", period, tokens_by_day),
+                ],
+            ),
+        )
+
+
+def login_page(*, next_path: str | None, error: str | None = None, status: int = 200) -> Template:
+    return Template(
+        "login.html",
+        context=base_context(signed_in=False, next=next_path, error=error),
+        status_code=status,
+    )
+
+
+def conversation_uuid(value: str) -> uuid.UUID:
+    """The id in a page's path; a malformed one is as missing as an unknown one."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound("No conversation has this id.") from None

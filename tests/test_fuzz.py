@@ -1,0 +1,84 @@
+"""Schemathesis fuzzes the service through its own OpenAPI document, authenticated as a tenant:
+no 500, and every answer fits the document (status, media type, body, headers).
+
+All of schemathesis's checks run but one, `positive_data_acceptance`, which expects every
+request the schema allows to succeed: rules no schema can state (a cursor must be one the API
+handed out, `through_seq` at most the conversation's length, a turn needs a message to send,
+an import's seq numbers must run 1, 2, 3…) rightly refuse some of them with a 4xx.
+
+The upstream is the fake one in its lenient mode (any model name, any parameters), so that what
+is fuzzed is this service's own validation, not the upstream's list of models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from live import LiveServer
+
+from service.app import create_app
+from service.fake_upstream import FakeUpstream
+from service.settings import Settings
+from service.store import Store
+
+EXAMPLES = os.environ.get("CONVSTORE_FUZZ_EXAMPLES", "8")
+
+
+@pytest.fixture(scope="module")
+def lenient_upstream() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(api_keys=["test-key"], lenient=True)
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+def schemathesis() -> str:
+    found = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail("schemathesis is not installed (it is in the `test` extra)")
+    return found
+
+
+async def test_openapi_fuzzing_finds_nothing(
+    settings: Settings, store: Store, lenient_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    _, key = await store.create_key("fuzz")
+    app = create_app(
+        dataclasses.replace(settings, upstream_url=lenient_upstream.base_url, turn_rate_limit=0),
+        retry_backoff=0.01,
+    )
+    with LiveServer(app) as server:
+        result = subprocess.run(
+            [
+                schemathesis(),
+                "run",
+                f"{server.url}/schema/openapi.json",
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance",
+                "--header",
+                f"Authorization: Bearer {key}",
+                "--max-examples",
+                EXAMPLES,
+                "--seed",
+                "20261128",
+                "--request-timeout",
+                "30",
+                "--report-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"},
+        )
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    assert "API Operations" in result.stdout
