@@ -294,6 +294,10 @@ class StoredAnswer:
     body: Any
 
 
+class _NotRunning(Exception):
+    """The turn being completed is no longer running."""
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -538,6 +542,32 @@ class Store:
         lease: float,
     ) -> TurnStart:
         """Transaction 1 of a turn: append the input, mark the turn running, read the history."""
+        try:
+            return await self._begin_turn(
+                tenant,
+                conversation_id,
+                messages,
+                model=model,
+                params=params,
+                stream=stream,
+                lease=lease,
+            )
+        except IntegrityError:
+            raise TurnInProgress(
+                "A turn is already running in this conversation; wait for it to finish."
+            ) from None
+
+    async def _begin_turn(
+        self,
+        tenant: str,
+        conversation_id: uuid.UUID,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None,
+        params: dict[str, Any] | None,
+        stream: bool,
+        lease: float,
+    ) -> TurnStart:
         now = utcnow()
         async with self._write() as conn:
             before, conv_model, conv_params = await self._reserve(
@@ -564,24 +594,20 @@ class Store:
                 now,
                 None,
             )
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(
-                        insert(turn_table).values(
-                            id=turn.id,
-                            conversation_id=conversation_id,
-                            status="running",
-                            model=turn_model,
-                            params=turn_params,
-                            stream=stream,
-                            created_at=now,
-                            deadline_at=now + timedelta(seconds=lease),
-                        )
-                    )
-            except IntegrityError:
-                raise TurnInProgress(
-                    "A turn is already running in this conversation; wait for it to finish."
-                ) from None
+            # The check above holds the conversation's row lock (or SQLite's write lock), so
+            # the unique index on running turns is only a backstop here.
+            await conn.execute(
+                insert(turn_table).values(
+                    id=turn.id,
+                    conversation_id=conversation_id,
+                    status="running",
+                    model=turn_model,
+                    params=turn_params,
+                    stream=stream,
+                    created_at=now,
+                    deadline_at=now + timedelta(seconds=lease),
+                )
+            )
             rows = await conn.execute(
                 select(*HISTORY_COLUMNS).where(M.conversation_id == conversation_id).order_by(M.seq)
             )
@@ -589,33 +615,77 @@ class Store:
         return TurnStart(turn, appended, history, turn_model, turn_params)
 
     async def complete_turn(
-        self, turn_id: uuid.UUID, reply: Reply, *, latency_ms: int, upstream_ms: int, attempts: int
+        self,
+        turn_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        reply: Reply,
+        *,
+        latency_ms: int,
+        upstream_ms: int,
+        attempts: int,
     ) -> tuple[TurnOut, MessageOut] | None:
-        """Transaction 2 of a turn: store the reply and complete the turn.
+        """Transaction 2 of a turn: store the reply and complete the turn (three statements).
 
         Returns None if the turn is no longer running (its conversation was deleted, or it was
         declared abandoned), in which case nothing is stored.
         """
+        try:
+            return await self._complete_turn(
+                turn_id,
+                conversation_id,
+                reply,
+                latency_ms=latency_ms,
+                upstream_ms=upstream_ms,
+                attempts=attempts,
+            )
+        except _NotRunning:
+            return None
+
+    async def _complete_turn(
+        self,
+        turn_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        reply: Reply,
+        *,
+        latency_ms: int,
+        upstream_ms: int,
+        attempts: int,
+    ) -> tuple[TurnOut, MessageOut] | None:
         now = utcnow()
         async with self._write() as conn:
-            conv_id = (
-                await conn.execute(
-                    select(T.conversation_id).where(T.id == turn_id, T.status == "running")
-                )
-            ).scalar()
-            if conv_id is None:
-                return None
+            # Taking the next seq locks the conversation row, as every writer does first.
             seq = (
                 await conn.execute(
                     update(conversation_table)
-                    .where(C.id == conv_id)
+                    .where(C.id == conversation_id)
                     .values(message_count=C.message_count + 1, updated_at=now)
                     .returning(C.message_count)
                 )
-            ).scalar_one()
+            ).scalar()
+            if seq is None:
+                return None
+            row = (
+                await conn.execute(
+                    update(turn_table)
+                    .where(T.id == turn_id, T.status == "running")
+                    .values(
+                        status="completed",
+                        usage=reply.usage,
+                        finish_reason=reply.finish_reason,
+                        latency_ms=latency_ms,
+                        upstream_ms=upstream_ms,
+                        attempts=attempts,
+                        reply_seq=seq,
+                        completed_at=now,
+                    )
+                    .returning(*TURN_COLUMNS)
+                )
+            ).first()
+            if row is None:
+                raise _NotRunning  # rolls back: the seq taken above is given back
             message = MessageOut(
                 id=uuid7(),
-                conversation_id=conv_id,
+                conversation_id=conversation_id,
                 seq=seq,
                 role="assistant",
                 content=reply.content,
@@ -630,7 +700,7 @@ class Store:
             await conn.execute(
                 insert(message_table).values(
                     id=message.id,
-                    conversation_id=conv_id,
+                    conversation_id=conversation_id,
                     seq=seq,
                     role="assistant",
                     content=reply.content,
@@ -643,23 +713,6 @@ class Store:
                     created_at=now,
                 )
             )
-            row = (
-                await conn.execute(
-                    update(turn_table)
-                    .where(T.id == turn_id)
-                    .values(
-                        status="completed",
-                        usage=reply.usage,
-                        finish_reason=reply.finish_reason,
-                        latency_ms=latency_ms,
-                        upstream_ms=upstream_ms,
-                        attempts=attempts,
-                        reply_seq=seq,
-                        completed_at=now,
-                    )
-                    .returning(*TURN_COLUMNS)
-                )
-            ).one()
         return _turn_out(row), message
 
     async def fail_turn(

@@ -292,6 +292,7 @@ class TurnRunner:
         timing.upstream_ms = (stored_at - upstream_started) * 1000
         stored = await self.store.complete_turn(
             turn_id,
+            start.turn.conversation_id,
             attempted.reply,
             latency_ms=_ms_since(started),
             upstream_ms=round(timing.upstream_ms),

@@ -261,3 +261,23 @@ async def test_bad_idempotency_keys(client: Client, alice: dict[str, str], key: 
     )
     assert response.status_code == 400
     assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
+
+
+async def test_conversation_deleted_while_the_model_answers(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice)
+    upstream.push_fault(Fault(kind="slow", delay=0.5))
+    turn = asyncio.create_task(
+        client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice)
+    )
+    for _ in range(100):
+        if upstream.calls:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.delete(f"/v1/conversations/{cid}", headers=alice)).status_code == 204
+    answer = await turn
+    assert answer.status_code == 404
+    assert answer.json()["code"] == "not_found"
+    assert (await client.get(f"/v1/conversations/{cid}", headers=alice)).status_code == 404
+    assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
