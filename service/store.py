@@ -542,76 +542,57 @@ class Store:
         lease: float,
     ) -> TurnStart:
         """Transaction 1 of a turn: append the input, mark the turn running, read the history."""
+        now = utcnow()
         try:
-            return await self._begin_turn(
-                tenant,
-                conversation_id,
-                messages,
-                model=model,
-                params=params,
-                stream=stream,
-                lease=lease,
-            )
+            async with self._write() as conn:
+                before, conv_model, conv_params = await self._reserve(
+                    conn, tenant, conversation_id, len(messages), now
+                )
+                await self._check_no_running_turn(conn, conversation_id, now)
+                if before + len(messages) == 0:
+                    raise ValidationFailed(
+                        "The conversation has no messages yet: send at least one with the turn."
+                    )
+                appended = await self._insert_messages(conn, conversation_id, before, messages, now)
+                turn_model = model or conv_model
+                turn_params = {**conv_params, **(params or {})}
+                turn = TurnOut(
+                    uuid7(),
+                    conversation_id,
+                    "running",
+                    turn_model,
+                    turn_params,
+                    None,
+                    None,
+                    None,
+                    None,
+                    now,
+                    None,
+                )
+                # The check above holds the conversation's row lock (or SQLite's write lock), so
+                # the unique index on running turns is only a backstop here.
+                await conn.execute(
+                    insert(turn_table).values(
+                        id=turn.id,
+                        conversation_id=conversation_id,
+                        status="running",
+                        model=turn_model,
+                        params=turn_params,
+                        stream=stream,
+                        created_at=now,
+                        deadline_at=now + timedelta(seconds=lease),
+                    )
+                )
+                rows = await conn.execute(
+                    select(*HISTORY_COLUMNS)
+                    .where(M.conversation_id == conversation_id)
+                    .order_by(M.seq)
+                )
+                history = [history_entry(r) for r in rows]
         except IntegrityError:
             raise TurnInProgress(
                 "A turn is already running in this conversation; wait for it to finish."
             ) from None
-
-    async def _begin_turn(
-        self,
-        tenant: str,
-        conversation_id: uuid.UUID,
-        messages: list[dict[str, Any]],
-        *,
-        model: str | None,
-        params: dict[str, Any] | None,
-        stream: bool,
-        lease: float,
-    ) -> TurnStart:
-        now = utcnow()
-        async with self._write() as conn:
-            before, conv_model, conv_params = await self._reserve(
-                conn, tenant, conversation_id, len(messages), now
-            )
-            await self._check_no_running_turn(conn, conversation_id, now)
-            if before + len(messages) == 0:
-                raise ValidationFailed(
-                    "The conversation has no messages yet: send at least one with the turn."
-                )
-            appended = await self._insert_messages(conn, conversation_id, before, messages, now)
-            turn_model = model or conv_model
-            turn_params = {**conv_params, **(params or {})}
-            turn = TurnOut(
-                uuid7(),
-                conversation_id,
-                "running",
-                turn_model,
-                turn_params,
-                None,
-                None,
-                None,
-                None,
-                now,
-                None,
-            )
-            # The check above holds the conversation's row lock (or SQLite's write lock), so
-            # the unique index on running turns is only a backstop here.
-            await conn.execute(
-                insert(turn_table).values(
-                    id=turn.id,
-                    conversation_id=conversation_id,
-                    status="running",
-                    model=turn_model,
-                    params=turn_params,
-                    stream=stream,
-                    created_at=now,
-                    deadline_at=now + timedelta(seconds=lease),
-                )
-            )
-            rows = await conn.execute(
-                select(*HISTORY_COLUMNS).where(M.conversation_id == conversation_id).order_by(M.seq)
-            )
-            history = [history_entry(r) for r in rows]
         return TurnStart(turn, appended, history, turn_model, turn_params)
 
     async def complete_turn(
@@ -629,90 +610,71 @@ class Store:
         Returns None if the turn is no longer running (its conversation was deleted, or it was
         declared abandoned), in which case nothing is stored.
         """
-        try:
-            return await self._complete_turn(
-                turn_id,
-                conversation_id,
-                reply,
-                latency_ms=latency_ms,
-                upstream_ms=upstream_ms,
-                attempts=attempts,
-            )
-        except _NotRunning:
-            return None
-
-    async def _complete_turn(
-        self,
-        turn_id: uuid.UUID,
-        conversation_id: uuid.UUID,
-        reply: Reply,
-        *,
-        latency_ms: int,
-        upstream_ms: int,
-        attempts: int,
-    ) -> tuple[TurnOut, MessageOut] | None:
         now = utcnow()
-        async with self._write() as conn:
-            # Taking the next seq locks the conversation row, as every writer does first.
-            seq = (
-                await conn.execute(
-                    update(conversation_table)
-                    .where(C.id == conversation_id)
-                    .values(message_count=C.message_count + 1, updated_at=now)
-                    .returning(C.message_count)
-                )
-            ).scalar()
-            if seq is None:
-                return None
-            row = (
-                await conn.execute(
-                    update(turn_table)
-                    .where(T.id == turn_id, T.status == "running")
-                    .values(
-                        status="completed",
-                        usage=reply.usage,
-                        finish_reason=reply.finish_reason,
-                        latency_ms=latency_ms,
-                        upstream_ms=upstream_ms,
-                        attempts=attempts,
-                        reply_seq=seq,
-                        completed_at=now,
+        try:
+            async with self._write() as conn:
+                # Taking the next seq locks the conversation row, as every writer does first.
+                seq = (
+                    await conn.execute(
+                        update(conversation_table)
+                        .where(C.id == conversation_id)
+                        .values(message_count=C.message_count + 1, updated_at=now)
+                        .returning(C.message_count)
                     )
-                    .returning(*TURN_COLUMNS)
-                )
-            ).first()
-            if row is None:
-                raise _NotRunning  # rolls back: the seq taken above is given back
-            message = MessageOut(
-                id=uuid7(),
-                conversation_id=conversation_id,
-                seq=seq,
-                role="assistant",
-                content=reply.content,
-                created_at=now,
-                tool_calls=reply.tool_calls,
-                reasoning_content=reply.reasoning_content,
-                model=reply.model,
-                finish_reason=reply.finish_reason,
-                usage=reply.usage,
-                turn_id=turn_id,
-            )
-            await conn.execute(
-                insert(message_table).values(
-                    id=message.id,
+                ).scalar()
+                if seq is None:
+                    return None
+                row = (
+                    await conn.execute(
+                        update(turn_table)
+                        .where(T.id == turn_id, T.status == "running")
+                        .values(
+                            status="completed",
+                            usage=reply.usage,
+                            finish_reason=reply.finish_reason,
+                            latency_ms=latency_ms,
+                            upstream_ms=upstream_ms,
+                            attempts=attempts,
+                            reply_seq=seq,
+                            completed_at=now,
+                        )
+                        .returning(*TURN_COLUMNS)
+                    )
+                ).first()
+                if row is None:
+                    raise _NotRunning  # rolls back: the seq taken above is given back
+                message = MessageOut(
+                    id=uuid7(),
                     conversation_id=conversation_id,
                     seq=seq,
                     role="assistant",
                     content=reply.content,
+                    created_at=now,
                     tool_calls=reply.tool_calls,
                     reasoning_content=reply.reasoning_content,
                     model=reply.model,
                     finish_reason=reply.finish_reason,
                     usage=reply.usage,
                     turn_id=turn_id,
-                    created_at=now,
                 )
-            )
+                await conn.execute(
+                    insert(message_table).values(
+                        id=message.id,
+                        conversation_id=conversation_id,
+                        seq=seq,
+                        role="assistant",
+                        content=reply.content,
+                        tool_calls=reply.tool_calls,
+                        reasoning_content=reply.reasoning_content,
+                        model=reply.model,
+                        finish_reason=reply.finish_reason,
+                        usage=reply.usage,
+                        turn_id=turn_id,
+                        created_at=now,
+                    )
+                )
+        except _NotRunning:
+            return None
         return _turn_out(row), message
 
     async def fail_turn(

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar.response import Stream
 from msgspec import Struct
@@ -48,17 +49,19 @@ class AdminConversationDetail(Struct):
     turns: list[TurnOut]
 
 
-def conversation_filter(
-    store: Store,
-    tenant: str | None,
-    model: str | None,
-    q: str | None,
-    created_after: datetime | None,
-    created_before: datetime | None,
-    status: str | None,
+async def provide_filters(
+    state: State,
+    tenant: Tenant = None,
+    model: Model = None,
+    q: Query = None,
+    created_after: After = None,
+    created_before: Before = None,
+    status: Status = None,
 ) -> ConversationFilter:
+    """The admin routes' filters, from their query parameters."""
     if created_after and created_before and created_after >= created_before:
         raise BadRequest("`created_after` must be before `created_before`.")
+    store: Store = state.store
     return ConversationFilter(
         tenant=tenant,
         model=model,
@@ -77,27 +80,20 @@ def admin_conversation(row: Any) -> AdminConversation:
 class AdminController(Controller):
     path = "/admin"
     tags = ("admin",)
+    dependencies = {"filters": Provide(provide_filters)}  # noqa: RUF012 - Litestar's own layout
 
     @get("/conversations", summary="Every tenant's conversations, newest first, filtered")
     async def list_conversations(
         self,
         admin: Admin,
         state: State,
-        tenant: Tenant = None,
-        model: Model = None,
-        q: Query = None,
-        created_after: After = None,
-        created_before: Before = None,
-        status: Status = None,
+        filters: NamedDependency[ConversationFilter],
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> AdminConversationPage:
         """Keyset pages that stay correct while rows are added. ``q`` uses the database's own
         text index (PostgreSQL full-text search, SQLite FTS5): every word must appear."""
         store: Store = state.store
-        filters = conversation_filter(
-            store, tenant, model, q, created_after, created_before, status
-        )
         rows, next_cursor = await store.admin_list(filters, limit=limit, cursor=cursor)
         return AdminConversationPage(
             [admin_conversation(r) for r in rows], next_cursor is not None, next_cursor
@@ -146,19 +142,7 @@ class AdminController(Controller):
 
     @get("/export", summary="NDJSON transcripts of every matching conversation, streamed")
     async def export(
-        self,
-        admin: Admin,
-        state: State,
-        tenant: Tenant = None,
-        model: Model = None,
-        q: Query = None,
-        created_after: After = None,
-        created_before: Before = None,
-        status: Status = None,
+        self, admin: Admin, state: State, filters: NamedDependency[ConversationFilter]
     ) -> Stream:
         """One transcript per line, oldest first, with constant memory."""
-        store: Store = state.store
-        filters = conversation_filter(
-            store, tenant, model, q, created_after, created_before, status
-        )
-        return export_stream(store, filters, "conversations.ndjson")
+        return export_stream(state.store, filters, "conversations.ndjson")
