@@ -26,11 +26,11 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
-    or_,
     select,
     table,
     text,
     tuple_,
+    union,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -264,20 +264,24 @@ class ConversationFilter:
 
 
 _SIMPLE: ColumnElement[Any] = literal_column("'simple'::regconfig")
+_EMPTY: ColumnElement[Any] = literal_column("''::text")
 _SEARCH_TEXT = table("search_text", column("conv"))
 
 
 def text_match(dialect: str, q: str) -> ColumnElement[bool]:
     """Conversations whose title or any message contains every word of ``q``."""
     if dialect == "postgresql":
+        # Each side must read exactly like its GIN index's expression, and the two sides are a
+        # UNION of ids (an OR of the two would make the planner scan every conversation).
         query = func.plainto_tsquery(_SIMPLE, q)
-        in_title = func.to_tsvector(_SIMPLE, func.coalesce(C.title, "")).op("@@")(query)
-        in_messages = C.id.in_(
-            select(M.conversation_id).where(
-                func.to_tsvector(_SIMPLE, func.search_content_text(M.content)).op("@@")(query)
-            )
+        titled = conversation_table.alias("titled")
+        in_titles = select(titled.c.id).where(
+            func.to_tsvector(_SIMPLE, func.coalesce(titled.c.title, _EMPTY)).op("@@")(query)
         )
-        return or_(in_title, in_messages)
+        in_messages = select(M.conversation_id).where(
+            func.to_tsvector(_SIMPLE, func.search_content_text(M.content)).op("@@")(query)
+        )
+        return C.id.in_(union(in_titles, in_messages))
     words = [w for w in q.split() if w]
     phrase = " ".join('"' + w.replace('"', '""') + '"' for w in words)
     matches = select(_SEARCH_TEXT.c.conv).where(
