@@ -47,6 +47,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = logging.getLogger("convstore.access")
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 REQUESTS = Counter(
@@ -189,6 +190,8 @@ class ObservedLitestar(Litestar):
             seconds = time.perf_counter() - started
             route = scope.get("path_template") or "(no route)"
             method = scope.get("method", "")
+            if method not in KNOWN_METHODS:
+                method = "other"  # a label's values must stay few, whatever clients send
             REQUESTS.labels(method, route, str(status)).inc()
             REQUEST_SECONDS.labels(method, route).observe(seconds)
             log.info(

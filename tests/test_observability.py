@@ -58,7 +58,7 @@ async def test_turn_has_server_timing_and_metrics_count_it(
 
 def _samples(text: str) -> dict[tuple[str, str], float]:
     samples: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): label values may hold other breaks
         if not line or line.startswith("#"):
             continue
         name_labels, value = line.rsplit(" ", 1)

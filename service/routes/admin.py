@@ -50,6 +50,7 @@ class AdminConversationDetail(Struct):
 
 
 async def provide_filters(
+    admin: Admin,
     state: State,
     tenant: Tenant = None,
     model: Model = None,
@@ -58,7 +59,8 @@ async def provide_filters(
     created_before: Before = None,
     status: Status = None,
 ) -> ConversationFilter:
-    """The admin routes' filters, from their query parameters."""
+    """The admin routes' filters, from their query parameters. It takes the admin key first,
+    so that a request without one is a 401 whatever its parameters."""
     if created_after and created_before and created_after >= created_before:
         raise BadRequest("`created_after` must be before `created_before`.")
     store: Store = state.store
