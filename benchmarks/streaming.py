@@ -1,0 +1,217 @@
+"""Streaming latency: time to the first delta of a streamed turn through convstore versus time to
+the first content chunk of a direct streamed call to the same fake upstream with the same
+history, measured pair by pair, for several history lengths, on SQLite and PostgreSQL.
+
+    .venv/bin/python benchmarks/streaming.py [--pairs 30] [--sizes 10,100,1000]
+                                             [--databases sqlite,postgresql]
+
+Service side: ``POST /v1/conversations/{id}/turns`` with ``"stream": true``, timed from sending
+the request to the first ``message.delta`` event (and to ``turn.completed``). Direct side: ``POST
+/v1/chat/completions`` with ``"stream": true`` and the same messages the service sends, timed to
+the first chunk whose delta carries content (and to ``data: [DONE]``). Each pair uses a fresh
+fork of a conversation holding the history, so every turn sees the same number of messages.
+Prints tables in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import (
+    UPSTREAM_KEY,
+    database,
+    fake_upstream,
+    machine,
+    service,
+    summary,
+    table,
+)
+from benchmarks.procs import CORES, CpuMeter, wait_for_quiet
+from benchmarks.turn_overhead import history, seed
+
+WARMUP_PAIRS = 3
+
+
+async def direct_stream(
+    client: httpx.AsyncClient, upstream: str, body: dict[str, Any]
+) -> tuple[float, float]:
+    """(ms to the first content chunk, ms to [DONE]) of one streamed chat completion."""
+    first = float("nan")
+    started = time.perf_counter()
+    async with client.stream(
+        "POST",
+        f"{upstream}/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
+    ) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            if first != first:  # still NaN: look for the first content
+                chunk = json.loads(data)
+                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                    first = (time.perf_counter() - started) * 1000
+    return first, (time.perf_counter() - started) * 1000
+
+
+async def service_stream(
+    client: httpx.AsyncClient, cid: str, question: dict[str, Any]
+) -> tuple[float, float]:
+    """(ms to the first message.delta event, ms to turn.completed) of one streamed turn."""
+    first = float("nan")
+    started = time.perf_counter()
+    async with client.stream(
+        "POST", f"/v1/conversations/{cid}/turns", json={"messages": [question], "stream": True}
+    ) as response:
+        if response.status_code != 201:
+            await response.aread()
+            raise RuntimeError(f"turn answered {response.status_code}: {response.text}")
+        async for line in response.aiter_lines():
+            if line == "event: message.delta" and first != first:
+                first = (time.perf_counter() - started) * 1000
+            elif line == "event: turn.failed":
+                raise RuntimeError("a streamed turn failed")
+            elif line == "event: turn.completed":
+                break
+    return first, (time.perf_counter() - started) * 1000
+
+
+async def measure(
+    base: str, key: str, upstream: str, size: int, pairs: int
+) -> dict[str, list[float]]:
+    headers = {"Authorization": f"Bearer {key}"}
+    question = {"role": "user", "content": "And what follows from that?"}
+    # What the service sends upstream for a streamed turn.
+    body = {
+        "model": "grok-4",
+        "messages": [*history(size), question],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    results: dict[str, list[float]] = {
+        key: []
+        for key in ("direct", "service", "difference", "direct end", "service end", "end diff")
+    }
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=120, headers=headers) as client,
+        httpx.AsyncClient(timeout=120) as direct,
+    ):
+        root = await seed(client, headers, size)
+        for pair in range(pairs + WARMUP_PAIRS):
+            fork = await client.post(f"/v1/conversations/{root}/fork", json={})
+            fork.raise_for_status()
+            cid = fork.json()["id"]
+            direct_first, direct_end = await direct_stream(direct, upstream, body)
+            service_first, service_end = await service_stream(client, cid, question)
+            if pair < WARMUP_PAIRS:
+                continue  # warm-up: pools, caches, prepared statements
+            results["direct"].append(direct_first)
+            results["service"].append(service_first)
+            results["difference"].append(service_first - direct_first)
+            results["direct end"].append(direct_end)
+            results["service end"].append(service_end)
+            results["end diff"].append(service_end - direct_end)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait, before each size, for other processes to leave the cores idle",
+    )
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"machine: {machine()}")
+    print(f"pairs per size: {args.pairs} (after {WARMUP_PAIRS} warm-up pairs); times in ms\n")
+    first_rows = []
+    end_rows = []
+    with fake_upstream() as upstream:
+        for kind in args.databases.split(","):
+            with database(kind) as url, service(url, upstream) as (base, key):
+                for size in sizes:
+                    wait_for_quiet(args.quiet_wait)
+                    meter = CpuMeter(None if kind == "sqlite" else url.rsplit("/", 1)[1])
+                    meter.start()
+                    started = time.perf_counter()
+                    r = asyncio.run(measure(base, key, upstream, size, args.pairs))
+                    others = meter.stop()["others"] / (time.perf_counter() - started) / CORES
+                    d, s, o = summary(r["direct"]), summary(r["service"]), summary(r["difference"])
+                    first_rows.append(
+                        [
+                            kind,
+                            size,
+                            d["median"],
+                            d["p95"],
+                            s["median"],
+                            s["p95"],
+                            o["median"],
+                            o["p95"],
+                            f"{100 * others:.0f}%",
+                        ]
+                    )
+                    de, se, oe = (
+                        summary(r["direct end"]),
+                        summary(r["service end"]),
+                        summary(r["end diff"]),
+                    )
+                    end_rows.append(
+                        [kind, size, de["median"], se["median"], oe["median"], oe["p95"]]
+                    )
+    print("time to first delta (direct: first content chunk; service: first message.delta):")
+    print(
+        table(
+            [
+                "database",
+                "messages",
+                "direct median",
+                "direct p95",
+                "service median",
+                "service p95",
+                "difference median",
+                "difference p95",
+                "others",
+            ],
+            first_rows,
+        )
+    )
+    print("(others: share of the cores used by other processes on the machine meanwhile)")
+    print("\ntime to the end of the stream (direct: [DONE]; service: turn.completed):")
+    print(
+        table(
+            [
+                "database",
+                "messages",
+                "direct median",
+                "service median",
+                "difference median",
+                "difference p95",
+            ],
+            end_rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
