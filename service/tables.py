@@ -104,6 +104,8 @@ class Conversation(Base):
     __tablename__ = "conversation"
     __table_args__ = (
         Index("ix_conversation_tenant_created", "tenant", "created_at", "id"),
+        # Admins list every tenant's conversations newest first.
+        Index("ix_conversation_created", "created_at", "id"),
         # Importing the same transcript twice finds the first import instead of duplicating it.
         Index("uq_conversation_tenant_source", "tenant", "source_id", unique=True),
     )
@@ -156,6 +158,8 @@ class Turn(Base):
     __table_args__ = (
         CheckConstraint(f"status IN {TURN_STATUSES!r}", name="status"),
         Index("ix_turn_conversation_created", "conversation_id", "created_at"),
+        # Admins filter conversations by the status of their turns (failed ones, mostly).
+        Index("ix_turn_status_conversation", "status", "conversation_id"),
         # At most one running turn per conversation, enforced by the database so that it holds
         # across every server process sharing it.
         Index(
