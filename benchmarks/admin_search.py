@@ -5,6 +5,7 @@ store, for each filter, on SQLite and PostgreSQL.
                                                 [--repeat 50] [--depth 50]
                                                 [--databases sqlite,postgresql]
                                                 [--explain q-rare,q-common,first]
+                                                [--budget 15] [--timeout 60] [--quiet-wait 60]
 
 Fills a fresh database (migrated first, so SQLite's FTS5 triggers and PostgreSQL's GIN indexes
 exist while it fills) with conversations spread over a year and across tenants and models, each

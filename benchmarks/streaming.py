@@ -3,7 +3,7 @@ the first content chunk of a direct streamed call to the same fake upstream with
 history, measured pair by pair, for several history lengths, on SQLite and PostgreSQL.
 
     .venv/bin/python benchmarks/streaming.py [--pairs 30] [--sizes 10,100,1000]
-                                             [--databases sqlite,postgresql]
+                                             [--databases sqlite,postgresql] [--quiet-wait 60]
 
 Service side: ``POST /v1/conversations/{id}/turns`` with ``"stream": true``, timed from sending
 the request to the first ``message.delta`` event (and to ``turn.completed``). Direct side: ``POST

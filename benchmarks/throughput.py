@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/throughput.py [--duration 15] [--warmup 3] [--users 16,64]
                                               [--workers 1,2] [--fake-workers 1]
                                               [--databases sqlite,postgresql] [--pool-size 20]
-                                              [--profile DIR]
+                                              [--profile DIR] [--quiet-wait 60]
 
 Each simulated user owns one conversation (a system message to start) and loops: POST a turn
 with one user message, wait for the answer, repeat. All users share one httpx.AsyncClient whose
@@ -15,10 +15,13 @@ The fake upstream runs as its own process (``--fake-workers``). It is first meas
 the same users, each sending its own growing history straight to it, so the reader can see that
 it is not what limits the service. For every run the CPU time used by the service, the fake,
 PostgreSQL and this load generator is printed per turn, from /proc: on a small machine they all
-share the same cores.
+share the same cores. So is the share of the cores used by every other process ("others"); each
+run first waits up to ``--quiet-wait`` seconds for the machine to be idle. The service's
+``Server-Timing`` header (db, upstream, total) splits each turn's latency.
 
-``--profile DIR`` records the service's processes with py-spy during each measured window
-(``DIR/<database>-w<workers>-u<users>.txt``, collapsed stacks; py-spy must be installed).
+``--profile DIR`` records the service's processes with py-spy (``--gil``: Python CPU time only)
+during each measured window (``DIR/<database>-w<workers>-u<users>.txt``, collapsed stacks;
+py-spy must be installed).
 """
 
 from __future__ import annotations
