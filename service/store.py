@@ -5,7 +5,6 @@ The store speaks in plain values and response Structs; it knows nothing of HTTP 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import secrets
@@ -338,18 +337,10 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.writer = engine.execution_options(convstore_write=True)
-        # SQLite has one writer at a time. Writers of this process queue here, in order, instead
-        # of sleep-polling in SQLite's busy handler (unfair, with waits of up to 100 ms);
-        # other processes are still kept out by the database lock and busy timeout.
-        self._write_queue = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_queue is None:
-            async with self.writer.begin() as conn:
-                yield conn
-            return
-        async with self._write_queue, self.writer.begin() as conn:
+        async with self.writer.begin() as conn:
             yield conn
 
     @asynccontextmanager
