@@ -427,15 +427,7 @@ class Store:
         async with self._write() as conn:
             await conn.execute(
                 insert(conversation_table).values(
-                    id=conversation.id,
-                    tenant=tenant,
-                    title=title,
-                    model=model,
-                    params=params,
-                    metadata=metadata,
-                    message_count=len(messages),
-                    created_at=now,
-                    updated_at=now,
+                    tenant=tenant, **msgspec.structs.asdict(conversation)
                 )
             )
             stored = await self._insert_messages(conn, conversation.id, 0, messages, now)
