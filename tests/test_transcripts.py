@@ -404,5 +404,5 @@ async def test_import_from_other_tools_over_the_api(
     )
     assert bad.status_code == 422
     assert "chatgpt" in bad.json()["detail"]
-    unknown = await client.post("/v1/conversations/import/claude", json=[], headers=alice)
+    unknown = await client.post("/v1/conversations/import/othertool", json=[], headers=alice)
     assert unknown.status_code == 422
