@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import make_url
 
 from service import importers, transcripts
-from service.errors import ServiceError
+from service.errors import Conflict, ServiceError
 from service.settings import Settings, SettingsError
 from service.store import ConversationFilter, Store, make_engine
 
@@ -218,19 +218,13 @@ async def _import_one(
 ) -> tuple[str, str]:
     """Import one transcript: ("imported" | "already" | "failed", note)."""
     try:
-        transcripts.validate(transcript)
+        created = await transcripts.store_transcript(
+            store, tenant, transcript, default_model=settings.default_model
+        )
+    except Conflict as exc:
+        return "already", exc.detail
     except ServiceError as exc:
         return "failed", exc.detail
-    source_id = transcript["conversation"]["id"]
-    if await store.find_import(tenant, source_id) is not None:
-        return "already", source_id
-    conversation, messages, turns = transcripts.to_rows(
-        transcript, default_model=settings.default_model
-    )
-    try:
-        created = await store.import_conversation(tenant, conversation, messages, turns)
-    except ServiceError as exc:  # imported concurrently by someone else
-        return "already", exc.detail
     return "imported", str(created.id)
 
 

@@ -16,8 +16,8 @@ import msgspec
 from jsonschema import Draft202012Validator
 
 from service.errors import ValidationFailed
-from service.schemas import holds_nul
-from service.store import ExportRows
+from service.schemas import ConversationOut, holds_nul
+from service.store import ExportRows, Store
 
 FORMAT = "convstore.transcript"
 VERSION = 1
@@ -244,6 +244,17 @@ def to_rows(
             }
         )
     return conversation, messages, turns
+
+
+async def store_transcript(
+    store: Store, tenant: str, data: Any, *, default_model: str
+) -> ConversationOut:
+    """Validate a transcript and store it as a new conversation of ``tenant``, in one
+    transaction. Raises 422 ``invalid_transcript``, or 409 ``already_imported`` (naming the
+    conversation) if this tenant imported the same source before."""
+    validate(data)
+    conversation, messages, turns = to_rows(data, default_model=default_model)
+    return await store.import_conversation(tenant, conversation, messages, turns)
 
 
 def markdown(transcript: dict[str, Any]) -> str:

@@ -191,6 +191,8 @@ class TurnRunner:
         start = await self._begin(tenant, conversation_id, request)
         timing.db_ms += _ms_since(timing.started, exact=True)
         feed = TurnFeed(start.turn.id)
+        # Followers of a non-streamed turn (GET …/events) get the same events as a stream.
+        await feed.publish("turn.started", {"turn": start.turn, "messages": start.appended})
         task = self._spawn(start, feed, timing, stream=False)
         # Shielded: a client that hangs up must not cancel a turn whose input is stored.
         result: TurnResult = await asyncio.shield(task)

@@ -227,3 +227,37 @@ async def test_client_that_leaves_loses_nothing_and_can_reattach(
         ).text
     )
     assert [n for n, _ in tail] == ["turn.completed"]
+
+
+async def test_following_a_non_streamed_turn_gives_the_same_events(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice)
+    upstream.push_fault(Fault(kind="slow", delay=0.4))
+    turn = asyncio.create_task(
+        client.post(
+            f"/v1/conversations/{cid}/turns",
+            json={"messages": [{"role": "user", "content": "quietly"}]},
+            headers=alice,
+        )
+    )
+    for _ in range(100):
+        if upstream.calls:
+            break
+        await asyncio.sleep(0.02)
+    # The 409 for a concurrent append names the running turn; follow it live.
+    busy = await client.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"messages": [{"role": "user", "content": "x"}]},
+        headers=alice,
+    )
+    assert busy.status_code == 409
+    turn_id = busy.json()["running_turn_id"]
+    live = parse_events(
+        (await client.get(f"/v1/conversations/{cid}/turns/{turn_id}/events", headers=alice)).text
+    )
+    answer = (await turn).json()
+    assert answer["turn"]["id"] == turn_id
+    assert [name for name, _ in live] == ["turn.started", "turn.completed"]
+    assert [m["content"] for m in live[0][1]["messages"]] == ["quietly"]
+    assert live[-1][1]["reply"] == answer["reply"]

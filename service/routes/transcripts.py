@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Stream
 
 from service import importers, transcripts
-from service.errors import ValidationFailed
+from service.errors import Conflict, ValidationFailed
 from service.idempotency import idempotent
 from service.routes.params import Caller, ConversationId
 from service.schemas import ConversationOut, ForkCreate
@@ -81,12 +81,8 @@ class TranscriptController(Controller):
         store: Store = state.store
 
         async def run() -> Response[Any]:
-            transcripts.validate(data)
-            conversation, messages, turns = transcripts.to_rows(
-                data, default_model=state.settings.default_model
-            )
-            created = await store.import_conversation(
-                principal.tenant, conversation, messages, turns
+            created = await transcripts.store_transcript(
+                store, principal.tenant, data, default_model=state.settings.default_model
             )
             return Response(created, status_code=201)
 
@@ -119,16 +115,17 @@ class TranscriptController(Controller):
         created: list[ConversationOut] = []
         already: list[str] = []
         for transcript in ready:
-            source_id = transcript["conversation"]["id"]
-            if await store.find_import(principal.tenant, source_id) is not None:
-                already.append(source_id)
-                continue
-            conversation, messages, turns = transcripts.to_rows(
-                transcript, default_model=state.settings.default_model
-            )
-            created.append(
-                await store.import_conversation(principal.tenant, conversation, messages, turns)
-            )
+            try:
+                created.append(
+                    await transcripts.store_transcript(
+                        store,
+                        principal.tenant,
+                        transcript,
+                        default_model=state.settings.default_model,
+                    )
+                )
+            except Conflict:  # imported before: the same file can be sent again
+                already.append(transcript["conversation"]["id"])
         return {"data": created, "already_imported": already, "skipped": converted.skipped}
 
     @get(
