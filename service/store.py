@@ -16,10 +16,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Uuid,
+    bindparam,
     column,
     delete,
     event,
@@ -55,8 +58,73 @@ T = turn_table.c
 K = api_key_table.c
 IK = idempotency_table.c
 
-# Columns that go upstream, in the order the history query reads them.
-HISTORY_COLUMNS = (M.role, M.content, M.name, M.tool_calls, M.tool_call_id)
+# One stored message as the upstream receives it (role and content, plus the tool fields it
+# has), written as JSON text by the database itself: the history of a turn reaches the upstream
+# request as stored bytes, never decoded into Python objects and encoded again.
+_HISTORY_ENTRY = """'{"role":' || {q}(role) || ',"content":' || coalesce({t}(content), 'null')
+|| CASE WHEN name IS NULL THEN '' ELSE ',"name":' || {q}(name) END
+|| CASE WHEN tool_calls IS NULL OR {t}(tool_calls) = 'null' THEN ''
+        ELSE ',"tool_calls":' || {t}(tool_calls) END
+|| CASE WHEN tool_call_id IS NULL THEN '' ELSE ',"tool_call_id":' || {q}(tool_call_id) END
+|| '}'"""
+
+
+def _history_entry(quote: str, as_text: str) -> str:
+    return _HISTORY_ENTRY.replace("{q}", quote).replace("{t}", as_text)
+
+
+# SQLite: one entry per row, in seq order (its group_concat has no ORDER BY before 3.44).
+SQLITE_HISTORY = text(
+    f"SELECT {_history_entry('json_quote', '')} FROM message "  # noqa: S608 (constant SQL)
+    "WHERE conversation_id = :conversation_id ORDER BY seq"
+).bindparams(bindparam("conversation_id", type_=Uuid()))
+
+# PostgreSQL: a turn's statements, sent through asyncpg as prepared statements. A turn is two
+# short transactions of two statements each, the most the database's guarantees allow (see
+# Store.begin_turn); the whole history comes back as one string built in the database.
+PG_RESERVE = """UPDATE conversation SET message_count = message_count + $3, updated_at = $4
+WHERE id = $1 AND tenant = $2 RETURNING message_count, model, params::text"""
+PG_BEGIN = f"""WITH running AS (
+    SELECT id, deadline_at FROM turn WHERE conversation_id = $1 AND status = 'running'
+), new_messages AS (
+    INSERT INTO message (id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,
+                         reasoning_content, model, finish_reason, usage, turn_id, created_at)
+    SELECT m.id, $1, m.seq, m.role, m.content::json, m.name, m.tool_calls::json, m.tool_call_id,
+           m.reasoning_content, m.model, m.finish_reason, m.usage::json, NULL, m.created_at
+    FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::timestamptz[])
+         AS m(id, seq, role, content, name, tool_calls, tool_call_id, reasoning_content, model,
+              finish_reason, usage, created_at)
+    WHERE NOT EXISTS (SELECT 1 FROM running)
+), new_turn AS (
+    INSERT INTO turn (id, conversation_id, status, model, params, stream, attempts, created_at,
+                      deadline_at)
+    SELECT $14, $1, 'running', $15, $16::json, $17, 0, $18, $19
+    WHERE NOT EXISTS (SELECT 1 FROM running)
+)
+SELECT (SELECT id FROM running), (SELECT deadline_at FROM running),
+       (SELECT string_agg({_history_entry("to_json", "text")}, ',' ORDER BY seq)
+        FROM message WHERE conversation_id = $1)"""  # noqa: S608 (constant SQL)
+PG_ABANDON = """UPDATE turn SET status = 'failed', error = $2::json, completed_at = $3
+WHERE id = $1"""
+PG_COMPLETE = """WITH conv AS (
+    UPDATE conversation SET message_count = message_count + 1, updated_at = $3
+    WHERE id = $2 RETURNING message_count
+), done AS (
+    UPDATE turn SET status = 'completed', usage = $4::json, finish_reason = $5, latency_ms = $6,
+           upstream_ms = $7, attempts = $8, reply_seq = conv.message_count, completed_at = $3
+    FROM conv WHERE turn.id = $1 AND turn.status = 'running'
+    RETURNING turn.reply_seq
+), reply AS (
+    INSERT INTO message (id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,
+                         reasoning_content, model, finish_reason, usage, turn_id, created_at)
+    SELECT $9, $2, done.reply_seq, 'assistant', $10::json, NULL, $11::json, NULL, $12, $13, $5,
+           $4::json, $1, $3
+    FROM done
+)
+SELECT (SELECT message_count FROM conv), (SELECT reply_seq FROM done)"""
+ABANDONED = {"code": "abandoned", "detail": "The server running this turn stopped."}
 MESSAGE_COLUMNS = (
     M.id,
     M.conversation_id,
@@ -216,7 +284,7 @@ class TurnStart:
 
     turn: TurnOut
     appended: list[MessageOut]
-    history: list[dict[str, Any]]
+    history: msgspec.Raw  # a JSON array of messages, as the upstream receives them
     model: str
     params: dict[str, Any]
 
@@ -318,16 +386,13 @@ def _turn_out(row: Any) -> TurnOut:
     return TurnOut(**row._mapping)
 
 
-def history_entry(row: Sequence[Any]) -> dict[str, Any]:
-    """One stored message as the upstream receives it: role and content, plus tool fields."""
-    role, content, name, tool_calls, tool_call_id = row
-    entry: dict[str, Any] = {"role": role, "content": content}
-    if name is not None:
-        entry["name"] = name
-    if tool_calls is not None:
-        entry["tool_calls"] = tool_calls
-    if tool_call_id is not None:
-        entry["tool_call_id"] = tool_call_id
+def history_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """A message row as the upstream receives it: role and content, plus the tool fields it has
+    (what ``_HISTORY_ENTRY`` writes in SQL)."""
+    entry: dict[str, Any] = {"role": row["role"], "content": row["content"]}
+    for field in ("name", "tool_calls", "tool_call_id"):
+        if row[field] is not None:
+            entry[field] = row[field]
     return entry
 
 
@@ -337,11 +402,29 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.writer = engine.execution_options(convstore_write=True)
+        # PostgreSQL runs a turn's statements through asyncpg directly (see PG_BEGIN).
+        self.postgresql = engine.dialect.name == "postgresql"
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         async with self.writer.begin() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _driver(self) -> AsyncIterator[Any]:
+        """A pooled connection's asyncpg connection, for prepared statements without the
+        overhead of SQL expressions; it owns its transactions (SQLAlchemy starts none here)."""
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            try:
+                yield raw.driver_connection
+            except (
+                OSError,
+                asyncpg.exceptions.PostgresConnectionError,
+                asyncpg.exceptions.InterfaceError,
+            ):
+                await conn.invalidate()  # a broken connection must not go back to the pool
+                raise
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -537,141 +620,200 @@ class Store:
         stream: bool,
         lease: float,
     ) -> TurnStart:
-        """Transaction 1 of a turn: append the input, mark the turn running, read the history."""
+        """Transaction 1 of a turn: append the input, mark the turn running, read the history.
+
+        The conversation's row is locked first (its message counter is bumped), and only then is
+        the running turn checked and the history read: on PostgreSQL a statement sees the
+        database as it was when the statement began, so a check folded into the locking
+        statement could miss a turn committed while it waited for the lock.
+        """
         now = utcnow()
+        deadline = now + timedelta(seconds=lease)
+        rows = _message_rows(conversation_id, messages, now)
         try:
+            if self.postgresql:
+                return await self._begin_turn_postgresql(
+                    tenant, conversation_id, rows, model, params, stream, now, deadline
+                )
             async with self._write() as conn:
                 before, conv_model, conv_params = await self._reserve(
-                    conn, tenant, conversation_id, len(messages), now
+                    conn, tenant, conversation_id, len(rows), now
                 )
+                _number(rows, before + len(rows))
+                _require_messages(before + len(rows))
                 await self._check_no_running_turn(conn, conversation_id, now)
-                if before + len(messages) == 0:
-                    raise ValidationFailed(
-                        "The conversation has no messages yet: send at least one with the turn."
-                    )
-                appended = await self._insert_messages(conn, conversation_id, before, messages, now)
-                turn_model = model or conv_model
-                turn_params = {**conv_params, **(params or {})}
-                turn = TurnOut(
-                    uuid7(),
-                    conversation_id,
-                    "running",
-                    turn_model,
-                    turn_params,
-                    None,
-                    None,
-                    None,
-                    None,
-                    now,
-                    None,
-                )
-                # The check above holds the conversation's row lock (or SQLite's write lock), so
-                # the unique index on running turns is only a backstop here.
+                turn = _running_turn(conversation_id, model or conv_model, conv_params, params, now)
+                if rows:
+                    await conn.execute(insert(message_table), rows)
                 await conn.execute(
                     insert(turn_table).values(
                         id=turn.id,
                         conversation_id=conversation_id,
                         status="running",
-                        model=turn_model,
-                        params=turn_params,
+                        model=turn.model,
+                        params=turn.params,
                         stream=stream,
                         created_at=now,
-                        deadline_at=now + timedelta(seconds=lease),
+                        deadline_at=deadline,
                     )
                 )
-                rows = await conn.execute(
-                    select(*HISTORY_COLUMNS)
-                    .where(M.conversation_id == conversation_id)
-                    .order_by(M.seq)
+                entries = await conn.execute(SQLITE_HISTORY, {"conversation_id": conversation_id})
+                history = _history([e for (e,) in entries])
+        except (IntegrityError, asyncpg.exceptions.UniqueViolationError):
+            # The unique index on running turns, a backstop: the checks above hold the lock.
+            raise _turn_in_progress(None) from None
+        return TurnStart(turn, _messages_out(rows), history, turn.model, turn.params)
+
+    async def _begin_turn_postgresql(
+        self,
+        tenant: str,
+        conversation_id: uuid.UUID,
+        rows: list[dict[str, Any]],
+        model: str | None,
+        params: dict[str, Any] | None,
+        stream: bool,
+        now: datetime,
+        deadline: datetime,
+    ) -> TurnStart:
+        async with self._driver() as pg, pg.transaction():
+            reserved = await pg.fetchrow(PG_RESERVE, conversation_id, tenant, len(rows), now)
+            if reserved is None:
+                raise NotFound("No conversation has this id.")
+            count, conv_model, conv_params = reserved
+            _number(rows, count)
+            _require_messages(count)
+            turn = _running_turn(
+                conversation_id, model or conv_model, msgspec.json.decode(conv_params), params, now
+            )
+            columns = _message_columns(rows)
+            while True:
+                running_id, running_deadline, stored = await pg.fetchrow(
+                    PG_BEGIN,
+                    conversation_id,
+                    *columns,
+                    turn.id,
+                    turn.model,
+                    _json_dumps(turn.params),
+                    stream,
+                    now,
+                    deadline,
                 )
-                history = [history_entry(r) for r in rows]
-        except IntegrityError:
-            raise TurnInProgress(
-                "A turn is already running in this conversation; wait for it to finish."
-            ) from None
-        return TurnStart(turn, appended, history, turn_model, turn_params)
+                if running_id is None:
+                    break
+                if running_deadline > now:
+                    raise _turn_in_progress(running_id)
+                # The process that ran it died: free the conversation and say why, then retry.
+                await pg.execute(PG_ABANDON, running_id, _json_dumps(ABANDONED), now)
+        # The statement's snapshot predates its own inserts: the new messages come last.
+        new = ",".join(_json_dumps(history_entry(r)) for r in rows)
+        history = _history([stored, new])
+        return TurnStart(turn, _messages_out(rows), history, turn.model, turn.params)
 
     async def complete_turn(
         self,
-        turn_id: uuid.UUID,
-        conversation_id: uuid.UUID,
+        turn: TurnOut,
         reply: Reply,
         *,
         latency_ms: int,
         upstream_ms: int,
         attempts: int,
     ) -> tuple[TurnOut, MessageOut] | None:
-        """Transaction 2 of a turn: store the reply and complete the turn (three statements).
+        """Transaction 2 of a turn: store the reply and complete the running ``turn``.
 
         Returns None if the turn is no longer running (its conversation was deleted, or it was
         declared abandoned), in which case nothing is stored.
         """
         now = utcnow()
+        completed = msgspec.structs.replace(
+            turn,
+            status="completed",
+            usage=reply.usage,
+            finish_reason=reply.finish_reason,
+            latency_ms=latency_ms,
+            completed_at=now,
+        )
+        message = MessageOut(
+            id=uuid7(),
+            conversation_id=turn.conversation_id,
+            seq=0,  # taken in the transaction
+            role="assistant",
+            content=reply.content,
+            created_at=now,
+            tool_calls=reply.tool_calls,
+            reasoning_content=reply.reasoning_content,
+            model=reply.model,
+            finish_reason=reply.finish_reason,
+            usage=reply.usage,
+            turn_id=turn.id,
+        )
+        store = self._complete_turn_postgresql if self.postgresql else self._complete_turn_sqlite
         try:
-            async with self._write() as conn:
-                # Taking the next seq locks the conversation row, as every writer does first.
-                seq = (
-                    await conn.execute(
-                        update(conversation_table)
-                        .where(C.id == conversation_id)
-                        .values(message_count=C.message_count + 1, updated_at=now)
-                        .returning(C.message_count)
-                    )
-                ).scalar()
-                if seq is None:
-                    return None
-                row = (
-                    await conn.execute(
-                        update(turn_table)
-                        .where(T.id == turn_id, T.status == "running")
-                        .values(
-                            status="completed",
-                            usage=reply.usage,
-                            finish_reason=reply.finish_reason,
-                            latency_ms=latency_ms,
-                            upstream_ms=upstream_ms,
-                            attempts=attempts,
-                            reply_seq=seq,
-                            completed_at=now,
-                        )
-                        .returning(*TURN_COLUMNS)
-                    )
-                ).first()
-                if row is None:
-                    raise _NotRunning  # rolls back: the seq taken above is given back
-                message = MessageOut(
-                    id=uuid7(),
-                    conversation_id=conversation_id,
-                    seq=seq,
-                    role="assistant",
-                    content=reply.content,
-                    created_at=now,
-                    tool_calls=reply.tool_calls,
-                    reasoning_content=reply.reasoning_content,
-                    model=reply.model,
-                    finish_reason=reply.finish_reason,
-                    usage=reply.usage,
-                    turn_id=turn_id,
-                )
-                await conn.execute(
-                    insert(message_table).values(
-                        id=message.id,
-                        conversation_id=conversation_id,
-                        seq=seq,
-                        role="assistant",
-                        content=reply.content,
-                        tool_calls=reply.tool_calls,
-                        reasoning_content=reply.reasoning_content,
-                        model=reply.model,
-                        finish_reason=reply.finish_reason,
-                        usage=reply.usage,
-                        turn_id=turn_id,
-                        created_at=now,
-                    )
-                )
+            seq = await store(completed, message, upstream_ms, attempts)
         except _NotRunning:
             return None
-        return _turn_out(row), message
+        return (
+            msgspec.structs.replace(completed, reply_seq=seq),
+            msgspec.structs.replace(message, seq=seq),
+        )
+
+    async def _complete_turn_postgresql(
+        self, turn: TurnOut, reply: MessageOut, upstream_ms: int, attempts: int
+    ) -> int:
+        async with self._driver() as pg, pg.transaction():
+            _, seq = await pg.fetchrow(
+                PG_COMPLETE,
+                turn.id,
+                turn.conversation_id,
+                turn.completed_at,
+                _json_dumps(turn.usage),
+                turn.finish_reason,
+                turn.latency_ms,
+                upstream_ms,
+                attempts,
+                reply.id,
+                _json_dumps(reply.content),
+                _json_dumps(reply.tool_calls),
+                reply.reasoning_content,
+                reply.model,
+            )
+            if seq is None:
+                raise _NotRunning  # rolls back: the seq taken is given back
+        return int(seq)
+
+    async def _complete_turn_sqlite(
+        self, turn: TurnOut, reply: MessageOut, upstream_ms: int, attempts: int
+    ) -> int:
+        async with self._write() as conn:
+            # Taking the next seq locks the conversation, as every writer does first.
+            seq = (
+                await conn.execute(
+                    update(conversation_table)
+                    .where(C.id == turn.conversation_id)
+                    .values(message_count=C.message_count + 1, updated_at=turn.completed_at)
+                    .returning(C.message_count)
+                )
+            ).scalar()
+            if seq is None:
+                raise _NotRunning
+            done = await conn.execute(
+                update(turn_table)
+                .where(T.id == turn.id, T.status == "running")
+                .values(
+                    status="completed",
+                    usage=turn.usage,
+                    finish_reason=turn.finish_reason,
+                    latency_ms=turn.latency_ms,
+                    upstream_ms=upstream_ms,
+                    attempts=attempts,
+                    reply_seq=seq,
+                    completed_at=turn.completed_at,
+                )
+            )
+            if done.rowcount != 1:
+                raise _NotRunning  # rolls back: the seq taken above is given back
+            fields = msgspec.structs.asdict(reply)
+            await conn.execute(insert(message_table).values(**{**fields, "seq": seq}))
+        return int(seq)
 
     async def fail_turn(
         self,
@@ -1122,19 +1264,12 @@ class Store:
             return
         turn_id, deadline = running
         if deadline > now:
-            raise TurnInProgress(
-                "A turn is already running in this conversation; wait for it to finish.",
-                running_turn_id=str(turn_id),
-            )
+            raise _turn_in_progress(turn_id)
         # The process that ran it died: free the conversation and say why.
         await conn.execute(
             update(turn_table)
             .where(T.id == turn_id)
-            .values(
-                status="failed",
-                error={"code": "abandoned", "detail": "The server running this turn stopped."},
-                completed_at=now,
-            )
+            .values(status="failed", error=ABANDONED, completed_at=now)
         )
 
     async def _insert_messages(
@@ -1147,44 +1282,105 @@ class Store:
     ) -> list[MessageOut]:
         if not messages:
             return []
-        rows = [
-            {
-                "id": uuid7(),
-                "conversation_id": conversation_id,
-                "seq": before + index,
-                "role": message["role"],
-                "content": message.get("content"),
-                "name": message.get("name"),
-                "tool_calls": message.get("tool_calls"),
-                "tool_call_id": message.get("tool_call_id"),
-                "reasoning_content": message.get("reasoning_content"),
-                "model": message.get("model"),
-                "finish_reason": message.get("finish_reason"),
-                "usage": message.get("usage"),
-                "turn_id": None,
-                "created_at": message.get("created_at", now),
-            }
-            for index, message in enumerate(messages, start=1)
-        ]
+        rows = _message_rows(conversation_id, messages, now)
+        _number(rows, before + len(rows))
         await conn.execute(insert(message_table), rows)
-        return [
-            MessageOut(
-                id=r["id"],
-                conversation_id=conversation_id,
-                seq=r["seq"],
-                role=r["role"],
-                content=r["content"],
-                created_at=r["created_at"],
-                name=r["name"],
-                tool_calls=r["tool_calls"],
-                tool_call_id=r["tool_call_id"],
-                reasoning_content=r["reasoning_content"],
-                model=r["model"],
-                finish_reason=r["finish_reason"],
-                usage=r["usage"],
-            )
-            for r in rows
-        ]
+        return _messages_out(rows)
+
+
+def _message_rows(
+    conversation_id: uuid.UUID, messages: list[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """The rows of new messages, to be numbered (``_number``) once their seqs are reserved."""
+    return [
+        {
+            "id": uuid7(),
+            "conversation_id": conversation_id,
+            "seq": 0,
+            "role": message["role"],
+            "content": message.get("content"),
+            "name": message.get("name"),
+            "tool_calls": message.get("tool_calls"),
+            "tool_call_id": message.get("tool_call_id"),
+            "reasoning_content": message.get("reasoning_content"),
+            "model": message.get("model"),
+            "finish_reason": message.get("finish_reason"),
+            "usage": message.get("usage"),
+            "turn_id": None,
+            "created_at": message.get("created_at", now),
+        }
+        for message in messages
+    ]
+
+
+def _number(rows: list[dict[str, Any]], count: int) -> None:
+    """Give new message rows the seqs up to ``count``, the conversation's new message count."""
+    for seq, row in enumerate(rows, start=count - len(rows) + 1):
+        row["seq"] = seq
+
+
+def _message_columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """New message rows as one list per column, for PostgreSQL's ``unnest`` (JSON as text)."""
+    return [
+        [r["id"] for r in rows],
+        [r["seq"] for r in rows],
+        [r["role"] for r in rows],
+        [_json_dumps(r["content"]) for r in rows],
+        [r["name"] for r in rows],
+        [_json_dumps(r["tool_calls"]) for r in rows],
+        [r["tool_call_id"] for r in rows],
+        [r["reasoning_content"] for r in rows],
+        [r["model"] for r in rows],
+        [r["finish_reason"] for r in rows],
+        [_json_dumps(r["usage"]) for r in rows],
+        [r["created_at"] for r in rows],
+    ]
+
+
+def _messages_out(rows: list[dict[str, Any]]) -> list[MessageOut]:
+    return [MessageOut(**row) for row in rows]
+
+
+def _running_turn(
+    conversation_id: uuid.UUID,
+    model: str,
+    conversation_params: dict[str, Any],
+    params: dict[str, Any] | None,
+    now: datetime,
+) -> TurnOut:
+    """A new running turn: the turn's params over the conversation's."""
+    return TurnOut(
+        id=uuid7(),
+        conversation_id=conversation_id,
+        status="running",
+        model=model,
+        params={**conversation_params, **(params or {})},
+        usage=None,
+        finish_reason=None,
+        error=None,
+        latency_ms=None,
+        created_at=now,
+        completed_at=None,
+    )
+
+
+def _require_messages(count: int) -> None:
+    if count == 0:
+        raise ValidationFailed(
+            "The conversation has no messages yet: send at least one with the turn."
+        )
+
+
+def _turn_in_progress(running_turn_id: uuid.UUID | None) -> TurnInProgress:
+    extra: dict[str, Any] = {"running_turn_id": str(running_turn_id)} if running_turn_id else {}
+    return TurnInProgress(
+        "A turn is already running in this conversation; wait for it to finish.", **extra
+    )
+
+
+def _history(parts: list[str | None]) -> msgspec.Raw:
+    """A JSON array of history entries, from pieces that each hold zero or more of them."""
+    return msgspec.Raw(("[" + ",".join(p for p in parts if p) + "]").encode())
 
 
 __all__ = [

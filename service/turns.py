@@ -293,8 +293,7 @@ class TurnRunner:
         stored_at = time.perf_counter()
         timing.upstream_ms = (stored_at - upstream_started) * 1000
         stored = await self.store.complete_turn(
-            turn_id,
-            start.turn.conversation_id,
+            start.turn,
             attempted.reply,
             latency_ms=_ms_since(started),
             upstream_ms=round(timing.upstream_ms),

@@ -6,6 +6,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import messages
 
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
 
@@ -93,6 +96,29 @@ async def test_seed_example_system_and_user_get_a_stored_reply(
         f"/v1/conversations/{cid}/turns/{body['turn']['id']}", headers=alice
     )
     assert got_turn.json() == body["turn"]
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(stored=st.lists(messages(), min_size=1, max_size=6), sent=st.lists(messages(), max_size=3))
+async def test_history_goes_upstream_byte_for_byte_as_stored(
+    client: Client,
+    alice: dict[str, str],
+    upstream: FakeUpstream,
+    stored: list[dict[str, Any]],
+    sent: list[dict[str, Any]],
+) -> None:
+    # The database writes the history's JSON itself: any character, parts, names, tool calls
+    # and null content must reach the upstream exactly as they were stored.
+    cid = await new_conversation(client, alice, messages=stored)
+    response = await turn(client, alice, cid, messages=sent)
+    assert response.status_code == 201, response.text
+    history = [as_sent(m) for m in await stored_messages(client, alice, cid)][:-1]
+    assert history == [as_sent(m) for m in stored + sent]
+    assert upstream.requests[-1]["body"]["messages"] == history
 
 
 async def test_history_rebuilt_exactly_over_several_turns(

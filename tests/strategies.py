@@ -1,0 +1,74 @@
+"""Hypothesis strategies for stored messages and conversations: every role, text with any
+character a JSON string can hold, content parts, names, tool calls and null content."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+texts = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40
+)
+parts = st.lists(
+    st.one_of(
+        st.builds(lambda t: {"type": "text", "text": t}, texts),
+        st.builds(
+            lambda u, d: {"type": "image_url", "image_url": {"url": u, "detail": d}},
+            st.sampled_from(["https://x.invalid/a.png", "data:image/png;base64,AAAA"]),
+            st.sampled_from(["low", "high", "auto"]),
+        ),
+    ),
+    min_size=1,
+    max_size=3,
+)
+contents = st.one_of(texts, parts)
+names = st.one_of(st.none(), st.text(st.characters(categories=("L", "N")), min_size=1, max_size=12))
+tool_calls = st.lists(
+    st.builds(
+        lambda i, n, a: {
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {"name": n, "arguments": a},
+        },
+        st.integers(0, 10**6),
+        st.sampled_from(["lookup", "search", "calc"]),
+        texts,
+    ),
+    min_size=1,
+    max_size=2,
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> dict[str, Any]:
+    role = draw(st.sampled_from(["system", "user", "assistant", "tool"]))
+    message: dict[str, Any] = {"role": role, "content": draw(contents)}
+    name = draw(names)
+    if name:
+        message["name"] = name
+    if role == "tool":
+        message["tool_call_id"] = f"call_{draw(st.integers(0, 99))}"
+    if role == "assistant":
+        if draw(st.booleans()):
+            message["tool_calls"] = draw(tool_calls)
+            if draw(st.booleans()):
+                message["content"] = None
+        if draw(st.booleans()):
+            message["reasoning_content"] = draw(texts)
+    return message
+
+
+conversations = st.fixed_dictionaries(
+    {
+        "title": st.one_of(st.none(), texts),
+        "params": st.dictionaries(
+            st.sampled_from(["temperature", "top_p", "seed"]),
+            st.one_of(st.integers(0, 2), st.floats(0, 1)),
+        ),
+        "metadata": st.dictionaries(
+            texts, st.one_of(texts, st.integers(), st.booleans()), max_size=3
+        ),
+        "messages": st.lists(messages(), max_size=12),
+    }
+)
