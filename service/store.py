@@ -80,8 +80,9 @@ SQLITE_HISTORY = text(
 ).bindparams(bindparam("conversation_id", type_=Uuid()))
 
 # PostgreSQL: a turn's statements, sent through asyncpg as prepared statements. A turn is two
-# short transactions of two statements each, the most the database's guarantees allow (see
-# Store.begin_turn); the whole history comes back as one string built in the database.
+# short transactions of at most two statements each (see Store.begin_turn for why not one).
+# PG_BEGIN returns one row per stored message (at least one row), each with the running turn
+# if there is one; joining the entries in Python beats string_agg, which sorts its input.
 PG_RESERVE = """UPDATE conversation SET message_count = message_count + $3, updated_at = $4
 WHERE id = $1 AND tenant = $2 RETURNING message_count, model, params::text"""
 PG_BEGIN = f"""WITH running AS (
@@ -103,9 +104,14 @@ PG_BEGIN = f"""WITH running AS (
     SELECT $14, $1, 'running', $15, $16::json, $17, 0, $18, $19
     WHERE NOT EXISTS (SELECT 1 FROM running)
 )
-SELECT (SELECT id FROM running), (SELECT deadline_at FROM running),
-       (SELECT string_agg({_history_entry("to_json", "text")}, ',' ORDER BY seq)
-        FROM message WHERE conversation_id = $1)"""  # noqa: S608 (constant SQL)
+SELECT running.id, running.deadline_at, history.entry
+FROM (SELECT 1) AS one
+LEFT JOIN running ON true
+LEFT JOIN LATERAL (
+    SELECT {_history_entry("to_json", "text")} AS entry, seq
+    FROM message WHERE conversation_id = $1
+) AS history ON true
+ORDER BY history.seq"""  # noqa: S608 (constant SQL)
 PG_ABANDON = """UPDATE turn SET status = 'failed', error = $2::json, completed_at = $3
 WHERE id = $1"""
 PG_COMPLETE = """WITH conv AS (
@@ -687,7 +693,7 @@ class Store:
             )
             columns = _message_columns(rows)
             while True:
-                running_id, running_deadline, stored = await pg.fetchrow(
+                stored = await pg.fetch(
                     PG_BEGIN,
                     conversation_id,
                     *columns,
@@ -698,6 +704,7 @@ class Store:
                     now,
                     deadline,
                 )
+                running_id, running_deadline, _ = stored[0]
                 if running_id is None:
                     break
                 if running_deadline > now:
@@ -705,8 +712,9 @@ class Store:
                 # The process that ran it died: free the conversation and say why, then retry.
                 await pg.execute(PG_ABANDON, running_id, _json_dumps(ABANDONED), now)
         # The statement's snapshot predates its own inserts: the new messages come last.
-        new = ",".join(_json_dumps(history_entry(r)) for r in rows)
-        history = _history([stored, new])
+        entries = [entry for _, _, entry in stored]
+        entries += [_json_dumps(history_entry(r)) for r in rows]
+        history = _history(entries)
         return TurnStart(turn, _messages_out(rows), history, turn.model, turn.params)
 
     async def complete_turn(
