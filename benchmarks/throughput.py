@@ -5,9 +5,10 @@
                                               [--databases sqlite,postgresql] [--pool-size 20]
                                               [--profile DIR] [--quiet-wait 60]
 
-Each simulated user owns one conversation (a system message to start) and loops: POST a turn
-with one user message, wait for the answer, repeat. All users share one httpx.AsyncClient whose
-connection limits exceed the number of users. After ``--warmup`` seconds, every answer that
+Each simulated user owns one conversation (a system message to start) and one keep-alive
+connection (benchmarks/lean_http.py: a client that costs a tenth of httpx's CPU, which would be
+taken from the cores the service runs on), and loops: POST a turn with one user message, wait
+for the answer, repeat. After ``--warmup`` seconds, every answer that
 arrives within the next ``--duration`` seconds is counted: turns per second, median and p95
 latency, and the answers that were not 201, by status.
 
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -54,6 +56,7 @@ from benchmarks.harness import (
     summary,
     table,
 )
+from benchmarks.lean_http import LeanConnection
 from benchmarks.procs import CORES, CpuMeter, child_matching, wait_for_quiet
 
 SYSTEM = "You are a concise assistant. Answer in one short paragraph."
@@ -135,7 +138,7 @@ async def drive(steps: list[Step], warmup: float, duration: float, ok: int, mete
             try:
                 code, timing = await step(n)
                 status = str(code)
-            except httpx.HTTPError as exc:
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 status = type(exc).__name__
             finished = clock()
             if warm_end <= finished <= end:
@@ -165,23 +168,27 @@ async def fake_alone(upstream: str, users: int, warmup: float, duration: float) 
     """The fake upstream alone: each user sends its own growing history, as the service would."""
     headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
     histories: list[list[dict[str, Any]]] = []
-    async with client(users) as http:
+    connections = [LeanConnection(upstream, headers) for _ in range(users)]
 
-        def user() -> Step:
-            messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
-            histories.append(messages)
+    def user(http: LeanConnection) -> Step:
+        messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
+        histories.append(messages)
 
-            async def step(n: int) -> tuple[int, dict[str, float]]:
-                body = {"model": "grok-4", "messages": [*messages, question(n)]}
-                answer = await http.post(f"{upstream}/chat/completions", json=body, headers=headers)
-                if answer.status_code == 200:
-                    reply = answer.json()["choices"][0]["message"]["content"]
-                    messages.extend([question(n), {"role": "assistant", "content": reply}])
-                return answer.status_code, {}
+        async def step(n: int) -> tuple[int, dict[str, float]]:
+            body = {"model": "grok-4", "messages": [*messages, question(n)]}
+            status, _, answer = await http.request("POST", "/chat/completions", body)
+            if status == 200:
+                reply = msgspec.json.decode(answer)["choices"][0]["message"]["content"]
+                messages.extend([question(n), {"role": "assistant", "content": reply}])
+            return status, {}
 
-            return step
+        return step
 
-        run = await drive([user() for _ in range(users)], warmup, duration, 200, CpuMeter())
+    try:
+        run = await drive([user(c) for c in connections], warmup, duration, 200, CpuMeter())
+    finally:
+        for connection in connections:
+            await connection.close()
     run.history = [len(h) for h in histories]
     return run
 
@@ -200,16 +207,24 @@ async def through_service(
             conversations.append(created.json()["id"])
 
         def user(cid: str) -> Step:
+            lean = LeanConnection(base, headers)
+            connections.append(lean)
+
             async def step(n: int) -> tuple[int, dict[str, float]]:
-                answer = await http.post(
-                    f"/v1/conversations/{cid}/turns", json={"messages": [question(n)]}
+                status, answer_headers, _ = await lean.request(
+                    "POST", f"/v1/conversations/{cid}/turns", {"messages": [question(n)]}
                 )
-                return answer.status_code, server_timing(answer.headers.get("server-timing"))
+                return status, server_timing(answer_headers.get("server-timing"))
 
             return step
 
+        connections: list[LeanConnection] = []
         meter = CpuMeter(database)
-        run = await drive([user(c) for c in conversations], warmup, duration, 201, meter)
+        try:
+            run = await drive([user(c) for c in conversations], warmup, duration, 201, meter)
+        finally:
+            for connection in connections:
+                await connection.close()
         for cid in conversations:
             got = await http.get(f"/v1/conversations/{cid}")
             run.history.append(got.json()["message_count"])

@@ -111,6 +111,9 @@ def create_app(
             "admin": Provide(provide_admin),
         },
         lifespan=[lifespan],
+        # The service logs its own JSON lines (configure_logging); Litestar's default config
+        # would add a root handler that prints every library's INFO lines as plain text.
+        logging_config=None,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=MAX_BODY_BYTES,
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),

@@ -149,6 +149,9 @@ def configure_logging(level: str) -> None:
         handler.convstore = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
+    # httpx logs every request at INFO: the service's own access and turn logs say more.
+    for library in ("httpx", "httpcore"):
+        logging.getLogger(library).setLevel(logging.WARNING)
 
 
 class ObservedLitestar(Litestar):
