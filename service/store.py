@@ -58,78 +58,28 @@ T = turn_table.c
 K = api_key_table.c
 IK = idempotency_table.c
 
-# One stored message as the upstream receives it (role and content, plus the tool fields it
-# has), written as JSON text by the database itself: the history of a turn reaches the upstream
-# request as stored bytes, never decoded into Python objects and encoded again.
-_HISTORY_ENTRY = """'{"role":' || {q}(role) || ',"content":' || coalesce({t}(content), 'null')
-|| CASE WHEN name IS NULL THEN '' ELSE ',"name":' || {q}(name) END
-|| CASE WHEN tool_calls IS NULL OR {t}(tool_calls) = 'null' THEN ''
-        ELSE ',"tool_calls":' || {t}(tool_calls) END
-|| CASE WHEN tool_call_id IS NULL THEN '' ELSE ',"tool_call_id":' || {q}(tool_call_id) END
-|| '}'"""
-
-
-def _history_entry(quote: str, as_text: str) -> str:
-    return _HISTORY_ENTRY.replace("{q}", quote).replace("{t}", as_text)
-
-
-# SQLite: one entry per row, in seq order (its group_concat has no ORDER BY before 3.44).
+# A turn's history, as the upstream receives it: one JSON entry per stored message (role and
+# content, plus the tool fields it has), written by the database itself and joined in seq order,
+# so that the history reaches the upstream request as stored bytes, never decoded into Python
+# objects and encoded again. PostgreSQL writes the same entries in convstore_begin_turn (see
+# the turn_functions migration); SQLite's group_concat has no ORDER BY before 3.44.
 SQLITE_HISTORY = text(
-    f"SELECT {_history_entry('json_quote', '')} FROM message "  # noqa: S608 (constant SQL)
-    "WHERE conversation_id = :conversation_id ORDER BY seq"
+    """SELECT '{"role":' || json_quote(role) || ',"content":' || coalesce(content, 'null')
+    || CASE WHEN name IS NULL THEN '' ELSE ',"name":' || json_quote(name) END
+    || CASE WHEN tool_calls IS NULL OR tool_calls = 'null' THEN ''
+            ELSE ',"tool_calls":' || tool_calls END
+    || CASE WHEN tool_call_id IS NULL THEN ''
+            ELSE ',"tool_call_id":' || json_quote(tool_call_id) END
+    || '}'
+FROM message WHERE conversation_id = :conversation_id ORDER BY seq"""
 ).bindparams(bindparam("conversation_id", type_=Uuid()))
 
-# PostgreSQL: a turn's statements, sent through asyncpg as prepared statements. A turn is two
-# short transactions of at most two statements each (see Store.begin_turn for why not one).
-# PG_BEGIN returns one row per stored message (at least one row), each with the running turn
-# if there is one; joining the entries in Python beats string_agg, which sorts its input.
-PG_RESERVE = """UPDATE conversation SET message_count = message_count + $3, updated_at = $4
-WHERE id = $1 AND tenant = $2 RETURNING message_count, model, params::text"""
-PG_BEGIN = f"""WITH running AS (
-    SELECT id, deadline_at FROM turn WHERE conversation_id = $1 AND status = 'running'
-), new_messages AS (
-    INSERT INTO message (id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,
-                         reasoning_content, model, finish_reason, usage, turn_id, created_at)
-    SELECT m.id, $1, m.seq, m.role, m.content::json, m.name, m.tool_calls::json, m.tool_call_id,
-           m.reasoning_content, m.model, m.finish_reason, m.usage::json, NULL, m.created_at
-    FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
-                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                $13::timestamptz[])
-         AS m(id, seq, role, content, name, tool_calls, tool_call_id, reasoning_content, model,
-              finish_reason, usage, created_at)
-    WHERE NOT EXISTS (SELECT 1 FROM running)
-), new_turn AS (
-    INSERT INTO turn (id, conversation_id, status, model, params, stream, attempts, created_at,
-                      deadline_at)
-    SELECT $14, $1, 'running', $15, $16::json, $17, 0, $18, $19
-    WHERE NOT EXISTS (SELECT 1 FROM running)
-)
-SELECT running.id, running.deadline_at, history.entry
-FROM (SELECT 1) AS one
-LEFT JOIN running ON true
-LEFT JOIN LATERAL (
-    SELECT {_history_entry("to_json", "text")} AS entry, seq
-    FROM message WHERE conversation_id = $1
-) AS history ON true
-ORDER BY history.seq"""  # noqa: S608 (constant SQL)
-PG_ABANDON = """UPDATE turn SET status = 'failed', error = $2::json, completed_at = $3
-WHERE id = $1"""
-PG_COMPLETE = """WITH conv AS (
-    UPDATE conversation SET message_count = message_count + 1, updated_at = $3
-    WHERE id = $2 RETURNING message_count
-), done AS (
-    UPDATE turn SET status = 'completed', usage = $4::json, finish_reason = $5, latency_ms = $6,
-           upstream_ms = $7, attempts = $8, reply_seq = conv.message_count, completed_at = $3
-    FROM conv WHERE turn.id = $1 AND turn.status = 'running'
-    RETURNING turn.reply_seq
-), reply AS (
-    INSERT INTO message (id, conversation_id, seq, role, content, name, tool_calls, tool_call_id,
-                         reasoning_content, model, finish_reason, usage, turn_id, created_at)
-    SELECT $9, $2, done.reply_seq, 'assistant', $10::json, NULL, $11::json, NULL, $12, $13, $5,
-           $4::json, $1, $3
-    FROM done
-)
-SELECT (SELECT message_count FROM conv), (SELECT reply_seq FROM done)"""
+# PostgreSQL: a turn's two transactions are two functions (see the turn_functions migration),
+# called through asyncpg as prepared statements: one round trip each.
+PG_BEGIN_TURN = """SELECT * FROM convstore_begin_turn(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"""
+PG_COMPLETE_TURN = """SELECT convstore_complete_turn(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"""
 ABANDONED = {"code": "abandoned", "detail": "The server running this turn stopped."}
 MESSAGE_COLUMNS = (
     M.id,
@@ -648,7 +598,9 @@ class Store:
                 _number(rows, before + len(rows))
                 _require_messages(before + len(rows))
                 await self._check_no_running_turn(conn, conversation_id, now)
-                turn = _running_turn(conversation_id, model or conv_model, conv_params, params, now)
+                turn = _running_turn(
+                    conversation_id, model or conv_model, {**conv_params, **(params or {})}, now
+                )
                 if rows:
                     await conn.execute(insert(message_table), rows)
                 await conn.execute(
@@ -681,41 +633,27 @@ class Store:
         now: datetime,
         deadline: datetime,
     ) -> TurnStart:
-        async with self._driver() as pg, pg.transaction():
-            reserved = await pg.fetchrow(PG_RESERVE, conversation_id, tenant, len(rows), now)
-            if reserved is None:
-                raise NotFound("No conversation has this id.")
-            count, conv_model, conv_params = reserved
-            _number(rows, count)
-            _require_messages(count)
-            turn = _running_turn(
-                conversation_id, model or conv_model, msgspec.json.decode(conv_params), params, now
-            )
-            columns = _message_columns(rows)
-            while True:
-                stored = await pg.fetch(
-                    PG_BEGIN,
+        turn_id = uuid7()
+        async with self._driver() as pg:
+            try:
+                count, turn_model, turn_params, entries = await pg.fetchrow(
+                    PG_BEGIN_TURN,
                     conversation_id,
-                    *columns,
-                    turn.id,
-                    turn.model,
-                    _json_dumps(turn.params),
-                    stream,
+                    tenant,
                     now,
                     deadline,
+                    turn_id,
+                    model,
+                    _json_dumps(params) if params else None,
+                    stream,
+                    *_message_columns(rows),
                 )
-                running_id, running_deadline, _ = stored[0]
-                if running_id is None:
-                    break
-                if running_deadline > now:
-                    raise _turn_in_progress(running_id)
-                # The process that ran it died: free the conversation and say why, then retry.
-                await pg.execute(PG_ABANDON, running_id, _json_dumps(ABANDONED), now)
-        # The statement's snapshot predates its own inserts: the new messages come last.
-        entries = [entry for _, _, entry in stored]
-        entries += [_json_dumps(history_entry(r)) for r in rows]
-        history = _history(entries)
-        return TurnStart(turn, _messages_out(rows), history, turn.model, turn.params)
+            except asyncpg.PostgresError as exc:
+                raise _begin_refused(exc) from None
+        _number(rows, count)
+        turn = _running_turn(conversation_id, turn_model, msgspec.json.decode(turn_params), now)
+        turn = msgspec.structs.replace(turn, id=turn_id)
+        return TurnStart(turn, _messages_out(rows), _history(entries), turn.model, turn.params)
 
     async def complete_turn(
         self,
@@ -767,25 +705,30 @@ class Store:
     async def _complete_turn_postgresql(
         self, turn: TurnOut, reply: MessageOut, upstream_ms: int, attempts: int
     ) -> int:
-        async with self._driver() as pg, pg.transaction():
-            _, seq = await pg.fetchrow(
-                PG_COMPLETE,
-                turn.id,
-                turn.conversation_id,
-                turn.completed_at,
-                _json_dumps(turn.usage),
-                turn.finish_reason,
-                turn.latency_ms,
-                upstream_ms,
-                attempts,
-                reply.id,
-                _json_dumps(reply.content),
-                _json_dumps(reply.tool_calls),
-                reply.reasoning_content,
-                reply.model,
-            )
-            if seq is None:
-                raise _NotRunning  # rolls back: the seq taken is given back
+        async with self._driver() as pg:
+            try:
+                seq = await pg.fetchval(
+                    PG_COMPLETE_TURN,
+                    turn.id,
+                    turn.conversation_id,
+                    turn.completed_at,
+                    _json_dumps(turn.usage),
+                    turn.finish_reason,
+                    turn.latency_ms,
+                    upstream_ms,
+                    attempts,
+                    reply.id,
+                    _json_dumps(reply.content),
+                    _json_dumps(reply.tool_calls),
+                    reply.reasoning_content,
+                    reply.model,
+                )
+            except asyncpg.PostgresError as exc:
+                if getattr(exc, "sqlstate", None) == "CV410":
+                    raise _NotRunning from None  # the function rolled back the seq it took
+                raise
+        if seq is None:
+            raise _NotRunning  # the conversation was deleted
         return int(seq)
 
     async def _complete_turn_sqlite(
@@ -1328,10 +1271,9 @@ def _number(rows: list[dict[str, Any]], count: int) -> None:
 
 
 def _message_columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    """New message rows as one list per column, for PostgreSQL's ``unnest`` (JSON as text)."""
+    """New message rows as one list per column, for convstore_begin_turn (JSON as text)."""
     return [
         [r["id"] for r in rows],
-        [r["seq"] for r in rows],
         [r["role"] for r in rows],
         [_json_dumps(r["content"]) for r in rows],
         [r["name"] for r in rows],
@@ -1350,19 +1292,14 @@ def _messages_out(rows: list[dict[str, Any]]) -> list[MessageOut]:
 
 
 def _running_turn(
-    conversation_id: uuid.UUID,
-    model: str,
-    conversation_params: dict[str, Any],
-    params: dict[str, Any] | None,
-    now: datetime,
+    conversation_id: uuid.UUID, model: str, params: dict[str, Any], now: datetime
 ) -> TurnOut:
-    """A new running turn: the turn's params over the conversation's."""
     return TurnOut(
         id=uuid7(),
         conversation_id=conversation_id,
         status="running",
         model=model,
-        params={**conversation_params, **(params or {})},
+        params=params,
         usage=None,
         finish_reason=None,
         error=None,
@@ -1374,12 +1311,30 @@ def _running_turn(
 
 def _require_messages(count: int) -> None:
     if count == 0:
-        raise ValidationFailed(
-            "The conversation has no messages yet: send at least one with the turn."
-        )
+        raise _no_messages()
 
 
-def _turn_in_progress(running_turn_id: uuid.UUID | None) -> TurnInProgress:
+def _no_messages() -> ValidationFailed:
+    return ValidationFailed(
+        "The conversation has no messages yet: send at least one with the turn."
+    )
+
+
+def _begin_refused(exc: Exception) -> Exception:
+    """What convstore_begin_turn's refusals mean (it raises with SQLSTATEs of its own)."""
+    code = getattr(exc, "sqlstate", None)
+    if code == "CV404":
+        return NotFound("No conversation has this id.")
+    if code == "CV422":
+        return _no_messages()
+    if code == "CV409":
+        return _turn_in_progress(getattr(exc, "detail", None))
+    if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
+        return _turn_in_progress(None)  # the unique index on running turns, a backstop
+    return exc
+
+
+def _turn_in_progress(running_turn_id: uuid.UUID | str | None) -> TurnInProgress:
     extra: dict[str, Any] = {"running_turn_id": str(running_turn_id)} if running_turn_id else {}
     return TurnInProgress(
         "A turn is already running in this conversation; wait for it to finish.", **extra

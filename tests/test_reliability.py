@@ -16,7 +16,7 @@ from sqlalchemy import update
 from service.app import create_app
 from service.fake_upstream import FakeUpstream, Fault
 from service.settings import Settings
-from service.store import Store
+from service.store import Reply, Store
 from service.tables import turn_table, utcnow
 
 Client = httpx.AsyncClient
@@ -252,6 +252,37 @@ async def test_abandoned_turn_is_recovered(
     assert old["status"] == "failed"
     assert old["error"]["code"] == "abandoned"
     assert [m["role"] for m in await messages_of(client, alice, cid)] == ["user", "assistant"]
+
+
+async def test_a_turn_declared_abandoned_stores_nothing_when_it_ends(
+    client: Client, store: Store, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice, messages=[USER])
+    # A process stalled past its lease: another takes over the conversation...
+    stalled = await store.begin_turn(
+        "alice", uuid.UUID(cid), [], model=None, params=None, stream=False, lease=60
+    )
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(turn_table)
+            .where(turn_table.c.id == stalled.turn.id)
+            .values(deadline_at=utcnow() - timedelta(seconds=1))
+        )
+    taken_over = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
+    assert taken_over.status_code == 201, taken_over.text
+    # ...and when the stalled turn's answer finally arrives, it is not stored, and the seq it
+    # took is given back: no gap in the conversation.
+    late = Reply(content="too late", model="grok-4", finish_reason="stop")
+    assert (
+        await store.complete_turn(stalled.turn, late, latency_ms=1, upstream_ms=1, attempts=1)
+        is None
+    )
+    stored = await messages_of(client, alice, cid)
+    assert [(m["seq"], m["role"]) for m in stored] == [(1, "user"), (2, "assistant")]
+    conversation = (await client.get(f"/v1/conversations/{cid}", headers=alice)).json()
+    assert conversation["message_count"] == 2
+    old = await client.get(f"/v1/conversations/{cid}/turns/{stalled.turn.id}", headers=alice)
+    assert old.json()["error"]["code"] == "abandoned"
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256])
