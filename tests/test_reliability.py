@@ -38,6 +38,16 @@ async def messages_of(client: Client, headers: dict[str, str], cid: str) -> list
     return data
 
 
+async def expire_lease(store: Store, turn_id: uuid.UUID) -> None:
+    """Make a running turn look like its process died: its lease ran out a second ago."""
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(turn_table)
+            .where(turn_table.c.id == turn_id)
+            .values(deadline_at=utcnow() - timedelta(seconds=1))
+        )
+
+
 async def test_turn_or_append_while_a_turn_runs_is_409_without_side_effects(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
@@ -240,12 +250,7 @@ async def test_abandoned_turn_is_recovered(
     )
     blocked = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
     assert blocked.status_code == 409
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            update(turn_table)
-            .where(turn_table.c.id == start.turn.id)
-            .values(deadline_at=utcnow() - timedelta(seconds=1))
-        )
+    await expire_lease(store, start.turn.id)
     response = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
     assert response.status_code == 201, response.text
     old = (await client.get(f"/v1/conversations/{cid}/turns/{start.turn.id}", headers=alice)).json()
@@ -262,12 +267,7 @@ async def test_a_turn_declared_abandoned_stores_nothing_when_it_ends(
     stalled = await store.begin_turn(
         "alice", uuid.UUID(cid), [], model=None, params=None, stream=False, lease=60
     )
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            update(turn_table)
-            .where(turn_table.c.id == stalled.turn.id)
-            .values(deadline_at=utcnow() - timedelta(seconds=1))
-        )
+    await expire_lease(store, stalled.turn.id)
     taken_over = await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
     assert taken_over.status_code == 201, taken_over.text
     # ...and when the stalled turn's answer finally arrives, it is not stored, and the seq it
