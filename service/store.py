@@ -77,7 +77,8 @@ FROM message WHERE conversation_id = :conversation_id ORDER BY seq"""
 # PostgreSQL: a turn's two transactions are two functions (see the turn_functions migration),
 # called through asyncpg as prepared statements: one round trip each.
 PG_BEGIN_TURN = """SELECT * FROM convstore_begin_turn(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"""
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+ORDER BY o_seq"""
 PG_COMPLETE_TURN = """SELECT convstore_complete_turn(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"""
 ABANDONED = {"code": "abandoned", "detail": "The server running this turn stopped."}
@@ -636,7 +637,7 @@ class Store:
         turn_id = uuid7()
         async with self._driver() as pg:
             try:
-                count, turn_model, turn_params, entries = await pg.fetchrow(
+                found = await pg.fetch(
                     PG_BEGIN_TURN,
                     conversation_id,
                     tenant,
@@ -650,10 +651,12 @@ class Store:
                 )
             except asyncpg.PostgresError as exc:
                 raise _begin_refused(exc) from None
+        _, _, count, turn_model, turn_params = found[0]
         _number(rows, count)
         turn = _running_turn(conversation_id, turn_model, msgspec.json.decode(turn_params), now)
         turn = msgspec.structs.replace(turn, id=turn_id)
-        return TurnStart(turn, _messages_out(rows), _history(entries), turn.model, turn.params)
+        history = _history([entry for _, entry, _, _, _ in found[1:]])
+        return TurnStart(turn, _messages_out(rows), history, turn.model, turn.params)
 
     async def complete_turn(
         self,

@@ -37,8 +37,9 @@ CREATE OR REPLACE FUNCTION convstore_begin_turn(
     p_ids uuid[], p_roles text[], p_contents text[], p_names text[], p_tool_calls text[],
     p_tool_call_ids text[], p_reasoning text[], p_models text[], p_finish_reasons text[],
     p_usages text[], p_created timestamptz[],
-    OUT o_message_count integer, OUT o_model text, OUT o_params text, OUT o_history text[]
-) LANGUAGE plpgsql VOLATILE AS $$
+    OUT o_seq integer, OUT o_entry text, OUT o_message_count integer, OUT o_model text,
+    OUT o_params text
+) RETURNS SETOF record LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     added integer := cardinality(p_ids);
     running record;
@@ -83,10 +84,13 @@ BEGIN
                       deadline_at)
     VALUES (p_turn_id, p_conversation_id, 'running', o_model, o_params::json, p_stream, 0, p_now,
             p_deadline);
-    o_history := ARRAY(
-        SELECT {HISTORY_ENTRY}
-        FROM message WHERE conversation_id = p_conversation_id ORDER BY seq
-    );
+    -- First a row with the conversation's counter and the turn's model and params, then one
+    -- row per message: the history, with the new messages (callers order by o_seq).
+    o_seq := 0;
+    RETURN NEXT;
+    RETURN QUERY
+        SELECT seq, {HISTORY_ENTRY}, NULL::integer, NULL::text, NULL::text
+        FROM message WHERE conversation_id = p_conversation_id;
 END
 $$
 """
