@@ -77,8 +77,7 @@ FROM message WHERE conversation_id = :conversation_id ORDER BY seq"""
 # PostgreSQL: a turn's two transactions are two functions (see the turn_functions migration),
 # called through asyncpg as prepared statements: one round trip each.
 PG_BEGIN_TURN = """SELECT * FROM convstore_begin_turn(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-ORDER BY o_seq"""
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"""
 PG_COMPLETE_TURN = """SELECT convstore_complete_turn(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"""
 ABANDONED = {"code": "abandoned", "detail": "The server running this turn stopped."}
@@ -651,6 +650,9 @@ class Store:
                 )
             except asyncpg.PostgresError as exc:
                 raise _begin_refused(exc) from None
+        # The function returns its rows in order (the first, then the history by seq); sorting a
+        # sorted list costs one comparison per row, and makes the order a promise.
+        found.sort(key=_first)
         _, _, count, turn_model, turn_params = found[0]
         _number(rows, count)
         turn = _running_turn(conversation_id, turn_model, msgspec.json.decode(turn_params), now)
@@ -1310,6 +1312,10 @@ def _running_turn(
         created_at=now,
         completed_at=None,
     )
+
+
+def _first(row: Sequence[Any]) -> Any:
+    return row[0]
 
 
 def _require_messages(count: int) -> None:
