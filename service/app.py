@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
+from service.netio import UpstreamTransport
 from service.observability import ObservedLitestar, configure_logging
 from service.openapi import CompletedJsonRenderPlugin
 from service.ratelimit import TurnRateLimit
@@ -37,13 +38,14 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 
 def make_http_client(settings: Settings, *, max_connections: int = 200) -> httpx.AsyncClient:
     """The one pooled client for the upstream: a short connect timeout, a long read timeout."""
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=60,
+    )
     return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=60,
-        ),
+        transport=UpstreamTransport(limits=limits),
     )
 
 

@@ -1,0 +1,172 @@
+"""The upstream client's network layer (service/netio.py) against real sockets: plain and TLS
+connections, keep-alive reuse, connections the server closed, timeouts, refused connections and
+bodies larger than the socket buffers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import trustme
+
+from service.netio import UpstreamTransport
+
+LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=60)
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    """A small HTTP/1.1 server on the loopback; counts the connections it accepted."""
+
+    url: str
+    connections: int = 0
+    bodies: list[bytes] = field(default_factory=list)
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """One request's body, or None when the client closed the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return await reader.readexactly(length)
+
+
+def answer(body: bytes = b"ok") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def keep_alive(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server
+) -> None:
+    while (body := await read_request(reader)) is not None:
+        srv.bodies.append(body)
+        writer.write(answer(b"%d" % len(body)))
+        await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    handler: Handler, *, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[Server]:
+    srv = Server(url="")
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        srv.connections += 1
+        try:
+            await handler(reader, writer, srv)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    srv.url = f"{'https' if tls else 'http'}://{host}:{port}"
+    try:
+        yield srv
+    finally:
+        server.close()
+
+
+def client(verify: ssl.SSLContext | bool = True, timeout: float = 5) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=timeout, transport=UpstreamTransport(limits=LIMITS, verify=verify)
+    )
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async with serve(keep_alive) as srv, client() as http:
+        for size in (0, 10, 1000):
+            response = await http.post(srv.url, content=b"x" * size)
+            assert response.status_code == 200
+            assert response.text == str(size)
+    assert srv.connections == 1
+
+
+async def test_tls_with_a_private_certificate_authority() -> None:
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_context)
+    trusted = ssl.create_default_context()
+    authority.configure_trust(trusted)
+    async with serve(keep_alive, tls=server_context, host="localhost") as srv:
+        async with client(verify=trusted) as http:
+            first = await http.post(srv.url, content=b"hello")
+            second = await http.post(srv.url, content=b"again!")
+        assert (first.text, second.text) == ("5", "6")
+        assert srv.connections == 1
+        # A certificate the client does not trust is refused.
+        async with client() as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.post(srv.url, content=b"hello")
+
+
+async def test_a_connection_the_server_closed_is_not_reused() -> None:
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server) -> None:
+        await read_request(reader)
+        writer.write(answer())  # no "connection: close": the client believes it may reuse it
+        await writer.drain()
+
+    async with serve(once) as srv, client() as http:
+        assert (await http.post(srv.url, content=b"1")).status_code == 200
+        await asyncio.sleep(0.1)  # the server has closed it by now
+        assert (await http.post(srv.url, content=b"2")).status_code == 200
+    assert srv.connections == 2
+
+
+async def test_a_body_larger_than_the_socket_buffers() -> None:
+    body = bytes(range(256)) * (32 * 1024)  # 8 MiB: the transport pauses writing on the way
+
+    async def slow_reader(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server
+    ) -> None:
+        await asyncio.sleep(0.2)
+        await keep_alive(reader, writer, srv)
+
+    async with serve(slow_reader) as srv, client() as http:
+        response = await http.post(srv.url, content=body)
+    assert response.text == str(len(body))
+    assert srv.bodies == [body]
+
+
+async def test_an_answer_that_never_comes_times_out() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with serve(silent) as srv, client(timeout=0.2) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(srv.url, content=b"?")
+
+
+async def test_an_answer_cut_short_is_an_error() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
+        await writer.drain()
+
+    async with serve(cut) as srv, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post(srv.url, content=b"?")
+
+
+async def test_a_refused_connection() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connecting is refused
+        async with client() as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.post(f"http://127.0.0.1:{port}/", content=b"?")
