@@ -77,7 +77,7 @@ FROM message WHERE conversation_id = :conversation_id ORDER BY seq"""
 # PostgreSQL: a turn's two transactions are two functions (see the turn_functions migration),
 # called through asyncpg as prepared statements: one round trip each.
 PG_BEGIN_TURN = """SELECT * FROM convstore_begin_turn(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"""
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"""
 PG_COMPLETE_TURN = """SELECT convstore_complete_turn(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"""
 ABANDONED = {"code": "abandoned", "detail": "The server running this turn stopped."}
@@ -634,22 +634,34 @@ class Store:
         deadline: datetime,
     ) -> TurnStart:
         turn_id = uuid7()
+        columns = _message_columns(rows)
+        # With params of its own, a turn's params are merged over the conversation's here: the
+        # first call learns the conversation's params (CV412), the second sends the merge.
+        merged = _json_dumps(params) if params else None
+        base: str | None = None
         async with self._driver() as pg:
-            try:
-                found = await pg.fetch(
-                    PG_BEGIN_TURN,
-                    conversation_id,
-                    tenant,
-                    now,
-                    deadline,
-                    turn_id,
-                    model,
-                    _json_dumps(params) if params else None,
-                    stream,
-                    *_message_columns(rows),
-                )
-            except asyncpg.PostgresError as exc:
-                raise _begin_refused(exc) from None
+            while True:
+                try:
+                    found = await pg.fetch(
+                        PG_BEGIN_TURN,
+                        conversation_id,
+                        tenant,
+                        now,
+                        deadline,
+                        turn_id,
+                        model,
+                        merged,
+                        base,
+                        stream,
+                        *columns,
+                    )
+                    break
+                except asyncpg.PostgresError as exc:
+                    if params and getattr(exc, "sqlstate", None) == "CV412":
+                        base = exc.detail
+                        merged = _json_dumps({**msgspec.json.decode(base or "{}"), **params})
+                        continue
+                    raise _begin_refused(exc) from None
         # The function returns its rows in order (the first, then the history by seq); sorting a
         # sorted list costs one comparison per row, and makes the order a promise.
         found.sort(key=_first)

@@ -289,6 +289,31 @@ async def test_turn_overrides_model_and_params(
     assert conv["params"] == {"temperature": 0.1, "top_p": 0.5}
 
 
+async def test_turn_params_are_merged_exactly_whatever_they_hold(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    # Strings PostgreSQL's jsonb refuses (NUL) or that need escaping, in keys and values; the
+    # conversation's params change between turns.
+    cid = await new_conversation(client, alice, params={"user": "a\u0000b", "z\u0000": 1})
+    for round_ in range(2):
+        params = {"seed": round_, "k\u0000\U0001f600\\": {"nested": [None, 1.5, "\n"]}}
+        response = await turn(
+            client, alice, cid, params=params, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert response.status_code == 201, response.text
+        conv = (await client.get(f"/v1/conversations/{cid}", headers=alice)).json()
+        expected = {**conv["params"], **params}
+        turn_id = response.json()["turn"]["id"]
+        stored = await client.get(f"/v1/conversations/{cid}/turns/{turn_id}", headers=alice)
+        assert response.json()["turn"]["params"] == stored.json()["params"] == expected
+        sent = upstream.requests[-1]["body"]
+        assert {k: sent[k] for k in expected} == expected
+        patched = await client.patch(
+            f"/v1/conversations/{cid}", json={"params": {"top_p": 0.5}}, headers=alice
+        )
+        assert patched.status_code == 200, patched.text
+
+
 async def test_turn_on_empty_conversation_is_rejected(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:

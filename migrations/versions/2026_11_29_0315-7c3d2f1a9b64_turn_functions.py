@@ -33,7 +33,7 @@ HISTORY_ENTRY = """'{"role":' || to_json(role) || ',"content":' || coalesce(text
 BEGIN_TURN = f"""
 CREATE OR REPLACE FUNCTION convstore_begin_turn(
     p_conversation_id uuid, p_tenant text, p_now timestamptz, p_deadline timestamptz,
-    p_turn_id uuid, p_model text, p_params json, p_stream boolean,
+    p_turn_id uuid, p_model text, p_params json, p_base_params text, p_stream boolean,
     p_ids uuid[], p_roles text[], p_contents text[], p_names text[], p_tool_calls text[],
     p_tool_call_ids text[], p_reasoning text[], p_models text[], p_finish_reasons text[],
     p_usages text[], p_created timestamptz[],
@@ -61,6 +61,16 @@ BEGIN
     IF o_message_count = 0 THEN
         RAISE EXCEPTION 'the conversation has no messages' USING ERRCODE = 'CV422';
     END IF;
+    IF p_params IS NOT NULL THEN
+        -- The caller merged the turn's params over the conversation's params as it last saw
+        -- them (JSON objects are merged in Python: jsonb would refuse some strings, and
+        -- reorder keys). If it saw none, or other ones, it is told the current ones.
+        IF p_base_params IS DISTINCT FROM o_params THEN
+            RAISE EXCEPTION 'the conversation''s params are needed'
+                USING ERRCODE = 'CV412', DETAIL = o_params;
+        END IF;
+        o_params := p_params::text;
+    END IF;
     SELECT t.id, t.deadline_at INTO running
     FROM turn AS t WHERE t.conversation_id = p_conversation_id AND t.status = 'running';
     IF FOUND THEN
@@ -83,9 +93,6 @@ BEGIN
          WITH ORDINALITY AS m(id, role, content, name, tool_calls, tool_call_id,
                               reasoning_content, model, finish_reason, usage, created_at, n);
     o_model := coalesce(p_model, o_model);
-    IF p_params IS NOT NULL THEN  -- the turn's params over the conversation's
-        o_params := (o_params::jsonb || p_params::jsonb)::text;
-    END IF;
     INSERT INTO turn (id, conversation_id, status, model, params, stream, attempts, created_at,
                       deadline_at)
     VALUES (p_turn_id, p_conversation_id, 'running', o_model, o_params::json, p_stream, 0, p_now,
