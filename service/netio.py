@@ -71,6 +71,16 @@ class _Protocol(asyncio.Protocol):
         return bool(self.buffer) or self.eof
 
 
+async def _wait(
+    future: asyncio.Future[None], timeout: float | None, error: type[httpcore.TimeoutException]
+) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await future
+    except TimeoutError:
+        raise error(f"no progress with the upstream in {timeout} s") from None
+
+
 class AsyncioStream(httpcore.AsyncNetworkStream):
     """One connection: httpcore's stream interface over an asyncio transport."""
 
@@ -83,10 +93,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if not protocol.buffer and not protocol.eof:
             protocol.waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(timeout):
-                    await protocol.waiter
-            except TimeoutError:
-                raise httpcore.ReadTimeout("timed out reading from the upstream") from None
+                await _wait(protocol.waiter, timeout, httpcore.ReadTimeout)
             finally:
                 protocol.waiter = None
         if protocol.buffer:
@@ -108,10 +115,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if protocol.paused:
             protocol.drained = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(timeout):
-                    await protocol.drained
-            except TimeoutError:
-                raise httpcore.WriteTimeout("timed out writing to the upstream") from None
+                await _wait(protocol.drained, timeout, httpcore.WriteTimeout)
             finally:
                 protocol.drained = None
             if protocol.error is not None:
