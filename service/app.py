@@ -27,7 +27,7 @@ from service.routes.health import health, metrics, ready
 from service.routes.transcripts import TranscriptController
 from service.routes.turns import TurnController
 from service.settings import Settings
-from service.store import Store, make_engine
+from service.store import HistoryCache, Store, make_engine
 from service.turns import TurnRunner
 from service.upstream import UpstreamClient
 from service.web import TEMPLATES, AdminPages
@@ -66,7 +66,7 @@ def create_app(
         own_client = http_client is None
         db = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
         client = http_client or make_http_client(settings)
-        store = Store(db)
+        store = Store(db, history_cache=HistoryCache(int(settings.history_cache_mb * 2**20)))
         upstream = UpstreamClient(
             client,
             base_url=settings.upstream_url,

@@ -33,6 +33,7 @@ class Settings:
     db_pool_size: int = 20
     turn_lease: float = 60.0
     key_cache_ttl: float = 5.0
+    history_cache_mb: float = 64.0
     turn_rate_limit: float = 1200.0
     log_level: str = "INFO"
 
@@ -55,6 +56,7 @@ class Settings:
             db_pool_size=int(_number(env, "CONVSTORE_DB_POOL_SIZE", 20, whole=True)),
             turn_lease=_number(env, "CONVSTORE_TURN_LEASE", 60.0),
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
+            history_cache_mb=_number(env, "CONVSTORE_HISTORY_CACHE_MB", 64.0),
             turn_rate_limit=_number(env, "CONVSTORE_TURN_RATE_LIMIT", 1200.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
         )
@@ -89,6 +91,8 @@ class Settings:
             raise SettingsError("CONVSTORE_TURN_RATE_LIMIT must be 0 (no limit) or more")
         if self.key_cache_ttl < 0:
             raise SettingsError("CONVSTORE_KEY_CACHE_TTL must be 0 or more seconds")
+        if self.history_cache_mb < 0:
+            raise SettingsError("CONVSTORE_HISTORY_CACHE_MB must be 0 (no cache) or more")
         if self.turn_lease < 1:
             raise SettingsError("CONVSTORE_TURN_LEASE must be at least 1 second")
         if self.db_pool_size < 1:

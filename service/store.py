@@ -6,6 +6,7 @@ The store speaks in plain values and response Structs; it knows nothing of HTTP 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import secrets
 import uuid
@@ -71,13 +72,15 @@ SQLITE_HISTORY = text(
     || CASE WHEN tool_call_id IS NULL THEN ''
             ELSE ',"tool_call_id":' || json_quote(tool_call_id) END
     || '}'
-FROM message WHERE conversation_id = :conversation_id ORDER BY seq"""
+FROM message WHERE conversation_id = :conversation_id AND seq > :after ORDER BY seq"""
 ).bindparams(bindparam("conversation_id", type_=Uuid()))
 
 # PostgreSQL: a turn's two transactions are two functions (see the turn_functions migration),
 # called through asyncpg as prepared statements: one round trip each.
 PG_BEGIN_TURN = """SELECT * FROM convstore_begin_turn(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"""
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+    $21)"""
+PG_HISTORY = "SELECT seq, entry FROM convstore_history($1, $2)"
 PG_COMPLETE_TURN = """SELECT convstore_complete_turn(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"""
 ABANDONED = {"code": "abandoned", "detail": "The server running this turn stopped."}
@@ -355,8 +358,9 @@ def history_entry(row: dict[str, Any]) -> dict[str, Any]:
 class Store:
     """The conversation store over one SQLAlchemy async engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, history_cache: HistoryCache | None = None) -> None:
         self.engine = engine
+        self.history_cache = history_cache or HistoryCache(0)
         self.writer = engine.execution_options(convstore_write=True)
         # PostgreSQL runs a turn's statements through asyncpg directly (see PG_BEGIN).
         self.postgresql = engine.dialect.name == "postgresql"
@@ -615,12 +619,18 @@ class Store:
                         deadline_at=deadline,
                     )
                 )
-                entries = await conn.execute(SQLITE_HISTORY, {"conversation_id": conversation_id})
-                history = _history([e for (e,) in entries])
+                count = before + len(rows)
+                seen, known = self.history_cache.get(conversation_id)
+                read = {"conversation_id": conversation_id, "after": seen}
+                new = [e for (e,) in await conn.execute(SQLITE_HISTORY, read)]
+                if len(new) != count - seen:  # a cache that does not fit: read it all
+                    read["after"], known = 0, ""
+                    new = [e for (e,) in await conn.execute(SQLITE_HISTORY, read)]
         except (IntegrityError, asyncpg.exceptions.UniqueViolationError):
             # The unique index on running turns, a backstop: the checks above hold the lock.
             raise _turn_in_progress(None) from None
-        return TurnStart(turn, _messages_out(rows), history, turn.model, turn.params)
+        history = self.history_cache.put(conversation_id, count, known, new)
+        return TurnStart(turn, _messages_out(rows), _history(history), turn.model, turn.params)
 
     async def _begin_turn_postgresql(
         self,
@@ -635,6 +645,7 @@ class Store:
     ) -> TurnStart:
         turn_id = uuid7()
         columns = _message_columns(rows)
+        seen, known = self.history_cache.get(conversation_id)
         # With params of its own, a turn's params are merged over the conversation's here: the
         # first call learns the conversation's params (CV412), the second sends the merge.
         merged = _json_dumps(params) if params else None
@@ -654,6 +665,7 @@ class Store:
                         base,
                         stream,
                         *columns,
+                        seen,
                     )
                     break
                 except asyncpg.PostgresError as exc:
@@ -662,15 +674,19 @@ class Store:
                         merged = _json_dumps({**msgspec.json.decode(base or "{}"), **params})
                         continue
                     raise _begin_refused(exc) from None
-        # The function returns its rows in order (the first, then the history by seq); sorting a
-        # sorted list costs one comparison per row, and makes the order a promise.
-        found.sort(key=_first)
-        _, _, count, turn_model, turn_params = found[0]
+            # The function returns its rows in order (the first, then the history by seq);
+            # sorting a sorted list costs one comparison per row, and makes the order a promise.
+            found.sort(key=_first)
+            _, _, count, turn_model, turn_params = found[0]
+            new = [entry for _, entry, _, _, _ in found[1:]]
+            if len(new) != count - seen:  # a cache that does not fit: read it all
+                known = ""
+                new = [entry for _, entry in await pg.fetch(PG_HISTORY, conversation_id, 0)]
         _number(rows, count)
         turn = _running_turn(conversation_id, turn_model, msgspec.json.decode(turn_params), now)
         turn = msgspec.structs.replace(turn, id=turn_id)
-        history = _history([entry for _, entry, _, _, _ in found[1:]])
-        return TurnStart(turn, _messages_out(rows), history, turn.model, turn.params)
+        history = self.history_cache.put(conversation_id, count, known, new)
+        return TurnStart(turn, _messages_out(rows), _history(history), turn.model, turn.params)
 
     async def complete_turn(
         self,
@@ -1362,9 +1378,48 @@ def _turn_in_progress(running_turn_id: uuid.UUID | str | None) -> TurnInProgress
     )
 
 
-def _history(parts: list[str | None]) -> msgspec.Raw:
-    """A JSON array of history entries, from pieces that each hold zero or more of them."""
-    return msgspec.Raw(("[" + ",".join(p for p in parts if p) + "]").encode())
+def _history(entries: str) -> msgspec.Raw:
+    """The JSON array of a history's entries (given joined by commas)."""
+    return msgspec.Raw(("[" + entries + "]").encode())
+
+
+class HistoryCache:
+    """The histories of recent conversations, as the comma-joined JSON entries the upstream
+    receives, kept by each process so that a turn reads from the database only the messages it
+    has not seen (``seq`` above the cached ones).
+
+    It can never be stale: stored messages never change (they are appended, or deleted with
+    their conversation, whose id is never used again), and only committed ones are cached.
+    Least recently used conversations go first once ``max_chars`` are held; 0 keeps nothing.
+    """
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self._held: collections.OrderedDict[uuid.UUID, tuple[int, str]] = collections.OrderedDict()
+        self._size = 0
+
+    def get(self, conversation_id: uuid.UUID) -> tuple[int, str]:
+        """The last seq cached for a conversation and its entries up to it (0 and "": none)."""
+        found = self._held.get(conversation_id)
+        if found is None:
+            return 0, ""
+        self._held.move_to_end(conversation_id)
+        return found
+
+    def put(self, conversation_id: uuid.UUID, seq: int, known: str, new: list[str]) -> str:
+        """Join ``known`` entries (as ``get`` gave them) and ``new`` ones, which run up to
+        ``seq``; keep the result for the conversation's next turn and return it."""
+        entries = ",".join([known, *new]) if known else ",".join(new)
+        old = self._held.pop(conversation_id, None)
+        if old is not None:
+            self._size -= len(old[1])
+        if len(entries) <= self.max_chars // 4:  # one conversation takes at most a quarter
+            self._held[conversation_id] = (seq, entries)
+            self._size += len(entries)
+            while self._size > self.max_chars:
+                _, (_, dropped) = self._held.popitem(last=False)
+                self._size -= len(dropped)
+        return entries
 
 
 __all__ = [

@@ -45,6 +45,7 @@ def test_values_are_read() -> None:
         ("CONVSTORE_UPSTREAM_TIMEOUT", "nan", "CONVSTORE_UPSTREAM_TIMEOUT"),
         ("CONVSTORE_DEFAULT_MODEL", " ", "CONVSTORE_DEFAULT_MODEL"),
         ("CONVSTORE_DB_POOL_SIZE", "2.5", "CONVSTORE_DB_POOL_SIZE"),
+        ("CONVSTORE_HISTORY_CACHE_MB", "-1", "CONVSTORE_HISTORY_CACHE_MB"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, says: str) -> None:

@@ -30,20 +30,30 @@ HISTORY_ENTRY = """'{"role":' || to_json(role) || ',"content":' || coalesce(text
             ELSE ',"tool_call_id":' || to_json(tool_call_id) END
     || '}'"""
 
-BEGIN_TURN = f"""
+HISTORY = f"""
+CREATE OR REPLACE FUNCTION convstore_history(p_conversation_id uuid, p_after_seq integer)
+RETURNS TABLE (seq integer, entry text) LANGUAGE sql STABLE
+-- From the primary key's index, already in seq order (a bitmap scan needs a sort, which spills
+-- to disk for long histories: 4 MB at 10,000 messages), and kept in memory until returned.
+SET enable_bitmapscan = off
+SET work_mem = '64MB'
+AS $$
+    SELECT seq, {HISTORY_ENTRY}
+    FROM message WHERE conversation_id = p_conversation_id AND seq > p_after_seq ORDER BY seq
+$$
+"""
+
+BEGIN_TURN = """
 CREATE OR REPLACE FUNCTION convstore_begin_turn(
     p_conversation_id uuid, p_tenant text, p_now timestamptz, p_deadline timestamptz,
     p_turn_id uuid, p_model text, p_params json, p_base_params text, p_stream boolean,
     p_ids uuid[], p_roles text[], p_contents text[], p_names text[], p_tool_calls text[],
     p_tool_call_ids text[], p_reasoning text[], p_models text[], p_finish_reasons text[],
-    p_usages text[], p_created timestamptz[],
+    p_usages text[], p_created timestamptz[], p_after_seq integer,
     OUT o_seq integer, OUT o_entry text, OUT o_message_count integer, OUT o_model text,
     OUT o_params text
 ) RETURNS SETOF record LANGUAGE plpgsql VOLATILE
--- The history comes from the primary key's index, already in seq order (a bitmap scan needs a
--- sort, which spills to disk for long histories: 4 MB at 10,000 messages), and the rows are
--- kept in memory until returned (memory is taken only as a history needs it).
-SET enable_bitmapscan = off
+-- The returned rows are kept in memory (taken only as a history needs it), not spilled to disk.
 SET work_mem = '64MB'
 AS $$
 DECLARE
@@ -79,7 +89,7 @@ BEGIN
         END IF;
         -- The process that ran it died: free the conversation and say why.
         UPDATE turn SET status = 'failed', completed_at = p_now,
-            error = '{{"code":"abandoned","detail":"The server running this turn stopped."}}'
+            error = '{"code":"abandoned","detail":"The server running this turn stopped."}'
         WHERE id = running.id;
     END IF;
     INSERT INTO message (id, conversation_id, seq, role, content, name, tool_calls,
@@ -98,12 +108,13 @@ BEGIN
     VALUES (p_turn_id, p_conversation_id, 'running', o_model, o_params::json, p_stream, 0, p_now,
             p_deadline);
     -- First a row with the conversation's counter and the turn's model and params, then one
-    -- row per message in seq order: the history, with the new messages.
+    -- row per message after p_after_seq (the caller has the ones before), in seq order, the
+    -- new messages included.
     o_seq := 0;
     RETURN NEXT;
     RETURN QUERY
-        SELECT seq, {HISTORY_ENTRY}, NULL::integer, NULL::text, NULL::text
-        FROM message WHERE conversation_id = p_conversation_id ORDER BY seq;
+        SELECT h.seq, h.entry, NULL::integer, NULL::text, NULL::text
+        FROM convstore_history(p_conversation_id, p_after_seq) AS h;
 END
 $$
 """
@@ -145,6 +156,7 @@ $$
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        op.execute(HISTORY)
         op.execute(BEGIN_TURN)
         op.execute(COMPLETE_TURN)
 
@@ -153,3 +165,4 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION convstore_complete_turn")
         op.execute("DROP FUNCTION convstore_begin_turn")
+        op.execute("DROP FUNCTION convstore_history")
