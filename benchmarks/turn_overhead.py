@@ -4,13 +4,18 @@ the same history, measured pair by pair, for several history lengths, on SQLite 
     .venv/bin/python benchmarks/turn_overhead.py [--pairs 30] [--sizes 10,100,1000,10000]
                                                  [--databases sqlite,postgresql]
 
-Prints a table (milliseconds) and the per-message slope of the overhead.
+Each pair is a direct call to the fake upstream with the history a turn sends, then that turn
+through the service, on a fresh copy of the conversation (nothing of it cached in the service);
+then a second pair, a repeat turn on the same conversation (its history so far is cached by the
+service process). The direct calls use the service's own HTTP client stack. Prints a table
+(milliseconds) and the per-message slope of the first-turn overhead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import statistics
 import sys
 import time
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -25,6 +31,7 @@ from benchmarks.harness import (
     UPSTREAM_KEY,
     database,
     fake_upstream,
+    http_client,
     machine,
     service,
     summary,
@@ -60,41 +67,63 @@ async def seed(client: httpx.AsyncClient, headers: dict[str, str], size: int) ->
     return cid
 
 
+async def pair(
+    client: httpx.AsyncClient,
+    direct: httpx.AsyncClient,
+    upstream: str,
+    cid: str,
+    history_before: list[dict[str, Any]],
+    question: dict[str, Any],
+    headers: dict[str, str],
+) -> tuple[float, float, str]:
+    """A direct call with the history the turn will send, then the turn: both in ms, and the
+    reply's content."""
+    # Encoded before the clock starts (the service encodes its own inside the measured turn).
+    body = msgspec.json.encode({"model": "grok-4", "messages": [*history_before, question]})
+    auth = {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    answer = await direct.post(f"{upstream}/chat/completions", content=body, headers=auth)
+    direct_ms = (time.perf_counter() - started) * 1000
+    answer.raise_for_status()
+    started = time.perf_counter()
+    turn = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"messages": [question]}, headers=headers
+    )
+    service_ms = (time.perf_counter() - started) * 1000
+    turn.raise_for_status()
+    return direct_ms, service_ms, turn.json()["reply"]["content"]
+
+
 async def measure(
     base: str, key: str, upstream: str, size: int, pairs: int
 ) -> dict[str, list[float]]:
+    """Per pair: a new copy of the conversation (nothing of it cached in the service), its first
+    turn (``first``), then a second turn on it (``repeat``: the history read so far is cached)."""
     headers = {"Authorization": f"Bearer {key}"}
-    direct_headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
     question = {"role": "user", "content": "And what follows from that?"}
-    body = {"model": "grok-4", "messages": [*history(size), question]}
-    results: dict[str, list[float]] = {"service": [], "direct": [], "overhead": []}
-    async with (
-        httpx.AsyncClient(base_url=base, timeout=120) as client,
-        httpx.AsyncClient(timeout=120) as direct,
-    ):
+    again = {"role": "user", "content": "And after that?"}
+    stored = history(size)
+    results: dict[str, list[float]] = collections.defaultdict(list)
+    async with http_client(base_url=base) as client, http_client() as direct:
         root = await seed(client, headers, size)
-        for pair in range(pairs + 3):
+        for number in range(pairs + 3):
             # A fresh copy of the same history for every pair, so each turn sees `size` messages.
             fork = await client.post(f"/v1/conversations/{root}/fork", json={}, headers=headers)
             fork.raise_for_status()
             cid = fork.json()["id"]
-            started = time.perf_counter()
-            answer = await direct.post(
-                f"{upstream}/chat/completions", json=body, headers=direct_headers
+            direct_ms, service_ms, reply = await pair(
+                client, direct, upstream, cid, stored, question, headers
             )
-            direct_ms = (time.perf_counter() - started) * 1000
-            answer.raise_for_status()
-            started = time.perf_counter()
-            turn = await client.post(
-                f"/v1/conversations/{cid}/turns", json={"messages": [question]}, headers=headers
+            answered = [*stored, question, {"role": "assistant", "content": reply}]
+            direct2_ms, service2_ms, _ = await pair(
+                client, direct, upstream, cid, answered, again, headers
             )
-            service_ms = (time.perf_counter() - started) * 1000
-            turn.raise_for_status()
-            if pair < 3:
+            if number < 3:
                 continue  # warm-up: pools, caches, prepared statements
             results["direct"].append(direct_ms)
             results["service"].append(service_ms)
-            results["overhead"].append(service_ms - direct_ms)
+            results["first"].append(service_ms - direct_ms)
+            results["repeat"].append(service2_ms - direct2_ms)
     return results
 
 
@@ -117,9 +146,11 @@ def main() -> None:
                 medians = []
                 for size in sizes:
                     r = asyncio.run(measure(base, key, upstream, size, args.pairs))
-                    o, s, d = summary(r["overhead"]), summary(r["service"]), summary(r["direct"])
+                    o, s, d = summary(r["first"]), summary(r["service"]), summary(r["direct"])
+                    again = summary(r["repeat"])
                     medians.append(o["median"])
-                    rows.append([kind, size, d["median"], s["median"], o["median"], o["p95"]])
+                    first = [d["median"], s["median"], o["median"], o["p95"]]
+                    rows.append([kind, size, *first, again["median"], again["p95"]])
                 if len(sizes) > 1:
                     slope = statistics.linear_regression(sizes, medians).slope
                     slopes.append([kind, slope * 1000])
@@ -132,6 +163,8 @@ def main() -> None:
                 "service median",
                 "overhead median",
                 "overhead p95",
+                "repeat turn: overhead median",
+                "p95",
             ],
             rows,
         )
