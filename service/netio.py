@@ -33,10 +33,6 @@ class _Protocol(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.paused = False
         self.drained: asyncio.Future[None] | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -205,12 +201,22 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
 
 
 class UpstreamTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport (h11, connection pool, keep-alive, TLS settings), with its
-    connections opened by ``AsyncioBackend``."""
+    """httpx's own transport (its request and exception mapping over httpcore's pool: h11,
+    keep-alive, TLS), with its connections opened by ``network_backend``.
 
-    def __init__(self, *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> None:
-        super().__init__(limits=limits, verify=verify)
+    httpx takes no network backend of its own, so the pool it builds is replaced (its
+    ``_pool``); tests/test_netio.py checks that requests go through the backend given here.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits,
+        verify: ssl.SSLContext | bool = True,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
         context = httpx.create_ssl_context(verify=verify)
+        super().__init__(limits=limits, verify=context)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context,
             max_connections=limits.max_connections,
@@ -218,5 +224,5 @@ class UpstreamTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             http1=True,
             http2=False,
-            network_backend=AsyncioBackend(),
+            network_backend=network_backend or AsyncioBackend(),
         )

@@ -83,6 +83,9 @@ PG_BEGIN_TURN = """SELECT * FROM convstore_begin_turn(
 PG_HISTORY = "SELECT seq, entry FROM convstore_history($1, $2)"
 PG_COMPLETE_TURN = """SELECT convstore_complete_turn(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"""
+# A turn with params reads the conversation's params in its first call; a concurrent change to
+# them sends it round again.
+MERGE_ATTEMPTS = 5
 ABANDONED = {"code": "abandoned", "detail": "The server running this turn stopped."}
 MESSAGE_COLUMNS = (
     M.id,
@@ -345,16 +348,6 @@ def _turn_out(row: Any) -> TurnOut:
     return TurnOut(**row._mapping)
 
 
-def history_entry(row: dict[str, Any]) -> dict[str, Any]:
-    """A message row as the upstream receives it: role and content, plus the tool fields it has
-    (what ``_HISTORY_ENTRY`` writes in SQL)."""
-    entry: dict[str, Any] = {"role": row["role"], "content": row["content"]}
-    for field in ("name", "tool_calls", "tool_call_id"):
-        if row[field] is not None:
-            entry[field] = row[field]
-    return entry
-
-
 class Store:
     """The conversation store over one SQLAlchemy async engine."""
 
@@ -362,8 +355,6 @@ class Store:
         self.engine = engine
         self.history_cache = history_cache or HistoryCache(0)
         self.writer = engine.execution_options(convstore_write=True)
-        # PostgreSQL runs a turn's statements through asyncpg directly (see PG_BEGIN).
-        self.postgresql = engine.dialect.name == "postgresql"
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -591,7 +582,7 @@ class Store:
         deadline = now + timedelta(seconds=lease)
         rows = _message_rows(conversation_id, messages, now)
         try:
-            if self.postgresql:
+            if self.dialect == "postgresql":
                 return await self._begin_turn_postgresql(
                     tenant, conversation_id, rows, model, params, stream, now, deadline
                 )
@@ -602,8 +593,9 @@ class Store:
                 _number(rows, before + len(rows))
                 _require_messages(before + len(rows))
                 await self._check_no_running_turn(conn, conversation_id, now)
+                turn_params = {**conv_params, **(params or {})}
                 turn = _running_turn(
-                    conversation_id, model or conv_model, {**conv_params, **(params or {})}, now
+                    uuid7(), conversation_id, model or conv_model, turn_params, now
                 )
                 if rows:
                     await conn.execute(insert(message_table), rows)
@@ -626,7 +618,7 @@ class Store:
                 if len(new) != count - seen:  # a cache that does not fit: read it all
                     read["after"], known = 0, ""
                     new = [e for (e,) in await conn.execute(SQLITE_HISTORY, read)]
-        except (IntegrityError, asyncpg.exceptions.UniqueViolationError):
+        except IntegrityError:
             # The unique index on running turns, a backstop: the checks above hold the lock.
             raise _turn_in_progress(None) from None
         history = self.history_cache.put(conversation_id, count, known, new)
@@ -651,7 +643,7 @@ class Store:
         merged = _json_dumps(params) if params else None
         base: str | None = None
         async with self._driver() as pg:
-            while True:
+            for _ in range(MERGE_ATTEMPTS):
                 try:
                     found = await pg.fetch(
                         PG_BEGIN_TURN,
@@ -674,17 +666,21 @@ class Store:
                         merged = _json_dumps({**msgspec.json.decode(base or "{}"), **params})
                         continue
                     raise _begin_refused(exc) from None
+            else:
+                raise Conflict(
+                    "The conversation's params kept changing while the turn started; send it again."
+                )
             # The function returns its rows in order (the first, then the history by seq);
             # sorting a sorted list costs one comparison per row, and makes the order a promise.
             found.sort(key=_first)
-            _, _, count, turn_model, turn_params = found[0]
+            _, _, count, turn_model, turn_params_text = found[0]
             new = [entry for _, entry, _, _, _ in found[1:]]
             if len(new) != count - seen:  # a cache that does not fit: read it all
                 known = ""
                 new = [entry for _, entry in await pg.fetch(PG_HISTORY, conversation_id, 0)]
         _number(rows, count)
-        turn = _running_turn(conversation_id, turn_model, msgspec.json.decode(turn_params), now)
-        turn = msgspec.structs.replace(turn, id=turn_id)
+        turn_params = msgspec.json.decode(turn_params_text)
+        turn = _running_turn(turn_id, conversation_id, turn_model, turn_params, now)
         history = self.history_cache.put(conversation_id, count, known, new)
         return TurnStart(turn, _messages_out(rows), _history(history), turn.model, turn.params)
 
@@ -725,7 +721,11 @@ class Store:
             usage=reply.usage,
             turn_id=turn.id,
         )
-        store = self._complete_turn_postgresql if self.postgresql else self._complete_turn_sqlite
+        store = (
+            self._complete_turn_postgresql
+            if self.dialect == "postgresql"
+            else self._complete_turn_sqlite
+        )
         try:
             seq = await store(completed, message, upstream_ms, attempts)
         except _NotRunning:
@@ -1325,10 +1325,14 @@ def _messages_out(rows: list[dict[str, Any]]) -> list[MessageOut]:
 
 
 def _running_turn(
-    conversation_id: uuid.UUID, model: str, params: dict[str, Any], now: datetime
+    turn_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    model: str,
+    params: dict[str, Any],
+    now: datetime,
 ) -> TurnOut:
     return TurnOut(
-        id=uuid7(),
+        id=turn_id,
         conversation_id=conversation_id,
         status="running",
         model=model,

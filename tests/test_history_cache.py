@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from service.schemas import Reply
-from service.store import HistoryCache, Store, history_entry
+from service.store import HistoryCache, Store
 
 Message = dict[str, Any]
 
@@ -40,12 +40,17 @@ def text(i: int) -> Message:
 
 
 def as_sent(message: Message) -> Message:
-    return history_entry({"name": None, "tool_calls": None, "tool_call_id": None, **message})
+    """A message as the upstream should receive it: role and content, plus the tool fields."""
+    sent = {"role": message["role"], "content": message["content"]}
+    for field in ("name", "tool_calls", "tool_call_id"):
+        if message.get(field) is not None:
+            sent[field] = message[field]
+    return sent
 
 
 async def stored_history(store: Store, cid: uuid.UUID) -> list[Any]:
     rows, _ = await store.list_messages("t", cid, limit=1000, cursor=None, descending=False)
-    return [history_entry(msgspec.structs.asdict(m)) for m in rows]
+    return [as_sent(msgspec.structs.asdict(m)) for m in rows]
 
 
 async def check_turn(store: Store, runner: Store, cid: uuid.UUID, messages: list[Message]) -> None:

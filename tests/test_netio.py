@@ -10,12 +10,13 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
 import trustme
 
-from service.netio import UpstreamTransport
+from service.netio import AsyncioBackend, UpstreamTransport
 
 LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=60)
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -88,12 +89,22 @@ def client(verify: ssl.SSLContext | bool = True, timeout: float = 5) -> httpx.As
 
 
 async def test_keep_alive_reuses_one_connection() -> None:
-    async with serve(keep_alive) as srv, client() as http:
+    opened: list[tuple[str, int]] = []
+
+    class Counting(AsyncioBackend):
+        async def connect_tcp(self, host: str, port: int, **options: Any) -> Any:
+            opened.append((host, port))
+            return await super().connect_tcp(host, port, **options)
+
+    transport = UpstreamTransport(limits=LIMITS, network_backend=Counting())
+    async with serve(keep_alive) as srv, httpx.AsyncClient(transport=transport) as http:
         for size in (0, 10, 1000):
             response = await http.post(srv.url, content=b"x" * size)
             assert response.status_code == 200
             assert response.text == str(size)
     assert srv.connections == 1
+    # Every connection is opened by the backend given (the pool httpx built is not used).
+    assert len(opened) == 1
 
 
 async def test_tls_with_a_private_certificate_authority() -> None:
