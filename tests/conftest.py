@@ -73,6 +73,14 @@ def database_url(
 
 
 @pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated PostgreSQL database of its own, for what only PostgreSQL has."""
+    for url in _postgres_database():
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
 def fake_upstream() -> Iterator[FakeUpstream]:
     upstream = FakeUpstream(api_keys=[UPSTREAM_KEY])
     upstream.start()

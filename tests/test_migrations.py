@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+from typing import Any
 
+import asyncpg
+import msgspec
 from alembic import command
 from alembic.script import ScriptDirectory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import inspect
+from strategies import contents
 
 from service.migrate import alembic_config, check, upgrade
 from service.store import make_engine
@@ -46,3 +53,48 @@ def _tables(url: str) -> set[str]:
             await engine.dispose()
 
     return asyncio.run(read())
+
+
+_text_search = importlib.import_module(
+    "migrations.versions.2026_11_28_1720-5b1c0e7d9a31_text_search"
+)
+json_values = st.one_of(
+    st.none(),
+    contents,
+    st.integers(),
+    st.booleans(),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+    st.lists(st.one_of(st.integers(), st.text(max_size=5), contents), max_size=3),
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(json_values, min_size=1, max_size=20))
+def test_search_text_expression_is_unchanged_by_its_rewrite(
+    postgres_url: str, values: list[Any]
+) -> None:
+    """The text index is built on search_content_text; its PL/pgSQL rewrite must give what the
+    first (SQL) definition gave for every stored content, or indexed rows would go stale."""
+    first = _text_search.PG_FUNCTION.replace(
+        "FUNCTION search_content_text(", "FUNCTION pg_temp.first_content_text("
+    )
+
+    async def compare() -> list[tuple[str | None, str | None]]:
+        conn = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+        try:
+            await conn.execute(first)
+            rows = await conn.fetch(
+                "SELECT search_content_text(v::json), pg_temp.first_content_text(v::json) "
+                "FROM unnest($1::text[]) AS v",
+                [None if v is None else msgspec.json.encode(v).decode() for v in values],
+            )
+        finally:
+            await conn.close()
+        return [(r[0], r[1]) for r in rows]
+
+    pairs = asyncio.run(compare())
+    assert len(pairs) == len(values)
+    for now, before in pairs:
+        assert now == before
