@@ -10,13 +10,12 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
 import trustme
 
-from service.netio import AsyncioBackend, UpstreamTransport
+from service.netio import UpstreamTransport
 
 LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=60)
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -89,22 +88,15 @@ def client(verify: ssl.SSLContext | bool = True, timeout: float = 5) -> httpx.As
 
 
 async def test_keep_alive_reuses_one_connection() -> None:
-    opened: list[tuple[str, int]] = []
-
-    class Counting(AsyncioBackend):
-        async def connect_tcp(self, host: str, port: int, **options: Any) -> Any:
-            opened.append((host, port))
-            return await super().connect_tcp(host, port, **options)
-
-    transport = UpstreamTransport(limits=LIMITS, network_backend=Counting())
+    transport = UpstreamTransport(limits=LIMITS)
     async with serve(keep_alive) as srv, httpx.AsyncClient(transport=transport) as http:
         for size in (0, 10, 1000):
             response = await http.post(srv.url, content=b"x" * size)
             assert response.status_code == 200
             assert response.text == str(size)
+            assert transport.info() == {"open": 1, "idle": 1}
     assert srv.connections == 1
-    # Every connection is opened by the backend given (the pool httpx built is not used).
-    assert len(opened) == 1
+    assert transport.info() == {"open": 0, "idle": 0}
 
 
 async def test_tls_with_a_private_certificate_authority() -> None:
@@ -181,3 +173,154 @@ async def test_a_refused_connection() -> None:
         async with client() as http:
             with pytest.raises(httpx.ConnectError):
                 await http.post(f"http://127.0.0.1:{port}/", content=b"?")
+
+
+async def test_a_chunked_body_each_way() -> None:
+    """A request body of unknown length goes chunked; a chunked answer arrives piece by piece."""
+    received: list[bytes] = []
+
+    async def chunked(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server
+    ) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head.lower()
+        received.append(await reader.readuntil(b"0\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for piece in (b"first ", b"second ", b"third"):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"hello "
+        yield b""
+        yield b"world"
+
+    async with (
+        serve(chunked) as srv,
+        client() as http,
+        http.stream("POST", srv.url, content=parts()) as response,
+    ):
+        pieces = [piece async for piece in response.aiter_raw()]
+    assert received == [b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"]
+    assert pieces == [b"first ", b"second ", b"third"]
+
+
+async def test_an_answer_read_to_the_close_of_the_connection() -> None:
+    async def unframed(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server
+    ) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    transport = UpstreamTransport(limits=LIMITS)
+    async with serve(unframed) as srv, httpx.AsyncClient(transport=transport) as http:
+        assert (await http.post(srv.url, content=b"?")).text == "all of it"
+        assert transport.info() == {"open": 0, "idle": 0}
+
+
+async def test_connection_close_and_expiry_are_honoured() -> None:
+    async def closing(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server
+    ) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(1)  # the client must not wait for this close
+
+    async with serve(closing) as srv, client() as http:
+        for _ in range(2):
+            assert (await asyncio.wait_for(http.post(srv.url, content=b"?"), 0.5)).text == "ok"
+    assert srv.connections == 2
+    brief = httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=0.05)
+    transport = UpstreamTransport(limits=brief)
+    async with serve(keep_alive) as srv, httpx.AsyncClient(transport=transport) as http:
+        await http.post(srv.url, content=b"1")
+        await http.post(srv.url, content=b"2")  # within the expiry: the same connection
+        await asyncio.sleep(0.1)
+        await http.post(srv.url, content=b"3")
+    assert srv.connections == 2
+
+
+async def test_a_full_pool_waits_then_times_out() -> None:
+    release = asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
+        while (body := await read_request(reader)) is not None:
+            if body == b"hold":
+                await release.wait()
+            writer.write(answer(body))
+            await writer.drain()
+
+    one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    transport = UpstreamTransport(limits=one)
+    timeout = httpx.Timeout(5, pool=0.1)
+    async with serve(held) as srv, httpx.AsyncClient(transport=transport, timeout=timeout) as http:
+        holding = asyncio.create_task(http.post(srv.url, content=b"hold"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await http.post(srv.url, content=b"next")
+        waiting = asyncio.create_task(http.post(srv.url, content=b"after"))
+        await asyncio.sleep(0.02)
+        release.set()
+        assert (await holding).text == "hold"
+        assert (await waiting).text == "after"
+    assert srv.connections == 1
+
+
+async def test_a_cancelled_request_gives_its_connection_up() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    transport = UpstreamTransport(limits=LIMITS)
+    async with serve(silent) as srv, httpx.AsyncClient(transport=transport) as http:
+        task = asyncio.create_task(http.post(srv.url, content=b"?"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert transport.info() == {"open": 0, "idle": 0}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 banana\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+        b"garbage\r\n\r\n",
+    ],
+)
+async def test_a_malformed_answer_is_a_protocol_error(reply: bytes) -> None:
+    async def bad(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with serve(bad) as srv, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post(srv.url, content=b"?")
+
+
+async def test_head_and_interim_answers() -> None:
+    async def replies(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Server
+    ) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"HEAD"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+        else:  # an empty body: the head was all of it
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"final"))
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with serve(replies) as srv, client() as http:
+        response = await asyncio.wait_for(http.head(srv.url), 0.5)
+        assert (response.status_code, response.headers["content-length"]) == (200, "1234")
+        assert response.content == b""
+        response = await asyncio.wait_for(http.post(srv.url, content=b""), 0.5)
+        assert (response.status_code, response.text) == (200, "final")
