@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -87,9 +88,13 @@ def create_app(
         )
         app.state.turns = turns
         turns.start()
+        collector = gc.get_threshold()
+        if settings.gc_threshold:
+            gc.set_threshold(settings.gc_threshold, *collector[1:])
         try:
             yield
         finally:
+            gc.set_threshold(*collector)
             await turns.stop()
             if own_client:
                 await client.aclose()

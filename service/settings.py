@@ -35,6 +35,7 @@ class Settings:
     key_cache_ttl: float = 5.0
     history_cache_mb: float = 64.0
     turn_rate_limit: float = 1200.0
+    gc_threshold: int = 50_000
     log_level: str = "INFO"
 
     @classmethod
@@ -58,6 +59,7 @@ class Settings:
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
             history_cache_mb=_number(env, "CONVSTORE_HISTORY_CACHE_MB", 64.0),
             turn_rate_limit=_number(env, "CONVSTORE_TURN_RATE_LIMIT", 1200.0),
+            gc_threshold=int(_number(env, "CONVSTORE_GC_THRESHOLD", 50_000, whole=True)),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
@@ -95,6 +97,8 @@ class Settings:
             raise SettingsError("CONVSTORE_HISTORY_CACHE_MB must be 0 (no cache) or more")
         if self.turn_lease < 1:
             raise SettingsError("CONVSTORE_TURN_LEASE must be at least 1 second")
+        if self.gc_threshold < 0:
+            raise SettingsError("CONVSTORE_GC_THRESHOLD must be 0 (Python's default) or more")
         if self.db_pool_size < 1:
             raise SettingsError("CONVSTORE_DB_POOL_SIZE must be at least 1")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import gc
 
+import pytest
+from live import serve
+
+from service.app import create_app
 from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
 
 
@@ -46,8 +51,23 @@ def test_values_are_read() -> None:
         ("CONVSTORE_DEFAULT_MODEL", " ", "CONVSTORE_DEFAULT_MODEL"),
         ("CONVSTORE_DB_POOL_SIZE", "2.5", "CONVSTORE_DB_POOL_SIZE"),
         ("CONVSTORE_HISTORY_CACHE_MB", "-1", "CONVSTORE_HISTORY_CACHE_MB"),
+        ("CONVSTORE_GC_THRESHOLD", "-1", "CONVSTORE_GC_THRESHOLD"),
+        ("CONVSTORE_GC_THRESHOLD", "1e5", "CONVSTORE_GC_THRESHOLD"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, says: str) -> None:
     with pytest.raises(SettingsError, match=says):
         Settings.from_env({name: value})
+
+
+async def test_the_collector_threshold_holds_while_the_app_runs(settings: Settings) -> None:
+    before = gc.get_threshold()
+    tuned = dataclasses.replace(settings, gc_threshold=before[0] + 12_345)
+    async with serve(create_app(tuned)) as http:
+        assert (await http.get("/health")).status_code == 200
+        assert gc.get_threshold() == (before[0] + 12_345, *before[1:])
+    assert gc.get_threshold() == before
+    untouched = dataclasses.replace(settings, gc_threshold=0)
+    async with serve(create_app(untouched)) as http:
+        assert (await http.get("/health")).status_code == 200
+        assert gc.get_threshold() == before
