@@ -89,8 +89,8 @@ def create_app(
         app.state.turns = turns
         turns.start()
         collector = gc.get_threshold()
-        if settings.gc_threshold:
-            gc.set_threshold(settings.gc_threshold, *collector[1:])
+        if settings.collector_threshold:
+            gc.set_threshold(settings.collector_threshold, *collector[1:])
         try:
             yield
         finally:

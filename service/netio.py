@@ -27,6 +27,8 @@ import httptools
 import httpx
 
 Origin = tuple[bytes, bytes, int]
+# Past this many bytes of a body not yet taken by its reader, the connection stops reading.
+_READ_AHEAD = 256 * 1024
 
 
 async def _within(
@@ -64,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: collections.deque[bytes] = collections.deque()
+        self.buffered = 0  # bytes in ``body``
         self.head_done = False
         self.done = False
         self.keep_alive = False  # the answer allows another exchange on this connection
@@ -129,6 +132,9 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > _READ_AHEAD and self.transport is not None:
+            self.transport.pause_reading()  # until the reader catches up (``take``)
 
     def on_message_complete(self) -> None:
         if self.head_done:
@@ -136,6 +142,20 @@ class _Connection(asyncio.Protocol):
             self.keep_alive = self.parser.should_keep_alive()  # (reset once this returns)
 
     # ---- used by the transport and the response stream ---------------------------------
+
+    def take(self) -> bytes:
+        """The oldest piece of the body that has arrived."""
+        piece = self.body.popleft()
+        self.buffered -= len(piece)
+        transport = self.transport
+        if (
+            self.buffered <= _READ_AHEAD
+            and transport is not None
+            and not self.closed
+            and not transport.is_reading()
+        ):
+            transport.resume_reading()
+        return piece
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -216,7 +236,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         connection = self._connection
         while True:
             while connection.body:
-                yield connection.body.popleft()
+                yield connection.take()
             if connection.done:
                 return
             await connection.wait(self._timeout, self._request)

@@ -35,7 +35,8 @@ class Settings:
     key_cache_ttl: float = 5.0
     history_cache_mb: float = 64.0
     turn_rate_limit: float = 1200.0
-    gc_threshold: int = 50_000
+    # None: 50,000 on PostgreSQL, Python's default on SQLite (see the README's configuration).
+    gc_threshold: int | None = None
     log_level: str = "INFO"
 
     @classmethod
@@ -59,7 +60,7 @@ class Settings:
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
             history_cache_mb=_number(env, "CONVSTORE_HISTORY_CACHE_MB", 64.0),
             turn_rate_limit=_number(env, "CONVSTORE_TURN_RATE_LIMIT", 1200.0),
-            gc_threshold=int(_number(env, "CONVSTORE_GC_THRESHOLD", 50_000, whole=True)),
+            gc_threshold=_whole_or_none(env, "CONVSTORE_GC_THRESHOLD"),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
@@ -97,7 +98,7 @@ class Settings:
             raise SettingsError("CONVSTORE_HISTORY_CACHE_MB must be 0 (no cache) or more")
         if self.turn_lease < 1:
             raise SettingsError("CONVSTORE_TURN_LEASE must be at least 1 second")
-        if self.gc_threshold < 0:
+        if self.gc_threshold is not None and self.gc_threshold < 0:
             raise SettingsError("CONVSTORE_GC_THRESHOLD must be 0 (Python's default) or more")
         if self.db_pool_size < 1:
             raise SettingsError("CONVSTORE_DB_POOL_SIZE must be at least 1")
@@ -107,6 +108,17 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def collector_threshold(self) -> int:
+        """Allocations between collections of the youngest GC generation; 0: Python's own."""
+        if self.gc_threshold is not None:
+            return self.gc_threshold
+        return 0 if self.is_sqlite else 50_000
+
+
+def _whole_or_none(env: Mapping[str, str], name: str) -> int | None:
+    return int(_number(env, name, -1, whole=True)) if env.get(name, "").strip() else None
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:

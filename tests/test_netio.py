@@ -324,3 +324,25 @@ async def test_head_and_interim_answers() -> None:
         assert response.content == b""
         response = await asyncio.wait_for(http.post(srv.url, content=b""), 0.5)
         assert (response.status_code, response.text) == (200, "final")
+
+
+async def test_a_large_answer_read_slowly_arrives_whole() -> None:
+    """The connection stops reading while the reader lags (flow control), and resumes."""
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
+        while await read_request(reader) is not None:
+            writer.write(answer(body))
+            await writer.drain()
+
+    transport = UpstreamTransport(limits=LIMITS)
+    async with serve(big) as srv, httpx.AsyncClient(transport=transport) as http:
+        for _ in range(2):
+            async with http.stream("POST", srv.url, content=b"?") as response:
+                pieces = []
+                async for piece in response.aiter_raw():
+                    pieces.append(piece)
+                    await asyncio.sleep(0.001)
+            assert b"".join(pieces) == body
+        assert transport.info() == {"open": 1, "idle": 1}
+    assert srv.connections == 1

@@ -60,6 +60,15 @@ def test_bad_values_name_the_variable(name: str, value: str, says: str) -> None:
         Settings.from_env({name: value})
 
 
+def test_the_collector_threshold_depends_on_the_database_unless_set() -> None:
+    assert Settings.from_env({}).collector_threshold == 0  # SQLite
+    postgres = {"CONVSTORE_DATABASE_URL": "postgresql+asyncpg://u@h/db"}
+    assert Settings.from_env(postgres).collector_threshold == 50_000
+    chosen = {**postgres, "CONVSTORE_GC_THRESHOLD": "0"}
+    assert Settings.from_env(chosen).collector_threshold == 0
+    assert Settings.from_env({"CONVSTORE_GC_THRESHOLD": "900"}).collector_threshold == 900
+
+
 async def test_the_collector_threshold_holds_while_the_app_runs(settings: Settings) -> None:
     before = gc.get_threshold()
     tuned = dataclasses.replace(settings, gc_threshold=before[0] + 12_345)
