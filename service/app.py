@@ -94,7 +94,8 @@ def create_app(
         try:
             yield
         finally:
-            gc.set_threshold(*collector)
+            if gc.get_threshold()[0] == settings.collector_threshold:
+                gc.set_threshold(*collector)  # unless another app in this process changed it
             await turns.stop()
             if own_client:
                 await client.aclose()
