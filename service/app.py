@@ -97,6 +97,7 @@ def create_app(
             if gc.get_threshold()[0] == settings.collector_threshold:
                 gc.set_threshold(*collector)  # unless another app in this process changed it
             await turns.stop()
+            await store.close()
             if own_client:
                 await client.aclose()
             if own_engine:

@@ -46,11 +46,12 @@ def _migrate(settings: Settings) -> None:
 
 def _with_store(settings: Settings, work: Callable[[Store], Awaitable[_T]]) -> _T:
     async def run() -> _T:
-        engine = make_engine(settings.database_url, pool_size=1)
+        store = Store(make_engine(settings.database_url, pool_size=1))
         try:
-            return await work(Store(engine))
+            return await work(store)
         finally:
-            await engine.dispose()
+            await store.close()
+            await store.engine.dispose()
 
     return asyncio.run(run())
 

@@ -116,7 +116,9 @@ def settings(database_url: str, upstream: FakeUpstream) -> Settings:
 async def store(database_url: str) -> AsyncIterator[Store]:
     """A store on the test database; every table is emptied after the test."""
     engine = make_engine(database_url, pool_size=2)
-    yield Store(engine)
+    store = Store(engine)
+    yield store
+    await store.close()
     async with engine.begin() as conn:
         for table in TABLES:
             await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names

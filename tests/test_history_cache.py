@@ -5,9 +5,11 @@ before, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
+import pytest
 
 from service.schemas import Reply
 from service.store import HistoryCache, Store
@@ -48,6 +50,20 @@ def as_sent(message: Message) -> Message:
     return sent
 
 
+@pytest.fixture
+async def other_process(store: Store) -> AsyncIterator[Callable[[], Store]]:
+    """Stores as other server processes have them: same database, a history cache of their own."""
+    made: list[Store] = []
+
+    def make() -> Store:
+        made.append(Store(store.engine, history_cache=HistoryCache(1 << 20)))
+        return made[-1]
+
+    yield make
+    for other in made:
+        await other.close()
+
+
 async def stored_history(store: Store, cid: uuid.UUID) -> list[Any]:
     rows, _ = await store.list_messages("t", cid, limit=1000, cursor=None, descending=False)
     return [as_sent(msgspec.structs.asdict(m)) for m in rows]
@@ -64,10 +80,11 @@ async def check_turn(store: Store, runner: Store, cid: uuid.UUID, messages: list
     assert await runner.complete_turn(start.turn, reply, latency_ms=1, upstream_ms=1, attempts=1)
 
 
-async def test_turns_across_processes_send_the_stored_history(store: Store) -> None:
+async def test_turns_across_processes_send_the_stored_history(
+    store: Store, other_process: Callable[[], Store]
+) -> None:
     # Two processes, each with its own cache; messages are also appended outside turns.
-    one = Store(store.engine, history_cache=HistoryCache(1 << 20))
-    two = Store(store.engine, history_cache=HistoryCache(1 << 20))
+    one, two = other_process(), other_process()
     conversation, _ = await store.create_conversation(
         "t", title=None, model="grok-4", params={}, metadata={}, messages=[text(0)]
     )
@@ -83,8 +100,10 @@ async def test_turns_across_processes_send_the_stored_history(store: Store) -> N
     assert two.history_cache.get(cid)[0] == 12
 
 
-async def test_a_cache_that_does_not_fit_is_read_again(store: Store) -> None:
-    cached = Store(store.engine, history_cache=HistoryCache(1 << 20))
+async def test_a_cache_that_does_not_fit_is_read_again(
+    store: Store, other_process: Callable[[], Store]
+) -> None:
+    cached = other_process()
     conversation, _ = await store.create_conversation(
         "t", title=None, model="grok-4", params={}, metadata={}, messages=[text(0), text(1)]
     )

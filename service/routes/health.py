@@ -18,7 +18,7 @@ async def health() -> dict[str, str]:
 async def metrics(state: State) -> Response[bytes]:
     """Requests by route and status, turn and upstream latency, turns by outcome, tokens by
     model, database connections in use."""
-    body, content_type = metrics_text(state.store.engine.pool.checkedout())
+    body, content_type = metrics_text(state.store.connections_in_use())
     return Response(body, media_type=content_type)
 
 

@@ -1,0 +1,179 @@
+"""PostgreSQL: the connections of a turn's two calls are kept between calls (not given back to
+the pool after each), but only while they are in a clean state."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from asyncpg.exceptions import InternalClientError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from service.errors import NotFound
+from service.schemas import Reply
+from service.store import Store, make_engine
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[Store]:
+    """A store whose pool holds 4 connections: the lane keeps up to 2."""
+    store = Store(make_engine(postgres_url, pool_size=4))
+    yield store
+    await store.close()
+    assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    await store.engine.dispose()
+
+
+async def backend(store: Store) -> int:
+    async with store.lane.connection() as pg:
+        pid: int = await pg.fetchval("SELECT pg_backend_pid()")
+        return pid
+
+
+def checked_out(store: Store) -> int:
+    count: int = store.engine.pool.checkedout()  # type: ignore[attr-defined]
+    return count
+
+
+async def test_turns_reuse_one_kept_connection(store: Store) -> None:
+    conversation, _ = await store.create_conversation(
+        "t",
+        title=None,
+        model="grok-4",
+        params={},
+        metadata={},
+        messages=[{"role": "system", "content": "s"}],
+    )
+    first = await backend(store)
+    for n in range(3):
+        start = await store.begin_turn(
+            "t",
+            conversation.id,
+            [{"role": "user", "content": f"q{n}"}],
+            model=None,
+            params=None,
+            stream=False,
+            lease=60,
+        )
+        reply = Reply(content=f"a{n}", model="grok-4", finish_reason="stop")
+        assert await store.complete_turn(start.turn, reply, latency_ms=1, upstream_ms=1, attempts=1)
+    assert await backend(store) == first
+    assert store.lane.idle == 1
+    # Kept, so checked out of the pool, but not in use.
+    assert checked_out(store) == 1
+    assert store.connections_in_use() == 0
+    rows, _ = await store.list_messages(
+        "t", conversation.id, limit=10, cursor=None, descending=False
+    )
+    assert [m.content for m in rows] == ["s", "q0", "a0", "q1", "a1", "q2", "a2"]
+    await store.delete_conversation("t", conversation.id)
+
+
+async def test_keeps_at_most_half_the_pool(store: Store) -> None:
+    assert store.lane.keep == 2
+    async with (
+        store.lane.connection(),
+        store.lane.connection(),
+        store.lane.connection(),
+        store.lane.connection(),
+    ):
+        assert store.connections_in_use() == 4
+    assert store.lane.idle == 2
+    assert checked_out(store) == 2
+    assert store.connections_in_use() == 0
+
+
+async def test_a_refused_statement_keeps_the_connection(store: Store) -> None:
+    first = await backend(store)
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        async with store.lane.connection() as pg:
+            await pg.fetchval("SELECT 1 / 0")
+    assert store.lane.idle == 1
+    assert await backend(store) == first
+
+
+async def test_a_refused_turn_keeps_the_connection(store: Store) -> None:
+    first = await backend(store)
+    with pytest.raises(NotFound):
+        await store.begin_turn(
+            "t",
+            uuid.uuid4(),
+            [{"role": "user", "content": "q"}],
+            model=None,
+            params=None,
+            stream=False,
+            lease=60,
+        )
+    assert store.lane.idle == 1
+    assert await backend(store) == first
+
+
+async def test_a_broken_connection_is_closed_not_kept(store: Store, postgres_url: str) -> None:
+    first = await backend(store)
+    admin = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+    finally:
+        await admin.close()
+    # Which error the next call meets depends on when asyncpg reads the server's goodbye.
+    broken = (asyncpg.PostgresError, asyncpg.InterfaceError, InternalClientError, OSError)
+    with pytest.raises(broken):
+        async with store.lane.connection() as pg:
+            await pg.fetchval("SELECT 1")
+    assert store.lane.idle == 0
+    assert checked_out(store) == 0
+    assert await backend(store) != first  # a new connection, which works
+
+
+async def test_a_connection_left_in_a_transaction_is_closed(store: Store) -> None:
+    first = await backend(store)
+    async with store.lane.connection() as pg:
+        await pg.execute("BEGIN")
+    assert store.lane.idle == 0
+    assert checked_out(store) == 0
+    assert await backend(store) != first
+
+
+async def test_a_call_cancelled_midway_is_closed(store: Store) -> None:
+    first = await backend(store)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        async with store.lane.connection() as pg:
+            started.set()
+            await pg.fetchval("SELECT pg_sleep(10)")
+
+    task = asyncio.create_task(slow())
+    await started.wait()
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.lane.idle == 0
+    assert checked_out(store) == 0
+    assert await backend(store) != first
+
+
+async def test_close_gives_kept_connections_back(store: Store) -> None:
+    await backend(store)
+    assert checked_out(store) == 1
+    await store.close()
+    assert store.lane.idle == 0
+    assert checked_out(store) == 0
+
+
+async def test_nothing_is_kept_without_a_pool(postgres_url: str) -> None:
+    engine = create_async_engine(postgres_url, poolclass=NullPool)
+    store = Store(engine)
+    try:
+        assert store.lane.keep == 0
+        first = await backend(store)
+        assert store.lane.idle == 0
+        assert await backend(store) != first
+    finally:
+        await store.close()
+        await engine.dispose()
