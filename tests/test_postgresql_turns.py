@@ -1,5 +1,6 @@
 """PostgreSQL: the connections of a turn's two calls are kept between calls (not given back to
-the pool after each), but only while they are in a clean state."""
+the pool after each), but only while they are in a clean state; and which of a turn's commits
+wait for the disk."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from sqlalchemy.pool import NullPool
 
 from service.errors import NotFound
 from service.schemas import Reply
-from service.store import Store, make_engine
+from service.store import PG_BEGIN_TURN, Store, make_engine
+from service.tables import utcnow, uuid7
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def checked_out(store: Store) -> int:
     return count
 
 
-async def test_turns_reuse_one_kept_connection(store: Store) -> None:
+async def new_conversation(store: Store) -> uuid.UUID:
     conversation, _ = await store.create_conversation(
         "t",
         title=None,
@@ -48,11 +50,16 @@ async def test_turns_reuse_one_kept_connection(store: Store) -> None:
         metadata={},
         messages=[{"role": "system", "content": "s"}],
     )
+    return conversation.id
+
+
+async def test_turns_reuse_one_kept_connection(store: Store) -> None:
+    cid = await new_conversation(store)
     first = await backend(store)
     for n in range(3):
         start = await store.begin_turn(
             "t",
-            conversation.id,
+            cid,
             [{"role": "user", "content": f"q{n}"}],
             model=None,
             params=None,
@@ -66,11 +73,9 @@ async def test_turns_reuse_one_kept_connection(store: Store) -> None:
     # Kept, so checked out of the pool, but not in use.
     assert checked_out(store) == 1
     assert store.connections_in_use() == 0
-    rows, _ = await store.list_messages(
-        "t", conversation.id, limit=10, cursor=None, descending=False
-    )
+    rows, _ = await store.list_messages("t", cid, limit=10, cursor=None, descending=False)
     assert [m.content for m in rows] == ["s", "q0", "a0", "q1", "a1", "q2", "a2"]
-    await store.delete_conversation("t", conversation.id)
+    await store.delete_conversation("t", cid)
 
 
 async def test_keeps_at_most_half_the_pool(store: Store) -> None:
@@ -177,3 +182,47 @@ async def test_nothing_is_kept_without_a_pool(postgres_url: str) -> None:
     finally:
         await store.close()
         await engine.dispose()
+
+
+@pytest.mark.parametrize(("stream", "waits"), [(False, "off"), (True, "on")])
+async def test_only_a_streamed_turn_waits_for_the_disk_to_start(
+    store: Store, stream: bool, waits: str
+) -> None:
+    # A non-streamed turn is answered only after a later commit of its own, which flushes the
+    # log up to its first one; a streamed turn tells its client at once (turn.started).
+    cid = await new_conversation(store)
+    now = utcnow()
+    message = [[uuid7()], ["user"], ['"q"'], [None], [None], [None], [None], [None], [None]]
+    async with store.lane.connection() as pg:
+        transaction = pg.transaction()
+        await transaction.start()
+        try:
+            rows = await pg.fetch(
+                PG_BEGIN_TURN, cid, "t", now, now, uuid7(), None, None, None, stream,
+                *message, [None], [now], 0,
+            )  # fmt: skip
+            assert [r["o_entry"] for r in rows[1:]] == [
+                '{"role":"system","content":"s"}',
+                '{"role":"user","content":"q"}',
+            ]
+            assert await pg.fetchval("SHOW synchronous_commit") == waits
+        finally:
+            await transaction.rollback()
+        assert await pg.fetchval("SHOW synchronous_commit") == "on"
+    await store.delete_conversation("t", cid)
+
+
+async def test_a_completed_turn_is_on_disk_when_answered(store: Store) -> None:
+    cid = await new_conversation(store)
+    start = await store.begin_turn(
+        "t", cid, [{"role": "user", "content": "q"}], model=None, params=None, stream=False,
+        lease=60,
+    )  # fmt: skip
+    async with store.lane.connection() as pg:
+        written = await pg.fetchval("SELECT pg_current_wal_insert_lsn()")
+    reply = Reply(content="a", model="grok-4", finish_reason="stop")
+    assert await store.complete_turn(start.turn, reply, latency_ms=1, upstream_ms=1, attempts=1)
+    async with store.lane.connection() as pg:
+        # Flushed up to the turn's input, and beyond (the reply's commit waited for the disk).
+        assert await pg.fetchval("SELECT pg_current_wal_flush_lsn() > $1", written)
+    await store.delete_conversation("t", cid)
