@@ -79,6 +79,12 @@ class Settings:
                 "CONVSTORE_DATABASE_URL must use sqlite+aiosqlite:// or postgresql+asyncpg://, "
                 f"not {url.drivername}://"
             )
+        if url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:"):
+            # Each of the service's connections would get an empty database of its own.
+            raise SettingsError(
+                "CONVSTORE_DATABASE_URL must name a SQLite file (sqlite+aiosqlite:///path.db): "
+                "an in-memory database is not shared by the service's connections"
+            )
         upstream = urlsplit(self.upstream_url)
         if upstream.scheme not in ("http", "https") or not upstream.netloc:
             raise SettingsError(

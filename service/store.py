@@ -9,21 +9,20 @@ import base64
 import collections
 import hashlib
 import secrets
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
 from sqlalchemy import (
     ColumnElement,
     Select,
-    Uuid,
-    bindparam,
     column,
     delete,
     event,
@@ -40,14 +39,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import PoolProxiedConnection, QueuePool
-from sqlalchemy.util import greenlet_spawn
 
+from service.dbconn import SQLITE_PRAGMAS, DriverLane, SqliteThread
 from service.errors import (
     BadRequest,
     Conflict,
     NotFound,
-    ServiceError,
     TurnInProgress,
     ValidationFailed,
 )
@@ -73,8 +70,8 @@ IK = idempotency_table.c
 # so that the history reaches the upstream request as stored bytes, never decoded into Python
 # objects and encoded again. PostgreSQL writes the same entries in convstore_begin_turn (see
 # the turn_functions migration); SQLite's group_concat has no ORDER BY before 3.44.
-SQLITE_HISTORY = text(
-    """SELECT '{"role":' || json_quote(role) || ',"content":' || coalesce(content, 'null')
+SQLITE_HISTORY = """SELECT '{"role":' || json_quote(role)
+    || ',"content":' || coalesce(content, 'null')
     || CASE WHEN name IS NULL THEN '' ELSE ',"name":' || json_quote(name) END
     || CASE WHEN tool_calls IS NULL OR tool_calls = 'null' THEN ''
             ELSE ',"tool_calls":' || tool_calls END
@@ -82,7 +79,22 @@ SQLITE_HISTORY = text(
             ELSE ',"tool_call_id":' || json_quote(tool_call_id) END
     || '}'
 FROM message WHERE conversation_id = :conversation_id AND seq > :after ORDER BY seq"""
-).bindparams(bindparam("conversation_id", type_=Uuid()))
+# SQLite: the other statements of a turn's two transactions (see _sqlite_begin_turn).
+SQLITE_RESERVE = """UPDATE conversation SET message_count = message_count + ?, updated_at = ?
+WHERE id = ? AND tenant = ? RETURNING message_count, model, params"""
+SQLITE_RUNNING_TURN = """SELECT id, deadline_at > ? FROM turn
+WHERE conversation_id = ? AND status = 'running'"""
+SQLITE_ABANDON = "UPDATE turn SET status = 'failed', error = ?, completed_at = ? WHERE id = ?"
+SQLITE_INSERT_MESSAGE = """INSERT INTO message (id, conversation_id, seq, role, content, name,
+tool_calls, tool_call_id, reasoning_content, model, finish_reason, usage, turn_id, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+SQLITE_INSERT_TURN = """INSERT INTO turn (id, conversation_id, status, model, params, stream,
+attempts, created_at, deadline_at) VALUES (?, ?, 'running', ?, ?, ?, 0, ?, ?)"""
+SQLITE_TAKE_SEQ = """UPDATE conversation SET message_count = message_count + 1, updated_at = ?
+WHERE id = ? RETURNING message_count"""
+SQLITE_COMPLETE_TURN = """UPDATE turn SET status = 'completed', usage = ?, finish_reason = ?,
+latency_ms = ?, upstream_ms = ?, attempts = ?, reply_seq = ?, completed_at = ?
+WHERE id = ? AND status = 'running'"""
 
 # PostgreSQL: a turn's two transactions are two functions (see the turn_functions migration),
 # called through asyncpg as prepared statements: one round trip each.
@@ -181,10 +193,8 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         # Own the transaction boundaries (pysqlite's implicit BEGIN gets them wrong).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -258,6 +268,33 @@ class TurnStart:
     history: msgspec.Raw  # a JSON array of messages, as the upstream receives them
     model: str
     params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _NewTurn:
+    """What a turn's first transaction is given (``rows`` are numbered once seqs are taken)."""
+
+    tenant: str
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID
+    rows: list[dict[str, Any]]
+    model: str | None
+    params: dict[str, Any] | None
+    stream: bool
+    now: datetime
+    deadline: datetime
+
+
+class _Began(NamedTuple):
+    """What a turn's first transaction found: the conversation's message count, the turn's
+    model and params, and the history entries after the cached ones (or all of them, ``whole``,
+    when what was cached did not fit)."""
+
+    message_count: int
+    model: str
+    params: dict[str, Any]
+    new: list[str]
+    whole: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,10 +402,14 @@ class Store:
         self.history_cache = history_cache or HistoryCache(0)
         self.writer = engine.execution_options(convstore_write=True)
         self.lane = DriverLane(engine)
+        self.sqlite = SqliteThread(engine.url.database or "") if self.dialect == "sqlite" else None
+        self._sqlite_values = _SqliteValues(engine.dialect)
 
     async def close(self) -> None:
         """Give back the connections the store keeps (before its engine is disposed of)."""
         await self.lane.close()
+        if self.sqlite is not None:
+            await self.sqlite.close()
 
     def connections_in_use(self) -> int:
         """Database connections checked out of the pool, less those only kept for turns."""
@@ -586,67 +627,27 @@ class Store:
         statement could miss a turn committed while it waited for the lock.
         """
         now = utcnow()
-        deadline = now + timedelta(seconds=lease)
         rows = _message_rows(conversation_id, messages, now)
-        try:
-            if self.dialect == "postgresql":
-                return await self._begin_turn_postgresql(
-                    tenant, conversation_id, rows, model, params, stream, now, deadline
-                )
-            async with self._write() as conn:
-                before, conv_model, conv_params = await self._reserve(
-                    conn, tenant, conversation_id, len(rows), now
-                )
-                _number(rows, before + len(rows))
-                _require_messages(before + len(rows))
-                await self._check_no_running_turn(conn, conversation_id, now)
-                turn_params = {**conv_params, **(params or {})}
-                turn = _running_turn(
-                    uuid7(), conversation_id, model or conv_model, turn_params, now
-                )
-                if rows:
-                    await conn.execute(insert(message_table), rows)
-                await conn.execute(
-                    insert(turn_table).values(
-                        id=turn.id,
-                        conversation_id=conversation_id,
-                        status="running",
-                        model=turn.model,
-                        params=turn.params,
-                        stream=stream,
-                        created_at=now,
-                        deadline_at=deadline,
-                    )
-                )
-                count = before + len(rows)
-                seen, known = self.history_cache.get(conversation_id)
-                read = {"conversation_id": conversation_id, "after": seen}
-                new = [e for (e,) in await conn.execute(SQLITE_HISTORY, read)]
-                if len(new) != count - seen:  # a cache that does not fit: read it all
-                    read["after"], known = 0, ""
-                    new = [e for (e,) in await conn.execute(SQLITE_HISTORY, read)]
-        except IntegrityError:
-            # The unique index on running turns, a backstop: the checks above hold the lock.
-            raise _turn_in_progress(None) from None
-        history = self.history_cache.put(conversation_id, count, known, new)
+        given = _NewTurn(
+            tenant, conversation_id, uuid7(), rows, model, params, stream, now,
+            now + timedelta(seconds=lease),
+        )  # fmt: skip
+        seen, known = self.history_cache.get(conversation_id)
+        if self.dialect == "postgresql":
+            began = await self._begin_turn_postgresql(given, seen)
+        else:
+            began = await self._begin_turn_sqlite(given, seen)
+        _number(rows, began.message_count)
+        turn = _running_turn(given.turn_id, conversation_id, began.model, began.params, now)
+        history = self.history_cache.put(
+            conversation_id, began.message_count, "" if began.whole else known, began.new
+        )
         return TurnStart(turn, _messages_out(rows), _history(history), turn.model, turn.params)
 
-    async def _begin_turn_postgresql(
-        self,
-        tenant: str,
-        conversation_id: uuid.UUID,
-        rows: list[dict[str, Any]],
-        model: str | None,
-        params: dict[str, Any] | None,
-        stream: bool,
-        now: datetime,
-        deadline: datetime,
-    ) -> TurnStart:
-        turn_id = uuid7()
-        columns = _message_columns(rows)
-        seen, known = self.history_cache.get(conversation_id)
+    async def _begin_turn_postgresql(self, given: _NewTurn, seen: int) -> _Began:
         # With params of its own, a turn's params are merged over the conversation's here: the
         # first call learns the conversation's params (CV412), the second sends the merge.
+        params = given.params
         merged = _json_dumps(params) if params else None
         base: str | None = None
         async with self._driver() as pg:
@@ -654,16 +655,16 @@ class Store:
                 try:
                     found = await pg.fetch(
                         PG_BEGIN_TURN,
-                        conversation_id,
-                        tenant,
-                        now,
-                        deadline,
-                        turn_id,
-                        model,
+                        given.conversation_id,
+                        given.tenant,
+                        given.now,
+                        given.deadline,
+                        given.turn_id,
+                        given.model,
                         merged,
                         base,
-                        stream,
-                        *columns,
+                        given.stream,
+                        *_message_columns(given.rows),
                         seen,
                     )
                     break
@@ -680,16 +681,22 @@ class Store:
             # The function returns its rows in order (the first, then the history by seq);
             # sorting a sorted list costs one comparison per row, and makes the order a promise.
             found.sort(key=_first)
-            _, _, count, turn_model, turn_params_text = found[0]
+            _, _, count, turn_model, turn_params = found[0]
             new = [entry for _, entry, _, _, _ in found[1:]]
-            if len(new) != count - seen:  # a cache that does not fit: read it all
-                known = ""
-                new = [entry for _, entry in await pg.fetch(PG_HISTORY, conversation_id, 0)]
-        _number(rows, count)
-        turn_params = msgspec.json.decode(turn_params_text)
-        turn = _running_turn(turn_id, conversation_id, turn_model, turn_params, now)
-        history = self.history_cache.put(conversation_id, count, known, new)
-        return TurnStart(turn, _messages_out(rows), _history(history), turn.model, turn.params)
+            whole = len(new) != count - seen  # a cache that does not fit: read it all
+            if whole:
+                rows = await pg.fetch(PG_HISTORY, given.conversation_id, 0)
+                new = [entry for _, entry in rows]
+        return _Began(count, turn_model, msgspec.json.decode(turn_params), new, whole)
+
+    async def _begin_turn_sqlite(self, given: _NewTurn, seen: int) -> _Began:
+        assert self.sqlite is not None
+        values = self._sqlite_values
+        try:
+            return await self.sqlite.run(lambda db: _sqlite_begin_turn(db, values, given, seen))
+        except sqlite3.IntegrityError:
+            # The unique index on running turns, a backstop: the checks hold the write lock.
+            raise _turn_in_progress(None) from None
 
     async def complete_turn(
         self,
@@ -774,37 +781,11 @@ class Store:
     async def _complete_turn_sqlite(
         self, turn: TurnOut, reply: MessageOut, upstream_ms: int, attempts: int
     ) -> int:
-        async with self._write() as conn:
-            # Taking the next seq locks the conversation, as every writer does first.
-            seq = (
-                await conn.execute(
-                    update(conversation_table)
-                    .where(C.id == turn.conversation_id)
-                    .values(message_count=C.message_count + 1, updated_at=turn.completed_at)
-                    .returning(C.message_count)
-                )
-            ).scalar()
-            if seq is None:
-                raise _NotRunning
-            done = await conn.execute(
-                update(turn_table)
-                .where(T.id == turn.id, T.status == "running")
-                .values(
-                    status="completed",
-                    usage=turn.usage,
-                    finish_reason=turn.finish_reason,
-                    latency_ms=turn.latency_ms,
-                    upstream_ms=upstream_ms,
-                    attempts=attempts,
-                    reply_seq=seq,
-                    completed_at=turn.completed_at,
-                )
-            )
-            if done.rowcount != 1:
-                raise _NotRunning  # rolls back: the seq taken above is given back
-            fields = msgspec.structs.asdict(reply)
-            await conn.execute(insert(message_table).values(**{**fields, "seq": seq}))
-        return int(seq)
+        assert self.sqlite is not None
+        values = self._sqlite_values
+        return await self.sqlite.run(
+            lambda db: _sqlite_complete_turn(db, values, turn, reply, upstream_ms, attempts)
+        )
 
     async def fail_turn(
         self,
@@ -1394,70 +1375,123 @@ def _history(entries: str) -> msgspec.Raw:
     return msgspec.Raw(("[" + entries + "]").encode())
 
 
-class DriverLane:
-    """The asyncpg connections of a turn's two calls, kept between calls rather than given back
-    to the engine's pool after each.
+class _SqliteValues:
+    """Python values as the tables' column types keep them in SQLite (the same conversions
+    SQLAlchemy applies), for the turn statements run on a plain sqlite3 connection."""
 
-    A checkout through SQLAlchemy and its return cost about 80 µs of CPU each (a Connection
-    object, a greenlet each way, the reset on return), and twice that in wall time on a busy
-    machine: half a millisecond a turn, as much as a database call. Here a connection that
-    finished a call waits in a list for the next one, up to half the pool's size of them (they
-    count as checked out of the pool, and ``Store.connections_in_use`` leaves them out). Only a
-    connection in a clean state is kept: one that broke, was cancelled mid-call or was left in
-    a transaction is closed. A pool that keeps nothing (NullPool) gets nothing kept here either.
-    """
+    def __init__(self, dialect: Any) -> None:
+        self.uuid = _processor(M.id.type, dialect)
+        self.when = _processor(M.created_at.type, dialect)
+        self.json = _processor(M.content.type, dialect)
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._pool = engine.sync_engine.pool
-        size = self._pool.size() if isinstance(self._pool, QueuePool) else 0
-        self.keep = max(1, size // 2) if size else 0
-        self._idle: list[PoolProxiedConnection] = []
-
-    @property
-    def idle(self) -> int:
-        """Connections waiting here for a call."""
-        return len(self._idle)
-
-    def checked_out(self) -> int:
-        """Connections checked out of the pool, by the store or anything else."""
-        return self._pool.checkedout() if isinstance(self._pool, QueuePool) else 0
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        held = self._idle.pop() if self._idle else await greenlet_spawn(self._pool.connect)
-        pg: asyncpg.Connection = held.driver_connection
-        try:
-            yield pg
-        except BaseException as exc:
-            if not _reusable_after(exc):
-                held.invalidate()  # closed at once (no round trip), and never used again
-            raise
-        finally:
-            if held.dbapi_connection is not None:
-                if pg.is_closed() or pg.is_in_transaction():
-                    held.invalidate()
-                elif len(self._idle) < self.keep:
-                    self._idle.append(held)
-                else:
-                    await greenlet_spawn(held.close)
-
-    async def close(self) -> None:
-        """Give every kept connection back to the pool."""
-        while self._idle:
-            await greenlet_spawn(self._idle.pop().close)
+    def message(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        """A message row, in SQLITE_INSERT_MESSAGE's order."""
+        return (
+            self.uuid(row["id"]),
+            self.uuid(row["conversation_id"]),
+            row["seq"],
+            row["role"],
+            self.json(row["content"]),
+            row["name"],
+            self.json(row["tool_calls"]),
+            row["tool_call_id"],
+            row["reasoning_content"],
+            row["model"],
+            row["finish_reason"],
+            self.json(row["usage"]),
+            self.uuid(row["turn_id"]),
+            self.when(row["created_at"]),
+        )
 
 
-def _reusable_after(exc: BaseException) -> bool:
-    """Whether a connection can serve another call after ``exc`` ended one: only if the server
-    refused a statement and kept the session (an ERROR, not a FATAL one), or the store turned
-    such a refusal into an answer. A connection error, a cancellation (asyncpg may still be
-    waiting for the cancelled statement's answer) or anything unforeseen closes it."""
-    if isinstance(exc, ServiceError):
-        return True
-    return (
-        isinstance(exc, asyncpg.PostgresError)
-        and (getattr(exc, "severity_en", None) or getattr(exc, "severity", None)) == "ERROR"
-    )
+def _processor(column_type: Any, dialect: Any) -> Any:
+    process = column_type.bind_processor(dialect)
+    return process or (lambda value: value)
+
+
+def _sqlite_begin_turn(
+    db: sqlite3.Connection, values: _SqliteValues, given: _NewTurn, seen: int
+) -> _Began:
+    """Transaction 1 of a turn on SQLite, run whole in the store's SQLite thread (the steps of
+    convstore_begin_turn on PostgreSQL)."""
+    rows = given.rows
+    cid, at = values.uuid(given.conversation_id), values.when(given.now)
+    db.execute("BEGIN IMMEDIATE")  # the write lock, taken at once
+    try:
+        reserved = db.execute(SQLITE_RESERVE, (len(rows), at, cid, given.tenant)).fetchone()
+        if reserved is None:
+            raise NotFound("No conversation has this id.")
+        count, conversation_model, conversation_params = reserved
+        _number(rows, count)
+        _require_messages(count)
+        running = db.execute(SQLITE_RUNNING_TURN, (at, cid)).fetchone()
+        if running is not None:
+            running_id, alive = running
+            if alive:
+                raise _turn_in_progress(uuid.UUID(running_id))
+            # The process that ran it died: free the conversation and say why.
+            db.execute(SQLITE_ABANDON, (values.json(ABANDONED), at, running_id))
+        turn_model = given.model or conversation_model
+        turn_params = {**msgspec.json.decode(conversation_params or "{}"), **(given.params or {})}
+        db.executemany(SQLITE_INSERT_MESSAGE, [values.message(r) for r in rows])
+        db.execute(
+            SQLITE_INSERT_TURN,
+            (
+                values.uuid(given.turn_id), cid, turn_model, values.json(turn_params),
+                given.stream, at, values.when(given.deadline),
+            ),
+        )  # fmt: skip
+        read = {"conversation_id": cid, "after": seen}
+        new = [entry for (entry,) in db.execute(SQLITE_HISTORY, read)]
+        whole = len(new) != count - seen  # a cache that does not fit: read it all
+        if whole:
+            read["after"] = 0
+            new = [entry for (entry,) in db.execute(SQLITE_HISTORY, read)]
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return _Began(count, turn_model, turn_params, new, whole)
+
+
+def _sqlite_complete_turn(
+    db: sqlite3.Connection,
+    values: _SqliteValues,
+    turn: TurnOut,
+    reply: MessageOut,
+    upstream_ms: int,
+    attempts: int,
+) -> int:
+    """Transaction 2 of a turn on SQLite, run whole in the store's SQLite thread: the reply's
+    seq, the turn completed, the reply stored. Raises _NotRunning (nothing stored) if the
+    conversation is gone or the turn no longer running."""
+    cid, at = values.uuid(turn.conversation_id), values.when(turn.completed_at)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Taking the next seq locks the conversation, as every writer does first.
+        taken = db.execute(SQLITE_TAKE_SEQ, (at, cid)).fetchone()
+        if taken is None:
+            raise _NotRunning
+        seq: int = taken[0]
+        done = db.execute(
+            SQLITE_COMPLETE_TURN,
+            (
+                values.json(turn.usage), turn.finish_reason, turn.latency_ms, upstream_ms,
+                attempts, seq, at, values.uuid(turn.id),
+            ),
+        )  # fmt: skip
+        if done.rowcount != 1:
+            raise _NotRunning  # rolls back: the seq taken above is given back
+        row = msgspec.structs.asdict(reply)
+        row["seq"] = seq
+        db.execute(SQLITE_INSERT_MESSAGE, values.message(row))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return seq
 
 
 class HistoryCache:

@@ -44,6 +44,8 @@ def test_values_are_read() -> None:
     [
         ("CONVSTORE_DATABASE_URL", "mysql://x/y", "postgresql[+]asyncpg"),
         ("CONVSTORE_DATABASE_URL", "not a url", "CONVSTORE_DATABASE_URL"),
+        ("CONVSTORE_DATABASE_URL", "sqlite+aiosqlite:///:memory:", "SQLite file"),
+        ("CONVSTORE_DATABASE_URL", "sqlite+aiosqlite://", "SQLite file"),
         ("CONVSTORE_UPSTREAM_URL", "ftp://x", "CONVSTORE_UPSTREAM_URL"),
         ("CONVSTORE_UPSTREAM_TIMEOUT", "soon", "CONVSTORE_UPSTREAM_TIMEOUT"),
         ("CONVSTORE_UPSTREAM_TIMEOUT", "-1", "CONVSTORE_UPSTREAM_TIMEOUT"),
