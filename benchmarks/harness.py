@@ -55,9 +55,9 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env(root: Path = ROOT, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVSTORE_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(root)
     env.update(extra)
     return env
 
@@ -119,10 +119,17 @@ def database(kind: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def service(
-    database_url: str, upstream_url: str, *, workers: int = 1, pool_size: int = 20
+    database_url: str,
+    upstream_url: str,
+    *,
+    workers: int = 1,
+    pool_size: int = 20,
+    root: Path = ROOT,
 ) -> Iterator[tuple[str, str]]:
-    """`convstore serve` as its own process(es); yields (base URL, an API key)."""
+    """`convstore serve` as its own process(es), run from the checkout at ``root`` (this one by
+    default); yields (base URL, an API key)."""
     env = _env(
+        root,
         CONVSTORE_DATABASE_URL=database_url,
         CONVSTORE_UPSTREAM_URL=upstream_url,
         XAI_API_KEY=UPSTREAM_KEY,
@@ -134,6 +141,7 @@ def service(
     created = subprocess.run(
         [*cli, "keys", "create", "--tenant", "bench"],
         env=env,
+        cwd=root,
         capture_output=True,
         text=True,
         check=True,
@@ -143,6 +151,7 @@ def service(
     process = subprocess.Popen(
         [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
         env=env,
+        cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

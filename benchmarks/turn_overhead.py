@@ -3,12 +3,19 @@ the same history, measured pair by pair, for several history lengths, on SQLite 
 
     .venv/bin/python benchmarks/turn_overhead.py [--pairs 30] [--sizes 10,100,1000,10000]
                                                  [--databases sqlite,postgresql]
+                                                 [--baseline PATH]
 
 Each pair is a direct call to the fake upstream with the history a turn sends, then that turn
 through the service, on a fresh copy of the conversation (nothing of it cached in the service);
 then a second pair, a repeat turn on the same conversation (its history so far is cached by the
 service process). The direct calls use the service's own HTTP client stack. Prints a table
 (milliseconds) and the per-message slope of the first-turn overhead.
+
+``--baseline PATH`` also serves the code of another checkout (say, ``git worktree add
+/tmp/before <commit>``), on a database of its own, and alternates its pairs with this
+checkout's: a small machine's speed drifts by a fifth over minutes, so two runs one after the
+other compare the machine as much as the code. A last table gives the median of the paired
+differences (this checkout minus the baseline).
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import (
+    ROOT,
     UPSTREAM_KEY,
     database,
     fake_upstream,
@@ -37,6 +47,19 @@ from benchmarks.harness import (
     summary,
     table,
 )
+
+
+@dataclass(frozen=True)
+class Target:
+    """One running service: which code it runs, where, and a key of its tenant."""
+
+    code: str
+    base: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 def history(size: int) -> list[dict[str, Any]]:
@@ -49,19 +72,21 @@ def history(size: int) -> list[dict[str, Any]]:
     return messages
 
 
-async def seed(client: httpx.AsyncClient, headers: dict[str, str], size: int) -> str:
+async def seed(client: httpx.AsyncClient, target: Target, size: int) -> str:
     messages = history(size)
     created = await client.post(
-        "/v1/conversations", json={"messages": messages[:1000]}, headers=headers
+        f"{target.base}/v1/conversations",
+        json={"messages": messages[:1000]},
+        headers=target.headers,
     )
     created.raise_for_status()
     cid: str = created.json()["id"]
     for start in range(1000, len(messages), 1000):
         (
             await client.post(
-                f"/v1/conversations/{cid}/messages",
+                f"{target.base}/v1/conversations/{cid}/messages",
                 json={"messages": messages[start : start + 1000]},
-                headers=headers,
+                headers=target.headers,
             )
         ).raise_for_status()
     return cid
@@ -71,10 +96,10 @@ async def pair(
     client: httpx.AsyncClient,
     direct: httpx.AsyncClient,
     upstream: str,
+    target: Target,
     cid: str,
     history_before: list[dict[str, Any]],
     question: dict[str, Any],
-    headers: dict[str, str],
 ) -> tuple[float, float, str]:
     """A direct call with the history the turn will send, then the turn: both in ms, and the
     reply's content."""
@@ -87,7 +112,9 @@ async def pair(
     answer.raise_for_status()
     started = time.perf_counter()
     turn = await client.post(
-        f"/v1/conversations/{cid}/turns", json={"messages": [question]}, headers=headers
+        f"{target.base}/v1/conversations/{cid}/turns",
+        json={"messages": [question]},
+        headers=target.headers,
     )
     service_ms = (time.perf_counter() - started) * 1000
     turn.raise_for_status()
@@ -95,36 +122,52 @@ async def pair(
 
 
 async def measure(
-    base: str, key: str, upstream: str, size: int, pairs: int
-) -> dict[str, list[float]]:
-    """Per pair: a new copy of the conversation (nothing of it cached in the service), its first
-    turn (``first``), then a second turn on it (``repeat``: the history read so far is cached)."""
-    headers = {"Authorization": f"Bearer {key}"}
+    targets: list[Target], upstream: str, size: int, pairs: int
+) -> list[dict[str, list[float]]]:
+    """Per pair and target: a new copy of the conversation (nothing of it cached in the
+    service), its first turn (``first``), then a second turn on it (``repeat``: the history read
+    so far is cached). With two targets, each pair of one is followed by a pair of the other,
+    and which goes first alternates."""
     question = {"role": "user", "content": "And what follows from that?"}
     again = {"role": "user", "content": "And after that?"}
     stored = history(size)
-    results: dict[str, list[float]] = collections.defaultdict(list)
-    async with http_client(base_url=base) as client, http_client() as direct:
-        root = await seed(client, headers, size)
+    results: list[dict[str, list[float]]] = [collections.defaultdict(list) for _ in targets]
+    async with http_client() as client, http_client() as direct:
+        roots = [await seed(client, target, size) for target in targets]
         for number in range(pairs + 3):
-            # A fresh copy of the same history for every pair, so each turn sees `size` messages.
-            fork = await client.post(f"/v1/conversations/{root}/fork", json={}, headers=headers)
-            fork.raise_for_status()
-            cid = fork.json()["id"]
-            direct_ms, service_ms, reply = await pair(
-                client, direct, upstream, cid, stored, question, headers
-            )
-            answered = [*stored, question, {"role": "assistant", "content": reply}]
-            direct2_ms, service2_ms, _ = await pair(
-                client, direct, upstream, cid, answered, again, headers
-            )
-            if number < 3:
-                continue  # warm-up: pools, caches, prepared statements
-            results["direct"].append(direct_ms)
-            results["service"].append(service_ms)
-            results["first"].append(service_ms - direct_ms)
-            results["repeat"].append(service2_ms - direct2_ms)
+            order = list(enumerate(targets))
+            if number % 2:
+                order.reverse()
+            for index, target in order:
+                # A fresh copy of the same history for every pair, so each turn sees `size`
+                # messages.
+                fork = await client.post(
+                    f"{target.base}/v1/conversations/{roots[index]}/fork",
+                    json={},
+                    headers=target.headers,
+                )
+                fork.raise_for_status()
+                cid = fork.json()["id"]
+                direct_ms, service_ms, reply = await pair(
+                    client, direct, upstream, target, cid, stored, question
+                )
+                answered = [*stored, question, {"role": "assistant", "content": reply}]
+                direct2_ms, service2_ms, _ = await pair(
+                    client, direct, upstream, target, cid, answered, again
+                )
+                if number < 3:
+                    continue  # warm-up: pools, caches, prepared statements
+                result = results[index]
+                result["direct"].append(direct_ms)
+                result["service"].append(service_ms)
+                result["first"].append(service_ms - direct_ms)
+                result["repeat"].append(service2_ms - direct2_ms)
     return results
+
+
+def paired(this: list[float], baseline: list[float]) -> float:
+    """The median of the differences of pairs measured back to back."""
+    return statistics.median(a - b for a, b in zip(this, baseline, strict=True))
 
 
 def main() -> None:
@@ -134,30 +177,56 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--sizes", default="10,100,1000,10000")
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout whose code is measured alternately"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    codes = [("this checkout", ROOT)]
+    if args.baseline:
+        codes.append(("baseline", args.baseline.resolve()))
     print(f"machine: {machine()}")
     print(f"pairs per size: {args.pairs} (after 3 warm-up pairs); times in ms\n")
-    rows = []
-    slopes = []
+    rows, slopes, differences = [], [], []
     with fake_upstream() as upstream:
         for kind in args.databases.split(","):
-            with database(kind) as url, service(url, upstream) as (base, key):
-                medians = []
+            with contextlib.ExitStack() as stack:
+                targets = []
+                for code, root in codes:
+                    url = stack.enter_context(database(kind))
+                    base, key = stack.enter_context(service(url, upstream, root=root))
+                    targets.append(Target(code, base, key))
+                medians: list[list[float]] = [[] for _ in targets]
                 for size in sizes:
-                    r = asyncio.run(measure(base, key, upstream, size, args.pairs))
-                    o, s, d = summary(r["first"]), summary(r["service"]), summary(r["direct"])
-                    again = summary(r["repeat"])
-                    medians.append(o["median"])
-                    first = [d["median"], s["median"], o["median"], o["p95"]]
-                    rows.append([kind, size, *first, again["median"], again["p95"]])
+                    results = asyncio.run(measure(targets, upstream, size, args.pairs))
+                    for index, (target, r) in enumerate(zip(targets, results, strict=True)):
+                        o, s, d = summary(r["first"]), summary(r["service"]), summary(r["direct"])
+                        again = summary(r["repeat"])
+                        medians[index].append(o["median"])
+                        first = [d["median"], s["median"], o["median"], o["p95"]]
+                        code = [target.code] if args.baseline else []
+                        rows.append([kind, *code, size, *first, again["median"], again["p95"]])
+                    if args.baseline:
+                        this, before = results
+                        differences.append(
+                            [
+                                kind,
+                                size,
+                                paired(this["first"], before["first"]),
+                                paired(this["repeat"], before["repeat"]),
+                            ]
+                        )
                 if len(sizes) > 1:
-                    slope = statistics.linear_regression(sizes, medians).slope
-                    slopes.append([kind, slope * 1000])
+                    for target, line in zip(targets, medians, strict=True):
+                        slope = statistics.linear_regression(sizes, line).slope
+                        code = [target.code] if args.baseline else []
+                        slopes.append([kind, *code, slope * 1000])
+    code_header = ["code"] if args.baseline else []
     print(
         table(
             [
                 "database",
+                *code_header,
                 "messages",
                 "direct median",
                 "service median",
@@ -171,7 +240,10 @@ def main() -> None:
     )
     if slopes:
         print()
-        print(table(["database", "overhead per 1,000 messages (ms)"], slopes))
+        print(table(["database", *code_header, "overhead per 1,000 messages (ms)"], slopes))
+    if differences:
+        print("\nthis checkout minus the baseline, median of back-to-back pairs (ms):")
+        print(table(["database", "messages", "first turn", "repeat turn"], differences))
 
 
 if __name__ == "__main__":
