@@ -39,7 +39,7 @@ from benchmarks.harness import (
     table,
 )
 from benchmarks.procs import CORES, CpuMeter, wait_for_quiet
-from benchmarks.turn_overhead import history, seed
+from benchmarks.turn_overhead import Target, history, seed
 
 WARMUP_PAIRS = 3
 
@@ -112,7 +112,7 @@ async def measure(
         http_client(base_url=base, headers=headers) as client,
         http_client() as direct,
     ):
-        root = await seed(client, headers, size)
+        root = await seed(client, Target("this checkout", base, key), size)
         for pair in range(pairs + WARMUP_PAIRS):
             fork = await client.post(f"/v1/conversations/{root}/fork", json={})
             fork.raise_for_status()
