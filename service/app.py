@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,27 @@ from service.web import TEMPLATES, AdminPages
 
 __version__ = "0.1.0"
 MAX_BODY_BYTES = 8 * 1024 * 1024
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest glibc accepts on 64-bit machines
+
+
+def keep_freed_memory(megabytes: float) -> bool:
+    """Have the C library's malloc (glibc) keep up to ``megabytes`` of freed memory for the
+    next allocations, and serve blocks up to 32 MB from it, instead of mapping each large block
+    afresh and unmapping it when freed. A long history's request body (4 MB at 10,000 messages)
+    is built and copied several times a turn; a fresh mapping is faulted in page by page, which
+    on a virtual machine costs about 3 ms per 4 MB copy. False (nothing changed) for 0, or
+    where there is no glibc."""
+    if megabytes <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return False
+    keep = int(megabytes * 2**20)
+    return bool(mallopt(M_MMAP_THRESHOLD, min(keep, MMAP_THRESHOLD_MAX))) and bool(
+        mallopt(M_TRIM_THRESHOLD, keep)
+    )
 
 
 def make_http_client(settings: Settings, *, max_connections: int = 200) -> httpx.AsyncClient:
@@ -88,6 +110,7 @@ def create_app(
         )
         app.state.turns = turns
         turns.start()
+        keep_freed_memory(settings.malloc_keep_mb)
         collector = gc.get_threshold()
         if settings.collector_threshold:
             gc.set_threshold(settings.collector_threshold, *collector[1:])

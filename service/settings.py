@@ -37,6 +37,7 @@ class Settings:
     turn_rate_limit: float = 1200.0
     # None: 50,000 on PostgreSQL, Python's default on SQLite (see the README's configuration).
     gc_threshold: int | None = None
+    malloc_keep_mb: float = 64.0
     log_level: str = "INFO"
 
     @classmethod
@@ -61,6 +62,7 @@ class Settings:
             history_cache_mb=_number(env, "CONVSTORE_HISTORY_CACHE_MB", 64.0),
             turn_rate_limit=_number(env, "CONVSTORE_TURN_RATE_LIMIT", 1200.0),
             gc_threshold=_whole_or_none(env, "CONVSTORE_GC_THRESHOLD"),
+            malloc_keep_mb=_number(env, "CONVSTORE_MALLOC_KEEP_MB", 64.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
@@ -106,6 +108,8 @@ class Settings:
             raise SettingsError("CONVSTORE_TURN_LEASE must be at least 1 second")
         if self.gc_threshold is not None and self.gc_threshold < 0:
             raise SettingsError("CONVSTORE_GC_THRESHOLD must be 0 (Python's default) or more")
+        if self.malloc_keep_mb < 0:
+            raise SettingsError("CONVSTORE_MALLOC_KEEP_MB must be 0 (the C library's own) or more")
         if self.db_pool_size < 1:
             raise SettingsError("CONVSTORE_DB_POOL_SIZE must be at least 1")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
