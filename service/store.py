@@ -272,7 +272,7 @@ class TurnStart:
 
 @dataclass(frozen=True, slots=True)
 class _NewTurn:
-    """What a turn's first transaction is given (``rows`` are numbered once seqs are taken)."""
+    """What a turn's first transaction is given (it numbers ``rows`` once their seqs are taken)."""
 
     tenant: str
     conversation_id: uuid.UUID
@@ -402,8 +402,12 @@ class Store:
         self.history_cache = history_cache or HistoryCache(0)
         self.writer = engine.execution_options(convstore_write=True)
         self.lane = DriverLane(engine)
-        self.sqlite = SqliteThread(engine.url.database or "") if self.dialect == "sqlite" else None
-        self._sqlite_values = _SqliteValues(engine.dialect)
+        # SQLite: the thread a turn's transactions run in, and how values are stored there.
+        self.sqlite: SqliteThread | None = None
+        self._sqlite_values: _SqliteValues | None = None
+        if self.dialect == "sqlite":
+            self.sqlite = SqliteThread(engine.url.database or "")
+            self._sqlite_values = _SqliteValues(engine.dialect)
 
     async def close(self) -> None:
         """Give back the connections the store keeps (before its engine is disposed of)."""
@@ -637,7 +641,6 @@ class Store:
             began = await self._begin_turn_postgresql(given, seen)
         else:
             began = await self._begin_turn_sqlite(given, seen)
-        _number(rows, began.message_count)
         turn = _running_turn(given.turn_id, conversation_id, began.model, began.params, now)
         history = self.history_cache.put(
             conversation_id, began.message_count, "" if began.whole else known, began.new
@@ -687,13 +690,13 @@ class Store:
             if whole:
                 rows = await pg.fetch(PG_HISTORY, given.conversation_id, 0)
                 new = [entry for _, entry in rows]
+        _number(given.rows, count)  # as the function numbered them
         return _Began(count, turn_model, msgspec.json.decode(turn_params), new, whole)
 
     async def _begin_turn_sqlite(self, given: _NewTurn, seen: int) -> _Began:
-        assert self.sqlite is not None
-        values = self._sqlite_values
+        thread, values = self._sqlite_turns()
         try:
-            return await self.sqlite.run(lambda db: _sqlite_begin_turn(db, values, given, seen))
+            return await thread.run(lambda db: _sqlite_begin_turn(db, values, given, seen))
         except sqlite3.IntegrityError:
             # The unique index on running turns, a backstop: the checks hold the write lock.
             raise _turn_in_progress(None) from None
@@ -781,11 +784,15 @@ class Store:
     async def _complete_turn_sqlite(
         self, turn: TurnOut, reply: MessageOut, upstream_ms: int, attempts: int
     ) -> int:
-        assert self.sqlite is not None
-        values = self._sqlite_values
-        return await self.sqlite.run(
+        thread, values = self._sqlite_turns()
+        return await thread.run(
             lambda db: _sqlite_complete_turn(db, values, turn, reply, upstream_ms, attempts)
         )
+
+    def _sqlite_turns(self) -> tuple[SqliteThread, _SqliteValues]:
+        assert self.sqlite is not None, "a SQLite store"
+        assert self._sqlite_values is not None
+        return self.sqlite, self._sqlite_values
 
     async def fail_turn(
         self,
