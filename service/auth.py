@@ -37,15 +37,21 @@ class KeyCache:
         return principal
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The key in an ``Authorization: Bearer <key>`` header's value, or None."""
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
 def bearer_key(request: Request[Any, Any, Any]) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = bearer_token(request.headers.get("authorization", ""))
+    if key is None:
         raise Unauthorized(
             "Send an API key as `Authorization: Bearer <key>`.",
             headers={"www-authenticate": "Bearer"},
         )
-    return key.strip()
+    return key
 
 
 async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:

@@ -14,6 +14,7 @@ from litestar.response import Stream
 
 from service.idempotency import idempotent
 from service.routes.params import Caller, ConversationId, TurnId
+from service.routes.turn_lane import TurnLane
 from service.schemas import TurnCreate, TurnOut, TurnResult
 from service.store import Store
 from service.turns import TurnRunner, replay
@@ -34,6 +35,9 @@ class TurnController(Controller):
         "/",
         status_code=201,
         summary="Run a turn: append messages, ask the model, store the reply",
+        # Answers the common turn itself (not streamed, no Idempotency-Key); this handler
+        # answers everything else, and is the reference the lane is tested against.
+        middleware=[TurnLane],
         response_description="The completed turn and the stored reply (or, with "
         "`stream: true`, a text/event-stream of turn.started, message.delta and "
         "turn.completed or turn.failed)",
