@@ -86,14 +86,22 @@ class TurnFeed:
 
     def __init__(self, turn_id: uuid.UUID) -> None:
         self.turn_id = turn_id
-        self.events: list[bytes] = []
+        # Encoded when first followed: most non-streamed turns are never followed.
+        self.published: list[tuple[str, Any]] = []
         self.closed = False
+        self._encoded: list[bytes] = []
         self._changed = asyncio.Condition()
 
     async def publish(self, event: str, data: Any) -> None:
+        """Add an event; ``data`` must not change afterwards (it is encoded when followed)."""
         async with self._changed:
-            self.events.append(sse(event, data, len(self.events)))
+            self.published.append((event, data))
             self._changed.notify_all()
+
+    def _events_from(self, position: int) -> list[bytes]:
+        for event_id in range(len(self._encoded), len(self.published)):
+            self._encoded.append(sse(*self.published[event_id], event_id))
+        return self._encoded[position:]
 
     async def close(self) -> None:
         async with self._changed:
@@ -106,16 +114,16 @@ class TurnFeed:
             seen = position
 
             def ready(seen: int = seen) -> bool:
-                return self.closed or len(self.events) > seen
+                return self.closed or len(self.published) > seen
 
             async with self._changed:
                 await self._changed.wait_for(ready)
-                pending = self.events[position:]
+                pending = self._events_from(position)
                 closed = self.closed
             for event in pending:
                 yield event
             position += len(pending)
-            if closed and position >= len(self.events):
+            if closed and position >= len(self.published):
                 return
 
 
