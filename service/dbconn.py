@@ -18,11 +18,13 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from service.errors import ServiceError
@@ -70,7 +72,8 @@ class DriverLane:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        held = self._idle.pop() if self._idle else await greenlet_spawn(self._pool.connect)
+        kept = self._kept()
+        held = kept if kept is not None else await greenlet_spawn(self._pool.connect)
         pg: asyncpg.Connection = held.driver_connection
         try:
             yield pg
@@ -87,10 +90,35 @@ class DriverLane:
                 else:
                     await greenlet_spawn(held.close)
 
+    def _kept(self) -> PoolProxiedConnection | None:
+        """A kept connection still open: one the server closed meanwhile (a restart, an
+        administrator's ``pg_terminate_backend``), which asyncpg notices as it happens, is
+        dropped rather than failing the call that would get it."""
+        while self._idle:
+            held = self._idle.pop()
+            driver: asyncpg.Connection | None = held.driver_connection
+            if driver is not None and not driver.is_closed():
+                return held
+            held.invalidate()
+        return None
+
     async def close(self) -> None:
         """Give every kept connection back to the pool."""
         while self._idle:
             await greenlet_spawn(self._idle.pop().close)
+
+
+def replace_closed_connections(engine: AsyncEngine) -> None:
+    """Have the engine's pool (asyncpg) replace at checkout a connection the server closed while
+    it waited in the pool, instead of handing it to a request that would fail on it. asyncpg
+    notices a closed socket as it happens, so the check costs no round trip (unlike
+    ``pool_pre_ping``); a connection that breaks unnoticed still fails its first statement."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(_dbapi: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        driver = record.driver_connection
+        if driver is not None and driver.is_closed():
+            raise DisconnectionError("the server closed this connection")  # the pool retries
 
 
 def _reusable_after(exc: BaseException) -> bool:

@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from service.dbconn import SQLITE_PRAGMAS, DriverLane, SqliteThread
+from service.dbconn import SQLITE_PRAGMAS, DriverLane, SqliteThread, replace_closed_connections
 from service.errors import (
     BadRequest,
     Conflict,
@@ -177,14 +177,16 @@ def make_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
         )
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         json_serializer=_json_dumps,
         json_deserializer=msgspec.json.decode,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=False,
+        pool_pre_ping=False,  # a round trip per checkout; closed connections are caught free
     )
+    replace_closed_connections(engine)
+    return engine
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from asyncpg.exceptions import InternalClientError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -117,18 +118,69 @@ async def test_a_refused_turn_keeps_the_connection(store: Store) -> None:
     assert await backend(store) == first
 
 
-async def test_a_broken_connection_is_closed_not_kept(store: Store, postgres_url: str) -> None:
-    first = await backend(store)
+async def terminate(postgres_url: str, pid: int) -> None:
+    """End a backend as a server restart would, and wait until it is gone (the wait's own
+    round trips let this process read the server's goodbye on the terminated connection)."""
     admin = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
     try:
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        for _ in range(200):
+            if not await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail(f"backend {pid} did not end")
     finally:
         await admin.close()
-    # Which error the next call meets depends on when asyncpg reads the server's goodbye.
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced(
+    store: Store, postgres_url: str
+) -> None:
+    first = await backend(store)
+    assert store.lane.idle == 1
+    await terminate(postgres_url, first)
+    second = await backend(store)  # no error: the closed connection was not used
+    assert second != first
+    assert store.lane.idle == 1
+    assert checked_out(store) == 1
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced(
+    store: Store, postgres_url: str
+) -> None:
+    async def pooled_backend() -> int:
+        async with store.engine.connect() as conn:
+            pid: int = await conn.scalar(text("SELECT pg_backend_pid()"))
+            return pid
+
+    first = await pooled_backend()
+    await terminate(postgres_url, first)
+    assert await pooled_backend() != first  # no error: replaced at checkout
+    assert checked_out(store) == 0
+
+
+async def test_a_connection_broken_during_a_call_is_closed_not_kept(
+    store: Store, postgres_url: str
+) -> None:
+    first = await backend(store)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        async with store.lane.connection() as pg:
+            started.set()
+            await pg.fetchval("SELECT pg_sleep(10)")
+
+    task = asyncio.create_task(slow())
+    await started.wait()
+    await asyncio.sleep(0.1)
+    await terminate(postgres_url, first)
+    # Which error the call meets depends on when asyncpg reads the server's goodbye.
     broken = (asyncpg.PostgresError, asyncpg.InterfaceError, InternalClientError, OSError)
     with pytest.raises(broken):
-        async with store.lane.connection() as pg:
-            await pg.fetchval("SELECT 1")
+        await task
     assert store.lane.idle == 0
     assert checked_out(store) == 0
     assert await backend(store) != first  # a new connection, which works
