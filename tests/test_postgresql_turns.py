@@ -136,6 +136,21 @@ async def terminate(postgres_url: str, pid: int) -> None:
         await admin.close()
 
 
+async def sleeping_call(store: Store) -> asyncio.Task[None]:
+    """A lane call that is running on the server (for ten seconds, unless stopped)."""
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        async with store.lane.connection() as pg:
+            started.set()
+            await pg.fetchval("SELECT pg_sleep(10)")
+
+    task = asyncio.create_task(slow())
+    await started.wait()
+    await asyncio.sleep(0.1)
+    return task
+
+
 async def test_a_kept_connection_the_server_closed_is_replaced(
     store: Store, postgres_url: str
 ) -> None:
@@ -166,16 +181,7 @@ async def test_a_connection_broken_during_a_call_is_closed_not_kept(
     store: Store, postgres_url: str
 ) -> None:
     first = await backend(store)
-    started = asyncio.Event()
-
-    async def slow() -> None:
-        async with store.lane.connection() as pg:
-            started.set()
-            await pg.fetchval("SELECT pg_sleep(10)")
-
-    task = asyncio.create_task(slow())
-    await started.wait()
-    await asyncio.sleep(0.1)
+    task = await sleeping_call(store)
     await terminate(postgres_url, first)
     # Which error the call meets depends on when asyncpg reads the server's goodbye.
     broken = (asyncpg.PostgresError, asyncpg.InterfaceError, InternalClientError, OSError)
@@ -197,16 +203,7 @@ async def test_a_connection_left_in_a_transaction_is_closed(store: Store) -> Non
 
 async def test_a_call_cancelled_midway_is_closed(store: Store) -> None:
     first = await backend(store)
-    started = asyncio.Event()
-
-    async def slow() -> None:
-        async with store.lane.connection() as pg:
-            started.set()
-            await pg.fetchval("SELECT pg_sleep(10)")
-
-    task = asyncio.create_task(slow())
-    await started.wait()
-    await asyncio.sleep(0.1)
+    task = await sleeping_call(store)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
