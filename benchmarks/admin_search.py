@@ -38,7 +38,7 @@ from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import database, machine, summary, table
+from benchmarks.harness import database, database_name, machine, summary, table
 from benchmarks.procs import CORES, CpuMeter, wait_for_quiet
 from service.migrate import upgrade
 from service.store import CONVERSATION_COLUMNS, C, ConversationFilter, Store, make_engine
@@ -394,7 +394,7 @@ def main() -> None:
                 f"{filled.seconds:.1f} s" + (" (with VACUUM ANALYZE)" if kind != "sqlite" else "")
             )
             wait_for_quiet(args.quiet_wait)
-            meter = CpuMeter(None if kind == "sqlite" else url.rsplit("/", 1)[1])
+            meter = CpuMeter(database_name(url))
             meter.start()
             started = time.perf_counter()
             rows, plans = asyncio.run(

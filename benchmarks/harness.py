@@ -99,7 +99,7 @@ def database(kind: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as folder:
             yield f"sqlite+aiosqlite:///{folder}/bench.db"
         return
-    from sqlalchemy import text
+    from sqlalchemy import make_url, text
     from sqlalchemy.ext.asyncio import create_async_engine
 
     name = f"convstore_bench_{os.getpid()}_{time.time_ns() % 10**8}"
@@ -112,9 +112,17 @@ def database(kind: str) -> Iterator[str]:
 
     asyncio.run(execute(f'CREATE DATABASE "{name}"'))
     try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
         asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def database_name(url: str) -> str | None:
+    """The database a URL names (None for SQLite: there is no server to watch)."""
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    return None if parsed.get_backend_name() == "sqlite" else parsed.database
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (
     UPSTREAM_KEY,
     database,
+    database_name,
     fake_upstream,
     http_client,
     machine,
@@ -158,7 +159,7 @@ def main() -> None:
             with database(kind) as url, service(url, upstream) as (base, key):
                 for size in sizes:
                     wait_for_quiet(args.quiet_wait)
-                    meter = CpuMeter(None if kind == "sqlite" else url.rsplit("/", 1)[1])
+                    meter = CpuMeter(database_name(url))
                     meter.start()
                     started = time.perf_counter()
                     r = asyncio.run(measure(base, key, upstream, size, args.pairs))

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (
     UPSTREAM_KEY,
     database,
+    database_name,
     fake_upstream,
     machine,
     service,
@@ -375,7 +376,7 @@ def main() -> None:
                                     count,
                                     args.warmup,
                                     args.duration,
-                                    None if kind == "sqlite" else url.rsplit("/", 1)[1],
+                                    database_name(url),
                                 )
                             )
                         s = summary(r.latencies)
