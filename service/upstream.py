@@ -189,7 +189,8 @@ class UpstreamClient:
         backoff: float = 0.5,
     ) -> None:
         self.http = http
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        # Parsed once: httpx parses a URL given as text on every request (45 µs here).
+        self.url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         self.api_key = api_key
         self.timeout = timeout
         self.max_retries = max_retries
