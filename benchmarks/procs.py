@@ -69,13 +69,17 @@ def tree(root: int, table: dict[int, tuple[str, int, float]]) -> set[int]:
     return found
 
 
+def children_matching(needle: str) -> list[int]:
+    """The pids of the direct children of this process whose command line contains ``needle``."""
+    me = os.getpid()
+    return [
+        pid for pid, (_, ppid, _) in _processes().items() if ppid == me and needle in cmdline(pid)
+    ]
+
+
 def child_matching(needle: str) -> int | None:
     """The pid of a direct child of this process whose command line contains ``needle``."""
-    me = os.getpid()
-    for pid, (_, ppid, _) in _processes().items():
-        if ppid == me and needle in cmdline(pid):
-            return pid
-    return None
+    return next(iter(children_matching(needle)), None)
 
 
 class CpuMeter:
@@ -83,16 +87,16 @@ class CpuMeter:
 
     Call ``sample`` every half second or so in between: per-process times are summed from
     sample to sample, so a process that exits (a PostgreSQL backend whose connection closed)
-    keeps what it used until the last sample before it went. ``database`` names the benchmark's
-    PostgreSQL database, whose backends count as "postgres"; backends of other databases count
+    keeps what it used until the last sample before it went. ``databases`` name the benchmark's
+    PostgreSQL databases, whose backends count as "postgres"; backends of other databases count
     as "others".
     """
 
-    def __init__(self, database: str | None = None) -> None:
-        self.database = database
+    def __init__(self, *databases: str | None) -> None:
+        self.databases = [d for d in databases if d]
         self.roots = {
-            "service": child_matching("service.cli"),
-            "fake": child_matching("service.fake_upstream"),
+            "service": children_matching("service.cli"),
+            "fake": children_matching("service.fake_upstream"),
         }
         self.used = dict.fromkeys(GROUPS, 0.0)
         self._last: dict[int, float] = {}
@@ -106,15 +110,15 @@ class CpuMeter:
         if name == "postgres":
             line = cmdline(pid)
             is_backend = "(" in line or "[local]" in line  # "user db host(port) state"
-            if not is_backend or (self.database and f" {self.database} " in line):
+            if not is_backend or any(f" {d} " in line for d in self.databases):
                 return "postgres"
         return None
 
     def _read(self) -> dict[int, tuple[str, int, float]]:
         table = _processes()
         mine: dict[int, str] = {}
-        for group, root in self.roots.items():
-            if root is not None:
+        for group, roots in self.roots.items():
+            for root in roots:
                 mine.update(dict.fromkeys(tree(root, table), group))
         for pid, (name, _, _) in table.items():
             if pid not in self._group:

@@ -4,6 +4,7 @@ history, measured pair by pair, for several history lengths, on SQLite and Postg
 
     .venv/bin/python benchmarks/streaming.py [--pairs 30] [--sizes 10,100,1000]
                                              [--databases sqlite,postgresql] [--quiet-wait 60]
+                                             [--baseline PATH]
 
 Service side: ``POST /v1/conversations/{id}/turns`` with ``"stream": true``, timed from sending
 the request to the first ``message.delta`` event (and to ``turn.completed``). Direct side: ``POST
@@ -11,12 +12,17 @@ the request to the first ``message.delta`` event (and to ``turn.completed``). Di
 the first chunk whose delta carries content (and to ``data: [DONE]``). Each pair uses a fresh
 fork of a conversation holding the history, so every turn sees the same number of messages.
 Prints tables in milliseconds.
+
+``--baseline PATH`` also serves the code of another checkout, on a database of its own, and
+alternates its pairs with this checkout's, as ``turn_overhead.py --baseline`` does; a last table
+gives the median of the paired differences (this checkout minus the baseline).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -29,6 +35,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import (
+    ROOT,
     UPSTREAM_KEY,
     database,
     database_name,
@@ -40,7 +47,7 @@ from benchmarks.harness import (
     table,
 )
 from benchmarks.procs import CORES, CpuMeter, wait_for_quiet
-from benchmarks.turn_overhead import Target, history, seed
+from benchmarks.turn_overhead import Target, history, paired, seed
 from service.app import keep_freed_memory
 
 WARMUP_PAIRS = 3
@@ -95,9 +102,10 @@ async def service_stream(
 
 
 async def measure(
-    base: str, key: str, upstream: str, size: int, pairs: int
-) -> dict[str, list[float]]:
-    headers = {"Authorization": f"Bearer {key}"}
+    targets: list[Target], upstream: str, size: int, pairs: int
+) -> list[dict[str, list[float]]]:
+    """Per target, each pair's times. With two targets, each pair of one is followed by a pair
+    of the other, and which goes first alternates."""
     question = {"role": "user", "content": "And what follows from that?"}
     # What the service sends upstream for a streamed turn.
     body = {
@@ -106,29 +114,40 @@ async def measure(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    results: dict[str, list[float]] = {
-        key: []
-        for key in ("direct", "service", "difference", "direct end", "service end", "end diff")
-    }
-    async with (
-        http_client(base_url=base, headers=headers) as client,
-        http_client() as direct,
-    ):
-        root = await seed(client, Target("this checkout", base, key), size)
+    results: list[dict[str, list[float]]] = [
+        {
+            k: []
+            for k in ("direct", "service", "difference", "direct end", "service end", "end diff")
+        }
+        for _ in targets
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        direct = await stack.enter_async_context(http_client())
+        clients = [
+            await stack.enter_async_context(http_client(base_url=t.base, headers=t.headers))
+            for t in targets
+        ]
+        roots = [await seed(c, t, size) for c, t in zip(clients, targets, strict=True)]
         for pair in range(pairs + WARMUP_PAIRS):
-            fork = await client.post(f"/v1/conversations/{root}/fork", json={})
-            fork.raise_for_status()
-            cid = fork.json()["id"]
-            direct_first, direct_end = await direct_stream(direct, upstream, body)
-            service_first, service_end = await service_stream(client, cid, question)
-            if pair < WARMUP_PAIRS:
-                continue  # warm-up: pools, caches, prepared statements
-            results["direct"].append(direct_first)
-            results["service"].append(service_first)
-            results["difference"].append(service_first - direct_first)
-            results["direct end"].append(direct_end)
-            results["service end"].append(service_end)
-            results["end diff"].append(service_end - direct_end)
+            order = list(range(len(targets)))
+            if pair % 2:
+                order.reverse()
+            for index in order:
+                client = clients[index]
+                fork = await client.post(f"/v1/conversations/{roots[index]}/fork", json={})
+                fork.raise_for_status()
+                cid = fork.json()["id"]
+                direct_first, direct_end = await direct_stream(direct, upstream, body)
+                service_first, service_end = await service_stream(client, cid, question)
+                if pair < WARMUP_PAIRS:
+                    continue  # warm-up: pools, caches, prepared statements
+                r = results[index]
+                r["direct"].append(direct_first)
+                r["service"].append(service_first)
+                r["difference"].append(service_first - direct_first)
+                r["direct end"].append(direct_end)
+                r["service end"].append(service_end)
+                r["end diff"].append(service_end - direct_end)
     return results
 
 
@@ -145,52 +164,84 @@ def main() -> None:
         default=60.0,
         help="seconds to wait, before each size, for other processes to leave the cores idle",
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout whose code is measured alternately"
+    )
     args = parser.parse_args()
     # As the service does (CONVSTORE_MALLOC_KEEP_MB): the direct calls build and send whole
     # histories from this process, and must not pay page faults the service no longer pays.
     keep_freed_memory(64)
     sizes = [int(s) for s in args.sizes.split(",")]
+    codes = [("this checkout", ROOT)]
+    if args.baseline:
+        codes.append(("baseline", args.baseline.resolve()))
+    code_column = ["code"] if args.baseline else []
     print(f"machine: {machine()}")
     print(f"pairs per size: {args.pairs} (after {WARMUP_PAIRS} warm-up pairs); times in ms\n")
     first_rows = []
     end_rows = []
+    differences = []
     with fake_upstream() as upstream:
         for kind in args.databases.split(","):
-            with database(kind) as url, service(url, upstream) as (base, key):
+            with contextlib.ExitStack() as stack:
+                targets, names = [], []
+                for code, root in codes:
+                    url = stack.enter_context(database(kind))
+                    base, key = stack.enter_context(service(url, upstream, root=root))
+                    targets.append(Target(code, base, key))
+                    names.append(database_name(url))
                 for size in sizes:
                     wait_for_quiet(args.quiet_wait)
-                    meter = CpuMeter(database_name(url))
+                    meter = CpuMeter(*names)
                     meter.start()
                     started = time.perf_counter()
-                    r = asyncio.run(measure(base, key, upstream, size, args.pairs))
+                    results = asyncio.run(measure(targets, upstream, size, args.pairs))
                     others = meter.stop()["others"] / (time.perf_counter() - started) / CORES
-                    d, s, o = summary(r["direct"]), summary(r["service"]), summary(r["difference"])
-                    first_rows.append(
-                        [
-                            kind,
-                            size,
-                            d["median"],
-                            d["p95"],
-                            s["median"],
-                            s["p95"],
-                            o["median"],
-                            o["p95"],
-                            f"{100 * others:.0f}%",
-                        ]
-                    )
-                    de, se, oe = (
-                        summary(r["direct end"]),
-                        summary(r["service end"]),
-                        summary(r["end diff"]),
-                    )
-                    end_rows.append(
-                        [kind, size, de["median"], se["median"], oe["median"], oe["p95"]]
-                    )
+                    for target, r in zip(targets, results, strict=True):
+                        code = [target.code] if args.baseline else []
+                        d, s, o = (
+                            summary(r["direct"]),
+                            summary(r["service"]),
+                            summary(r["difference"]),
+                        )
+                        first_rows.append(
+                            [
+                                kind,
+                                *code,
+                                size,
+                                d["median"],
+                                d["p95"],
+                                s["median"],
+                                s["p95"],
+                                o["median"],
+                                o["p95"],
+                                f"{100 * others:.0f}%",
+                            ]
+                        )
+                        de, se, oe = (
+                            summary(r["direct end"]),
+                            summary(r["service end"]),
+                            summary(r["end diff"]),
+                        )
+                        end_rows.append(
+                            [kind, *code, size, de["median"], se["median"], oe["median"], oe["p95"]]
+                        )
+                    if args.baseline:
+                        this, before = results
+                        differences.append(
+                            [
+                                kind,
+                                size,
+                                paired(this["difference"], before["difference"]),
+                                paired(this["end diff"], before["end diff"]),
+                            ]
+                        )
     print("time to first delta (direct: first content chunk; service: first message.delta):")
     print(
         table(
             [
                 "database",
+                *code_column,
                 "messages",
                 "direct median",
                 "direct p95",
@@ -209,6 +260,7 @@ def main() -> None:
         table(
             [
                 "database",
+                *code_column,
                 "messages",
                 "direct median",
                 "service median",
@@ -218,6 +270,9 @@ def main() -> None:
             end_rows,
         )
     )
+    if differences:
+        print("\nthis checkout minus the baseline, median of back-to-back pairs (ms):")
+        print(table(["database", "messages", "first delta", "end of stream"], differences))
 
 
 if __name__ == "__main__":
