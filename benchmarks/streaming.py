@@ -47,7 +47,7 @@ from benchmarks.harness import (
     table,
 )
 from benchmarks.procs import CORES, CpuMeter, wait_for_quiet
-from benchmarks.turn_overhead import Target, history, paired, seed
+from benchmarks.turn_overhead import Target, history, paired_row, seed
 from service.app import keep_freed_memory
 
 WARMUP_PAIRS = 3
@@ -227,14 +227,8 @@ def main() -> None:
                             [kind, *code, size, de["median"], se["median"], oe["median"], oe["p95"]]
                         )
                     if args.baseline:
-                        this, before = results
                         differences.append(
-                            [
-                                kind,
-                                size,
-                                paired(this["difference"], before["difference"]),
-                                paired(this["end diff"], before["end diff"]),
-                            ]
+                            paired_row(kind, size, results, "difference", "end diff")
                         )
     print("time to first delta (direct: first content chunk; service: first message.delta):")
     print(

@@ -171,6 +171,14 @@ def paired(this: list[float], baseline: list[float]) -> float:
     return statistics.median(a - b for a, b in zip(this, baseline, strict=True))
 
 
+def paired_row(
+    kind: str, size: int, results: list[dict[str, list[float]]], *keys: str
+) -> list[Any]:
+    """A row of the paired differences: for each of ``keys``, this checkout minus the baseline."""
+    this, before = results
+    return [kind, size, *(paired(this[key], before[key]) for key in keys)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -211,15 +219,7 @@ def main() -> None:
                         code = [target.code] if args.baseline else []
                         rows.append([kind, *code, size, *first, again["median"], again["p95"]])
                     if args.baseline:
-                        this, before = results
-                        differences.append(
-                            [
-                                kind,
-                                size,
-                                paired(this["first"], before["first"]),
-                                paired(this["repeat"], before["repeat"]),
-                            ]
-                        )
+                        differences.append(paired_row(kind, size, results, "first", "repeat"))
                 if len(sizes) > 1:
                     for target, line in zip(targets, medians, strict=True):
                         slope = statistics.linear_regression(sizes, line).slope
