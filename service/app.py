@@ -59,17 +59,22 @@ def keep_freed_memory(megabytes: float) -> bool:
     )
 
 
-def make_http_client(settings: Settings, *, max_connections: int = 200) -> httpx.AsyncClient:
-    """The one pooled client for the upstream: a short connect timeout, a long read timeout."""
+def make_http_client(
+    settings: Settings, *, max_connections: int = 200
+) -> tuple[httpx.AsyncClient, UpstreamTransport]:
+    """The one pooled client for the upstream (a short connect timeout, a long read timeout),
+    and the transport under it."""
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_connections,
         keepalive_expiry=60,
     )
-    return httpx.AsyncClient(
+    transport = UpstreamTransport(limits=limits)
+    client = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
-        transport=UpstreamTransport(limits=limits),
+        transport=transport,
     )
+    return client, transport
 
 
 def create_app(
@@ -88,7 +93,7 @@ def create_app(
         own_engine = engine is None
         own_client = http_client is None
         db = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
-        client = http_client or make_http_client(settings)
+        client, direct = (http_client, None) if http_client else make_http_client(settings)
         store = Store(db, history_cache=HistoryCache(int(settings.history_cache_mb * 2**20)))
         upstream = UpstreamClient(
             client,
@@ -98,6 +103,7 @@ def create_app(
             max_retries=settings.upstream_max_retries,
             retry_deadline=settings.upstream_retry_deadline,
             backoff=retry_backoff,
+            direct=direct,
         )
         app.state.settings = settings
         app.state.store = store

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from service.netio import UpstreamTransport
 from service.schemas import Reply
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -187,8 +189,13 @@ class UpstreamClient:
         max_retries: int = 2,
         retry_deadline: float = 60.0,
         backoff: float = 0.5,
+        direct: UpstreamTransport | None = None,
     ) -> None:
+        """``direct`` is the transport under ``http`` when it is the service's own: a
+        non-streamed completion then goes to it without httpx's request and response objects
+        (``UpstreamTransport.fetch``), with the same headers, timeouts and connections."""
         self.http = http
+        self.direct = direct
         # Parsed once: httpx parses a URL given as text on every request (45 µs here).
         self.url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         self.api_key = api_key
@@ -203,23 +210,55 @@ class UpstreamClient:
             headers["authorization"] = f"Bearer {self.api_key}"
         return headers
 
+    @functools.cached_property
+    def _direct_headers(self) -> list[tuple[bytes, bytes]]:
+        """What ``http.post`` sends but the conversation id: the client's own headers (accept,
+        accept-encoding, user-agent…), then ours."""
+        merged = httpx.Headers(self.http.headers)
+        merged.update(self.headers(""))
+        return [(name, value) for name, value in merged.raw if name != b"x-grok-conv-id"]
+
     async def complete(self, body: dict[str, Any], *, conversation_id: str) -> Attempted:
         """One chat completion. Raises an ``UpstreamError`` subclass if none could be had."""
         content = _encoder.encode(body)
-        headers = self.headers(conversation_id)
+        post = self._post if self.direct is None else self._fetch
 
         async def once() -> Reply:
             try:
-                response = await self.http.post(self.url, content=content, headers=headers)
+                status, headers, answer = await post(content, conversation_id)
             except httpx.TimeoutException as exc:
                 raise _timeout_error(exc, self.timeout) from exc
             except httpx.HTTPError as exc:
                 raise UpstreamUnavailable(f"Could not reach the model: {exc!r}") from exc
-            if response.status_code != 200:
-                raise error_for_response(response.status_code, response.headers, response.content)
-            return parse_completion(response.content, body.get("model", ""))
+            if status != 200:
+                raise error_for_response(status, headers or httpx.Headers(), answer)
+            return parse_completion(answer, body.get("model", ""))
 
         return await self.retrying(once)
+
+    async def _post(
+        self, content: bytes, conversation_id: str
+    ) -> tuple[int, httpx.Headers | None, bytes]:
+        response = await self.http.post(
+            self.url, content=content, headers=self.headers(conversation_id)
+        )
+        return response.status_code, response.headers, response.content
+
+    async def _fetch(
+        self, content: bytes, conversation_id: str
+    ) -> tuple[int, httpx.Headers | None, bytes]:
+        """As ``_post``, through ``direct``; the headers only when they are needed."""
+        assert self.direct is not None
+        headers = [*self._direct_headers, (b"x-grok-conv-id", conversation_id.encode())]
+        answer = await self.direct.fetch(b"POST", self.url, headers, content, self.http.timeout)
+        if answer.status == 200 and not any(
+            name.lower() == b"content-encoding" for name, _ in answer.headers
+        ):
+            return 200, None, answer.content
+        # An error (its Retry-After is read from the headers) or a compressed body (httpx's
+        # decoders decode it).
+        response = httpx.Response(answer.status, headers=answer.headers, content=answer.content)
+        return response.status_code, response.headers, response.content
 
     async def stream(
         self,
