@@ -79,6 +79,8 @@ def fake_upstream(workers: int = 1) -> Iterator[str]:
             UPSTREAM_KEY,
             "--workers",
             str(workers),
+            "--record",  # kept requests are decoded histories: a gigabyte at 10,000 messages
+            "0",
         ],
         env=_env(),
         stdout=subprocess.DEVNULL,

@@ -15,7 +15,9 @@ Offline demo, in two terminals::
 (``convstore fake-upstream`` runs the same server.) Accepted API keys: the ``--key`` values if any
 are given; otherwise ``test-key``, ``demo`` and, if set, the value of ``XAI_API_KEY``. With
 ``--workers N`` each worker process has its own faults and recorded requests, so the
-``/_fake/*`` control routes are only meaningful with one worker.
+``/_fake/*`` control routes are only meaningful with one worker. ``--record N`` keeps the last N
+requests for ``GET /_fake/requests`` (1,000 by default; the benchmarks keep none, as the bodies
+are kept decoded).
 
 In-process use (tests)::
 
@@ -82,6 +84,7 @@ TEAM_ID = "6f1d2c3b-4a5e-4f60-9b7a-8c9d0e1f2a3b"
 """The team id quoted in error messages, as real xAI errors quote the caller's team."""
 
 KEYS_ENV = "FAKE_UPSTREAM_KEYS"
+RECORD_ENV = "FAKE_UPSTREAM_RECORD"
 """Environment variable (JSON list) carrying the accepted keys into ``--workers`` processes."""
 
 _EMPTY_DELTAS = 3  # empty ``delta:{}`` chunks while "hidden" reasoning runs; 1 token each
@@ -1415,11 +1418,18 @@ def _default_keys() -> list[str]:
 
 def create_app_from_env() -> FakeUpstream:
     """The app for ``--workers`` processes: keys from ``FAKE_UPSTREAM_KEYS`` (a JSON list), or
-    the default keys."""
+    the default keys; how many requests to keep from ``FAKE_UPSTREAM_RECORD``."""
     raw = os.environ.get(KEYS_ENV)
     keys = msgspec.json.decode(raw, type=list[str]) if raw else _default_keys()
     _quiet_uvicorn()
-    return FakeUpstream(api_keys=keys)
+    return FakeUpstream(api_keys=keys, max_recorded=int(os.environ.get(RECORD_ENV, "1000")))
+
+
+def _count(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1438,6 +1448,14 @@ def main(argv: list[str] | None = None) -> None:
         help="an accepted API key (repeatable); default: test-key, demo and $XAI_API_KEY",
     )
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--record",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="chat-completions requests kept for GET /_fake/requests (default 1000; 0: none). "
+        "They are kept decoded: 1,000 requests with 10,000-message histories take over 1 GB",
+    )
     args = parser.parse_args(argv)
     keys: list[str] = args.keys or _default_keys()
     common: dict[str, Any] = {
@@ -1449,6 +1467,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.workers > 1:
         os.environ[KEYS_ENV] = json.dumps(keys)  # inherited by the worker processes
+        os.environ[RECORD_ENV] = str(args.record)
         config = uvicorn.Config(
             "service.fake_upstream:create_app_from_env",
             factory=True,
@@ -1456,7 +1475,7 @@ def main(argv: list[str] | None = None) -> None:
             **common,
         )
     else:
-        config = uvicorn.Config(FakeUpstream(api_keys=keys), **common)
+        config = uvicorn.Config(FakeUpstream(api_keys=keys, max_recorded=args.record), **common)
     _quiet_uvicorn()  # after Config, which (re)configures uvicorn's loggers
     sock = config.bind_socket()
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -900,13 +901,14 @@ async def test_usable_in_process_as_an_asgi_app() -> None:
     assert fake.calls == 2
 
 
-def test_command_line_serves_and_prints_the_url() -> None:
+@contextlib.contextmanager
+def fake_command(*options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python -m service.fake_upstream --port 0 OPTIONS`` running; yields its base URL."""
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "XAI_API_KEY": "xai-from-env"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.fake_upstream", "--port", "0"],
+        [sys.executable, "-m", "service.fake_upstream", "--port", "0", *options],
         cwd=root,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -917,12 +919,20 @@ def test_command_line_serves_and_prints_the_url() -> None:
         assert line.startswith("CONVSTORE_UPSTREAM_URL=http://127.0.0.1:")
         url = line.split("=", 1)[1]
         assert url.endswith("/v1")
-        for _ in range(200):
+        for _ in range(500):
             try:
                 httpx.get(url.removesuffix("/v1") + "/_fake/health", timeout=1)
                 break
             except httpx.TransportError:
                 time.sleep(0.02)
+        yield url
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_command_line_serves_and_prints_the_url() -> None:
+    with fake_command(env={"XAI_API_KEY": "xai-from-env"}) as url:
         body = {"model": "grok-3", "messages": HISTORY}
         for key in ("test-key", "demo", "xai-from-env"):
             response = httpx.post(
@@ -933,9 +943,29 @@ def test_command_line_serves_and_prints_the_url() -> None:
             url + "/chat/completions", json=body, headers={"Authorization": "Bearer other"}
         )
         assert other.status_code == 400
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)
+        recorded = httpx.get(url.removesuffix("/v1") + "/_fake/requests").json()
+        assert recorded["calls"] == 4
+        assert [r["headers"]["authorization"] for r in recorded["requests"]] == [
+            "Bearer test-key",
+            "Bearer demo",
+            "Bearer xai-from-env",
+            "Bearer other",
+        ]
+
+
+@pytest.mark.parametrize(
+    ("options", "kept"),
+    [(["--record", "2"], 2), (["--record", "0"], 0), (["--record", "0", "--workers", "2"], 0)],
+)
+def test_command_line_keeps_as_many_requests_as_told(options: list[str], kept: int) -> None:
+    with fake_command(*options) as url:
+        auth = {"Authorization": "Bearer test-key"}
+        for _ in range(3):
+            body = {"model": "grok-3", "messages": HISTORY}
+            assert httpx.post(url + "/chat/completions", json=body, headers=auth).status_code == 200
+        recorded = httpx.get(url.removesuffix("/v1") + "/_fake/requests").json()
+    assert len(recorded["requests"]) == kept
+    assert all(r["body"]["messages"] == HISTORY for r in recorded["requests"])
 
 
 def test_hidden_reasoning_is_counted_but_not_shown(client: httpx.Client) -> None:
