@@ -84,8 +84,9 @@ TEAM_ID = "6f1d2c3b-4a5e-4f60-9b7a-8c9d0e1f2a3b"
 """The team id quoted in error messages, as real xAI errors quote the caller's team."""
 
 KEYS_ENV = "FAKE_UPSTREAM_KEYS"
-RECORD_ENV = "FAKE_UPSTREAM_RECORD"
 """Environment variable (JSON list) carrying the accepted keys into ``--workers`` processes."""
+RECORD_ENV = "FAKE_UPSTREAM_RECORD"
+"""Environment variable carrying ``--record`` into ``--workers`` processes."""
 
 _EMPTY_DELTAS = 3  # empty ``delta:{}`` chunks while "hidden" reasoning runs; 1 token each
 _IMAGE_TOKENS = 256  # per image part; a flat estimate

@@ -314,7 +314,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         timeout: httpx.Timeout,
     ) -> Answer:
         """One exchange read to its end, without httpx's request and response objects: for a
-        caller that has its body at hand and wants the whole answer (a third of the CPU of
+        caller that has its body at hand and wants the whole answer (half the CPU of
         ``httpx.AsyncClient.post`` over this transport goes to those objects and the client's
         cookies, auth and redirect handling, none of which it needs).
 
