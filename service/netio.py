@@ -245,7 +245,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         self,
         transport: UpstreamTransport,
         connection: _Connection,
-        request: httpx.Request,
+        request: httpx.Request | None,
         timeout: float | None,
     ) -> None:
         self._transport = transport
@@ -336,20 +336,12 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             lambda connection: connection.send(message, write, None),
             head_only=method == b"HEAD",
         )
+        body = _ResponseStream(self, connection, None, read)
         try:
-            pieces = []
-            while True:
-                while connection.body:
-                    pieces.append(connection.take())
-                if connection.done:
-                    break
-                await connection.wait(read, None)
-        except BaseException:
-            connection.close()
-            self._release(connection)
-            raise
-        self._release(connection)
-        return Answer(connection.status, connection.headers, b"".join(pieces))
+            content = b"".join([piece async for piece in body])
+        finally:
+            await body.aclose()  # keeps the connection if the answer was read to its end
+        return Answer(connection.status, connection.headers, content)
 
     async def _exchange(
         self,
