@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
+from service.events import KEEPALIVE_SECONDS
 from service.netio import UpstreamTransport
 from service.observability import ObservedLitestar, configure_logging
 from service.openapi import CompletedJsonRenderPlugin
@@ -29,34 +28,13 @@ from service.routes.health import health, metrics, ready
 from service.routes.transcripts import TranscriptController
 from service.routes.turns import TurnController
 from service.settings import Settings
-from service.store import HistoryCache, Store, make_engine
+from service.store import Store, make_engine
 from service.turns import TurnRunner
 from service.upstream import UpstreamClient
 from service.web import TEMPLATES, AdminPages
 
 __version__ = "0.1.0"
 MAX_BODY_BYTES = 8 * 1024 * 1024
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest glibc accepts on 64-bit machines
-
-
-def keep_freed_memory(megabytes: float) -> bool:
-    """Have the C library's malloc (glibc) keep up to ``megabytes`` of freed memory for the
-    next allocations, and serve blocks up to 32 MB from it, instead of mapping each large block
-    afresh and unmapping it when freed. A long history's request body (4 MB at 10,000 messages)
-    is built and copied several times a turn; a fresh mapping is faulted in page by page, which
-    on a virtual machine costs about 3 ms per 4 MB copy. False (nothing changed) for 0, or
-    where there is no glibc."""
-    if megabytes <= 0:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
-        return False
-    keep = int(megabytes * 2**20)
-    return bool(mallopt(M_MMAP_THRESHOLD, min(keep, MMAP_THRESHOLD_MAX))) and bool(
-        mallopt(M_TRIM_THRESHOLD, keep)
-    )
 
 
 def make_http_client(
@@ -83,6 +61,7 @@ def create_app(
     http_client: httpx.AsyncClient | None = None,
     engine: AsyncEngine | None = None,
     retry_backoff: float = 0.5,
+    keepalive: float = KEEPALIVE_SECONDS,
 ) -> Litestar:
     """Build the service. Collaborators passed in are used as given and not closed by the app;
     those it creates itself it disposes of on shutdown."""
@@ -94,7 +73,7 @@ def create_app(
         own_client = http_client is None
         db = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
         client, direct = (http_client, None) if http_client else make_http_client(settings)
-        store = Store(db, history_cache=HistoryCache(int(settings.history_cache_mb * 2**20)))
+        store = Store(db)
         upstream = UpstreamClient(
             client,
             base_url=settings.upstream_url,
@@ -112,19 +91,14 @@ def create_app(
             store,
             upstream,
             lease=settings.turn_lease,
+            keepalive=keepalive,
             rate_limit=TurnRateLimit(settings.turn_rate_limit),
         )
         app.state.turns = turns
         turns.start()
-        keep_freed_memory(settings.malloc_keep_mb)
-        collector = gc.get_threshold()
-        if settings.collector_threshold:
-            gc.set_threshold(settings.collector_threshold, *collector[1:])
         try:
             yield
         finally:
-            if gc.get_threshold()[0] == settings.collector_threshold:
-                gc.set_threshold(*collector)  # unless another app in this process changed it
             await turns.stop()
             await store.close()
             if own_client:

@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy import exc as sa_exc
 
 log = logging.getLogger("convstore")
 
@@ -161,7 +162,43 @@ def _validation_problem(exc: ValidationException) -> ServiceError:
     return error
 
 
+class DatabaseUnavailable(ServiceError):
+    status, code = 503, "database_unavailable"
+
+
+# SQLite's primary result codes that mean the database cannot serve now: busy or locked past
+# the busy timeout, a read-only or full disk, an I/O error, a file that cannot be opened.
+_SQLITE_UNAVAILABLE = {5, 6, 8, 10, 13, 14}
+# PostgreSQL's SQLSTATE classes for the same: connection exceptions, insufficient resources
+# (a full disk, too many connections), a server shutting down or starting, a read-only one.
+_PG_UNAVAILABLE = ("08", "53", "57P", "25006")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached or cannot take the work now (down,
+    restarting, full), rather than that the request or the service is wrong."""
+    if isinstance(exc, sa_exc.TimeoutError | OSError):  # no pooled connection; no server
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+        return True
+    original = exc.orig
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(_PG_UNAVAILABLE)
+    code = getattr(original, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if database_unavailable(exc):
+        log.error("the database is unavailable on %s %s: %r", request.method, request.url.path, exc)
+        error: ServiceError = DatabaseUnavailable(
+            "The database is unavailable or full; nothing was changed. Retry later.",
+            headers={"retry-after": "5"},
+        )
+        return problem_response(error, request)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     error = ServiceError("An unexpected error happened; it has been logged.")
     return problem_response(error, request)

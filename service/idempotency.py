@@ -8,20 +8,20 @@ request answers 422; while the first request still runs, 409. A request that cha
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
 
-from service.errors import BadRequest, ServiceError
-from service.store import Principal, Store
+from service.errors import BadRequest, Conflict, ServiceError
+from service.store import OrphanedTurn, Principal
+from service.turns import TurnRunner
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
 TTL_SECONDS = 24 * 3600
-# A claim left running longer than this is taken to belong to a process that died.
-LOCK_SECONDS = 2 * 3600
 
 Answer = Response[Any]
 
@@ -45,26 +45,36 @@ def acted(error: ServiceError) -> bool:
 async def idempotent(
     request: Request[Any, Any, Any],
     principal: Principal,
-    store: Store,
+    runner: TurnRunner,
     run: Callable[[], Awaitable[Answer]],
     *,
     remember: Callable[[Answer], Any] | None = None,
     replay: Callable[[Any], Awaitable[Answer]] | None = None,
+    recover: Callable[[uuid.UUID], Awaitable[Answer]] | None = None,
 ) -> Answer:
     """Run ``run`` once per Idempotency-Key; a repeat gets the stored answer.
 
     An answer that is not JSON (a streamed turn) is stored as what ``remember`` makes of it,
-    and a repeat gets what ``replay`` rebuilds from that.
+    and a repeat gets what ``replay`` rebuilds from that. A turn whose server stopped before
+    answering is answered by ``recover`` from the turn itself. The claim's lock is renewed
+    while ``run`` runs, so a claim left by a server that stopped is free again within a lease.
     """
     key = request.headers.get(HEADER)
     if key is None:
         return await run()
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
+    store = runner.store
     body = await request.body()
     stored = await store.claim_idempotency_key(
-        principal.tenant, key, fingerprint(request, body), lock=LOCK_SECONDS, ttl=TTL_SECONDS
+        principal.tenant, key, fingerprint(request, body), lock=runner.lease, ttl=TTL_SECONDS
     )
+    if isinstance(stored, OrphanedTurn):
+        if recover is None:  # only turns leave orphans
+            raise Conflict("This Idempotency-Key is held by a request that did not finish.")
+        answer = await recover(stored.turn_id)
+        answer.headers["idempotent-replayed"] = "true"
+        return answer
     if stored is not None:
         if replay is not None and stored.status < 400:
             answer = await replay(stored.body)
@@ -74,7 +84,8 @@ async def idempotent(
         answer.headers["idempotent-replayed"] = "true"
         return answer
     try:
-        answer = await run()
+        with runner.holding(principal.tenant, key):
+            answer = await run()
     except ServiceError as error:
         if acted(error):
             await store.finish_idempotency_key(

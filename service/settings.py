@@ -33,11 +33,7 @@ class Settings:
     db_pool_size: int = 20
     turn_lease: float = 60.0
     key_cache_ttl: float = 5.0
-    history_cache_mb: float = 64.0
     turn_rate_limit: float = 1200.0
-    # None: 50,000 on PostgreSQL, Python's default on SQLite (see the README's configuration).
-    gc_threshold: int | None = None
-    malloc_keep_mb: float = 64.0
     log_level: str = "INFO"
 
     @classmethod
@@ -59,10 +55,7 @@ class Settings:
             db_pool_size=int(_number(env, "CONVSTORE_DB_POOL_SIZE", 20, whole=True)),
             turn_lease=_number(env, "CONVSTORE_TURN_LEASE", 60.0),
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
-            history_cache_mb=_number(env, "CONVSTORE_HISTORY_CACHE_MB", 64.0),
             turn_rate_limit=_number(env, "CONVSTORE_TURN_RATE_LIMIT", 1200.0),
-            gc_threshold=_whole_or_none(env, "CONVSTORE_GC_THRESHOLD"),
-            malloc_keep_mb=_number(env, "CONVSTORE_MALLOC_KEEP_MB", 64.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
@@ -102,14 +95,8 @@ class Settings:
             raise SettingsError("CONVSTORE_TURN_RATE_LIMIT must be 0 (no limit) or more")
         if self.key_cache_ttl < 0:
             raise SettingsError("CONVSTORE_KEY_CACHE_TTL must be 0 or more seconds")
-        if self.history_cache_mb < 0:
-            raise SettingsError("CONVSTORE_HISTORY_CACHE_MB must be 0 (no cache) or more")
         if self.turn_lease < 1:
             raise SettingsError("CONVSTORE_TURN_LEASE must be at least 1 second")
-        if self.gc_threshold is not None and self.gc_threshold < 0:
-            raise SettingsError("CONVSTORE_GC_THRESHOLD must be 0 (Python's default) or more")
-        if self.malloc_keep_mb < 0:
-            raise SettingsError("CONVSTORE_MALLOC_KEEP_MB must be 0 (the C library's own) or more")
         if self.db_pool_size < 1:
             raise SettingsError("CONVSTORE_DB_POOL_SIZE must be at least 1")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -118,17 +105,6 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
-
-    @property
-    def collector_threshold(self) -> int:
-        """Allocations between collections of the youngest GC generation; 0: Python's own."""
-        if self.gc_threshold is not None:
-            return self.gc_threshold
-        return 0 if self.is_sqlite else 50_000
-
-
-def _whole_or_none(env: Mapping[str, str], name: str) -> int | None:
-    return int(_number(env, name, -1, whole=True)) if env.get(name, "").strip() else None
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:

@@ -207,8 +207,12 @@ class IdempotencyKey(Base):
     state: Mapped[str] = mapped_column(String(16))
     response_status: Mapped[int | None] = mapped_column(Integer, default=None)
     response_body: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
+    # The turn the request started, set in the turn's first transaction: after a crash, a retry
+    # is answered by that turn's outcome rather than running the turn again.
+    turn_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # A running claim older than this belongs to a process that died; it may be taken over.
+    # A running claim whose lock ran out belongs to a process that died (the process renews the
+    # lock while the request runs).
     locked_until: Mapped[datetime] = mapped_column()
     expires_at: Mapped[datetime] = mapped_column()
 

@@ -2,9 +2,13 @@
 transaction open, then store the reply and complete the turn (transaction 2).
 
 A turn, once its input is stored, always runs to its end in a task of its own: a client that
-hangs up (or a streaming client that goes away) cannot cancel it. While it runs, this process
-renews the turn's lease in the database; a turn whose lease runs out belonged to a process that
-died, and the next writer to its conversation marks it failed (``abandoned``).
+hangs up (or a streaming client that goes away) cannot cancel it. Every turn ends, completed or
+failed, and its followers see the end: any failure after it started (the upstream's, the
+database's while storing the reply, this server's shutdown) marks it failed with what happened,
+publishes ``turn.failed`` and is logged. While it runs, this process renews the turn's lease in
+the database; a turn whose lease runs out belonged to a server that died, and whoever next
+looks at it (a writer to its conversation, a follower, an idempotent retry) marks it failed
+(``abandoned``).
 """
 
 from __future__ import annotations
@@ -14,39 +18,33 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-import msgspec
+from sqlalchemy.exc import DBAPIError
 
-from service.errors import (
-    NotFound,
-    ServiceError,
-    UpstreamFailed,
-    UpstreamRateLimited,
-    UpstreamTimedOut,
-)
+from service.errors import NotFound, ServiceError, database_unavailable
+from service.events import KEEPALIVE, KEEPALIVE_SECONDS, Position, TurnFeed, rebuilt
 from service.observability import observe_turn
 from service.ratelimit import TurnRateLimit
-from service.schemas import MessageOut, TurnCreate, TurnOut, TurnResult, message_fields
+from service.schemas import MessageOut, Reply, TurnCreate, TurnOut, TurnResult, message_fields
 from service.store import Store, TurnStart
 from service.upstream import (
     Attempted,
     UpstreamClient,
     UpstreamError,
+    UpstreamRateLimited,
     UpstreamRejected,
-    UpstreamTimeout,
-)
-from service.upstream import (
-    UpstreamRateLimited as UpstreamRateLimitedError,
 )
 
 log = logging.getLogger("convstore.turns")
 
 DEFAULT_RETRY_AFTER = 5
 PURGE_EVERY = 600.0  # seconds between sweeps of expired idempotency keys
-_encoder = msgspec.json.Encoder()
+POLL_SECONDS = 0.5  # how often a follower of a turn running elsewhere looks at it again
+RECORD_ATTEMPTS = 3  # tries to record a turn's failure before leaving it to its lease
+UPSTREAM_STATUS = {"upstream_timeout": 504, "upstream_rate_limited": 429}
 
 
 def upstream_body(start: TurnStart) -> dict[str, Any]:
@@ -54,81 +52,55 @@ def upstream_body(start: TurnStart) -> dict[str, Any]:
     return {**start.params, "model": start.model, "messages": start.history}
 
 
-def service_error(exc: UpstreamError, turn_id: uuid.UUID) -> ServiceError:
-    """The answer a caller gets for an upstream failure, naming the failed turn."""
+def upstream_failure(exc: UpstreamError) -> dict[str, Any]:
+    """The error stored in a turn the upstream failed, with the status its caller gets."""
+    error = exc.as_dict()
+    error["status"] = UPSTREAM_STATUS.get(exc.code, 502)
+    if isinstance(exc, UpstreamRejected) and exc.status is not None:
+        error["detail"] = f"The model rejected the request ({exc.status}): {exc.message}"
+    elif isinstance(exc, UpstreamRateLimited):
+        error["detail"] = f"The model is rate limited: {exc.message}"
+    return error
+
+
+def turn_error(turn_id: uuid.UUID, error: dict[str, Any]) -> ServiceError:
+    """The answer a caller gets for a turn that failed with ``error`` (as stored in the turn)."""
     extra: dict[str, Any] = {"turn_id": str(turn_id)}
-    if exc.status is not None:
-        extra["upstream_status"] = exc.status
-    if isinstance(exc, UpstreamTimeout):
-        return UpstreamTimedOut(exc.message, **extra)
-    if isinstance(exc, UpstreamRateLimitedError):
-        retry_after = round(exc.retry_after) if exc.retry_after else DEFAULT_RETRY_AFTER
-        return UpstreamRateLimited(
-            f"The model is rate limited: {exc.message}",
-            headers={"retry-after": str(max(1, retry_after))},
-            **extra,
-        )
-    if isinstance(exc, UpstreamRejected):
-        return UpstreamFailed(
-            f"The model rejected the request ({exc.status}): {exc.message}", **extra
-        )
-    return UpstreamFailed(exc.message, **extra)
+    if error.get("upstream_status") is not None:
+        extra["upstream_status"] = error["upstream_status"]
+    headers: dict[str, str] = {}
+    status = int(error.get("status") or 502)
+    if status in (429, 503):
+        retry_after = error.get("retry_after") or DEFAULT_RETRY_AFTER
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    answer = ServiceError(
+        str(error.get("detail") or "The turn failed."),
+        code=str(error.get("code") or "upstream_error"),
+        headers=headers,
+        **extra,
+    )
+    answer.status = status
+    return answer
 
 
-def sse(event: str, data: Any, event_id: int) -> bytes:
-    """One server-sent event."""
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), _encoder.encode(data))
+def failed_event(turn: TurnOut) -> dict[str, Any]:
+    """The ``turn.failed`` event of a failed turn: its problem, and the turn."""
+    return {**turn_error(turn.id, turn.error or {}).problem(), "turn": turn}
 
 
-class TurnFeed:
-    """The events of one running turn, kept so that followers can join (and re-join) at any
-    point: each follower gets everything from the event it asks for, then follows live."""
+@dataclass
+class _Failure(Exception):
+    """How a turn failed: what its caller is told, and what the turn records."""
 
-    def __init__(self, turn_id: uuid.UUID) -> None:
-        self.turn_id = turn_id
-        # Encoded when first followed: most non-streamed turns are never followed.
-        self.published: list[tuple[str, Any]] = []
-        self.closed = False
-        self._encoded: list[bytes] = []
-        self._changed = asyncio.Condition()
-
-    async def publish(self, event: str, data: Any) -> None:
-        """Add an event; ``data`` must not change afterwards (it is encoded when followed)."""
-        async with self._changed:
-            self.published.append((event, data))
-            self._changed.notify_all()
-
-    def _events_from(self, position: int) -> list[bytes]:
-        for event_id in range(len(self._encoded), len(self.published)):
-            self._encoded.append(sse(*self.published[event_id], event_id))
-        return self._encoded[position:]
-
-    async def close(self) -> None:
-        async with self._changed:
-            self.closed = True
-            self._changed.notify_all()
-
-    async def follow(self, start: int = 0) -> AsyncIterator[bytes]:
-        position = max(0, start)
-        while True:
-            seen = position
-
-            def ready(seen: int = seen) -> bool:
-                return self.closed or len(self.published) > seen
-
-            async with self._changed:
-                await self._changed.wait_for(ready)
-                pending = self._events_from(position)
-                closed = self.closed
-            for event in pending:
-                yield event
-            position += len(pending)
-            if closed and position >= len(self.published):
-                return
+    error: dict[str, Any]
+    attempts: int = 1
+    upstream_ms: int | None = None
+    reply: Reply | None = None
 
 
 class TurnRunner:
-    """Runs turns against one store and one upstream client, and keeps their leases alive."""
+    """Runs turns against one store and one upstream client, and keeps the leases of this
+    process's work (running turns, idempotency claims) alive."""
 
     def __init__(
         self,
@@ -136,26 +108,35 @@ class TurnRunner:
         upstream: UpstreamClient,
         *,
         lease: float = 60.0,
+        keepalive: float = KEEPALIVE_SECONDS,
         rate_limit: TurnRateLimit | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
         self.lease = lease
+        self.keepalive = keepalive
         self.rate_limit = rate_limit or TurnRateLimit(0)
         self.feeds: dict[uuid.UUID, TurnFeed] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.claims: set[tuple[str, str]] = set()
         self._renewer: asyncio.Task[None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start renewing the leases of this process's running turns."""
+        """Start renewing the leases of this process's running turns and claims."""
         self._renewer = asyncio.create_task(self._renew_leases())
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Let running turns finish (up to ``grace`` seconds), then stop renewing leases."""
+        """Let running turns finish for up to ``grace`` seconds; then end those still running
+        as failed (``interrupted``), and stop renewing leases."""
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=grace)
+        unfinished = set(self.tasks)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=10)
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,23 +146,44 @@ class TurnRunner:
         next_purge = time.monotonic()
         while True:
             await asyncio.sleep(self.lease / 4)
-            running = list(self.feeds)
+            running, claims = list(self.feeds), list(self.claims)
             try:
                 if running:
                     await self.store.renew_leases(running, self.lease)
+                if claims:
+                    await self.store.renew_idempotency_keys(claims, self.lease)
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_EVERY
                     await self.store.purge_idempotency_keys()
             except Exception:
                 log.exception("could not renew the leases of %d running turns", len(running))
 
+    @contextlib.contextmanager
+    def holding(self, tenant: str, key: str) -> Iterator[None]:
+        """Keep an idempotency claim's lock alive while its request runs."""
+        self.claims.add((tenant, key))
+        try:
+            yield
+        finally:
+            self.claims.discard((tenant, key))
+
     # ---- turns --------------------------------------------------------------------------
 
-    async def _begin(
-        self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate
-    ) -> TurnStart:
+    async def begin(
+        self,
+        tenant: str,
+        conversation_id: uuid.UUID,
+        request: TurnCreate,
+        *,
+        idempotency_key: str | None = None,
+    ) -> tuple[TurnFeed, asyncio.Task[TurnResult], Timing]:
+        """Start a turn: its input stored, its model call running in a task of its own.
+
+        Errors before the turn starts (404, 409, 422, 429) are raised here; nothing is stored.
+        """
+        timing = Timing(started=time.perf_counter())
         self.rate_limit.check(tenant)
-        return await self.store.begin_turn(
+        start = await self.store.begin_turn(
             tenant,
             conversation_id,
             [message_fields(m) for m in request.messages],
@@ -189,141 +191,101 @@ class TurnRunner:
             params=request.params or None,
             stream=request.stream,
             lease=self.lease,
+            idempotency_key=idempotency_key,
         )
-
-    async def run(
-        self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate
-    ) -> tuple[TurnResult, Timing]:
-        """Run one turn to its end; the stored turn and reply, and where the time went."""
-        timing = Timing(started=time.perf_counter())
-        start = await self._begin(tenant, conversation_id, request)
         timing.db_ms += _ms_since(timing.started, exact=True)
-        feed = TurnFeed(start.turn.id)
-        # Followers of a non-streamed turn (GET …/events) get the same events as a stream.
-        await feed.publish("turn.started", {"turn": start.turn, "messages": start.appended})
-        task = self._spawn(start, feed, timing, stream=False)
-        # Shielded: a client that hangs up must not cancel a turn whose input is stored.
-        result: TurnResult = await asyncio.shield(task)
-        timing.total_ms = _ms_since(timing.started, exact=True)
-        return result, timing
-
-    async def run_streamed(
-        self, tenant: str, conversation_id: uuid.UUID, request: TurnCreate
-    ) -> TurnFeed:
-        """Start a streamed turn; its events are followed through the returned feed.
-
-        Errors before the turn starts (404, 409, 422) are raised here, as plain answers.
-        """
-        timing = Timing(started=time.perf_counter())
-        start = await self._begin(tenant, conversation_id, request)
-        timing.db_ms += _ms_since(timing.started, exact=True)
-        feed = TurnFeed(start.turn.id)
-        await feed.publish("turn.started", {"turn": start.turn, "messages": start.appended})
-        task = self._spawn(start, feed, timing, stream=True)
-        # Retrieve the outcome so a failure is not reported as "never retrieved".
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return feed
-
-    def feed(self, turn_id: uuid.UUID) -> TurnFeed | None:
-        """The live feed of a turn running in this process, if any."""
-        return self.feeds.get(turn_id)
-
-    def _spawn(
-        self, start: TurnStart, feed: TurnFeed, timing: Timing, *, stream: bool
-    ) -> asyncio.Task[TurnResult]:
+        feed = TurnFeed(
+            start.turn.id,
+            {"turn": start.turn, "messages": start.appended},
+            keepalive=self.keepalive,
+        )
         self.feeds[start.turn.id] = feed
-        task = asyncio.create_task(self._finish(start, feed, timing, stream=stream))
+        task = asyncio.create_task(self._finish(start, feed, timing, stream=request.stream))
         self.tasks.add(task)
 
         def done(t: asyncio.Task[TurnResult]) -> None:
             self.tasks.discard(t)
             self.feeds.pop(start.turn.id, None)
+            if not t.cancelled():
+                t.exception()  # retrieved: a failure is answered, not "never retrieved"
 
         task.add_done_callback(done)
-        return task
+        return feed, task, timing
+
+    async def run(
+        self,
+        tenant: str,
+        conversation_id: uuid.UUID,
+        request: TurnCreate,
+        *,
+        idempotency_key: str | None = None,
+    ) -> tuple[TurnResult, Timing]:
+        """Run one turn to its end; the stored turn and reply, and where the time went."""
+        _, task, timing = await self.begin(
+            tenant, conversation_id, request, idempotency_key=idempotency_key
+        )
+        # Shielded: a client that hangs up must not cancel a turn whose input is stored.
+        result = await asyncio.shield(task)
+        timing.total_ms = _ms_since(timing.started, exact=True)
+        return result, timing
 
     async def _finish(
         self, start: TurnStart, feed: TurnFeed, timing: Timing, *, stream: bool
     ) -> TurnResult:
-        turn_id = start.turn.id
-        started = timing.started
+        turn = start.turn
         upstream_started = time.perf_counter()
         try:
-            attempted = await self._ask(start, feed, stream=stream)
-        except UpstreamError as exc:
-            upstream_ms = _ms_since(upstream_started)
-            failed = await self.store.fail_turn(
-                turn_id,
-                exc.as_dict(),
-                latency_ms=_ms_since(started),
-                upstream_ms=upstream_ms,
-                attempts=exc.attempts,
+            try:
+                attempted = await self._ask(start, feed, stream=stream)
+            except UpstreamError as exc:
+                raise _Failure(
+                    upstream_failure(exc), exc.attempts, _ms_since(upstream_started)
+                ) from exc
+            stored_at = time.perf_counter()
+            timing.upstream_ms = (stored_at - upstream_started) * 1000
+            stored = await self._store_reply(start, attempted, timing)
+            timing.db_ms += _ms_since(stored_at, exact=True)
+        except _Failure as failure:
+            failed = await self._record_failure(start, failure)
+            self._observe(start, failed.error["code"], upstream_ms=failure.upstream_ms)
+            feed.end("turn.failed", failed_event(failed))
+            raise turn_error(turn.id, failed.error) from None
+        except asyncio.CancelledError:
+            # Only this server's shutdown cancels a turn (stop()): say so, and stop quietly.
+            stopped = _Failure(
+                {
+                    "status": 503,
+                    "code": "interrupted",
+                    "detail": "The server stopped before the turn finished; its input is "
+                    "stored. Send the turn again with no messages to retry.",
+                }
             )
-            log.warning("turn %s failed: %s", turn_id, exc.message)
-            error = service_error(exc, turn_id)
-            observe_turn(
-                error.code,
-                seconds=time.perf_counter() - started,
-                upstream_seconds=upstream_ms / 1000,
-                model=start.model,
-                usage=None,
-            )
-            await feed.publish("turn.failed", {**error.problem(), "turn": failed})
-            await feed.close()
-            raise error from None
-        except BaseException:
-            observe_turn(
-                "internal_error",
-                seconds=time.perf_counter() - started,
-                upstream_seconds=None,
-                model=start.model,
-                usage=None,
-            )
-            await self.store.fail_turn(
-                turn_id,
-                {"code": "internal_error", "detail": "The turn stopped on an unexpected error."},
-                latency_ms=_ms_since(started),
-                upstream_ms=None,
-                attempts=1,
-            )
-            await feed.publish(
-                "turn.failed",
+            failed = await self._record_failure(start, stopped)
+            self._observe(start, "interrupted", upstream_ms=None)
+            feed.end("turn.failed", failed_event(failed))
+            raise
+        except Exception:
+            log.exception("turn %s stopped on an unexpected error", turn.id)
+            broken = _Failure(
                 {
                     "status": 500,
                     "code": "internal_error",
-                    "title": "Internal Server Error",
-                    "detail": "The turn stopped on an unexpected error.",
-                    "turn_id": str(turn_id),
-                },
+                    "detail": "The turn stopped on an unexpected error; it has been logged.",
+                }
             )
-            await feed.close()
-            raise
-        stored_at = time.perf_counter()
-        timing.upstream_ms = (stored_at - upstream_started) * 1000
-        stored = await self.store.complete_turn(
-            start.turn,
-            attempted.reply,
-            latency_ms=_ms_since(started),
-            upstream_ms=round(timing.upstream_ms),
-            attempts=attempted.attempts,
-        )
-        timing.db_ms += _ms_since(stored_at, exact=True)
-        observe_turn(
-            "completed" if stored else "not_found",
-            seconds=time.perf_counter() - started,
-            upstream_seconds=timing.upstream_ms / 1000,
-            model=attempted.reply.model,
-            usage=attempted.reply.usage,
-        )
+            failed = await self._record_failure(start, broken)
+            self._observe(start, "internal_error", upstream_ms=None)
+            feed.end("turn.failed", failed_event(failed))
+            raise turn_error(turn.id, failed.error) from None
         if stored is None:
             error = NotFound("The conversation was deleted while the model was answering.")
-            await feed.publish("turn.failed", {**error.problem(), "turn_id": str(turn_id)})
-            await feed.close()
+            self._observe(start, error.code, upstream_ms=round(timing.upstream_ms))
+            feed.end("turn.failed", {**error.problem(), "turn_id": str(turn.id)})
             raise error
-        turn, reply = stored
-        await feed.publish("turn.completed", {"turn": turn, "reply": reply})
-        await feed.close()
-        return TurnResult(turn=turn, reply=reply)
+        completed, reply = stored
+        self._observe(start, "completed", upstream_ms=round(timing.upstream_ms), reply=reply)
+        feed.end("turn.completed", {"turn": completed, "reply": reply})
+        return TurnResult(turn=completed, reply=reply)
 
     async def _ask(self, start: TurnStart, feed: TurnFeed, *, stream: bool) -> Attempted:
         body = upstream_body(start)
@@ -332,27 +294,188 @@ class TurnRunner:
             return await self.upstream.complete(body, conversation_id=conversation_id)
 
         async def relay(delta: dict[str, str]) -> None:
-            await feed.publish("message.delta", delta)
+            feed.delta(delta)
 
         return await self.upstream.stream(body, conversation_id=conversation_id, on_delta=relay)
 
+    async def _store_reply(
+        self, start: TurnStart, attempted: Attempted, timing: Timing
+    ) -> tuple[TurnOut, MessageOut] | None:
+        try:
+            return await self.store.complete_turn(
+                start.turn,
+                attempted.reply,
+                latency_ms=_ms_since(timing.started),
+                upstream_ms=round(timing.upstream_ms),
+                attempts=attempted.attempts,
+            )
+        except Exception as exc:
+            log.exception("turn %s: the model's reply could not be stored", start.turn.id)
+            unavailable = database_unavailable(exc)
+            error: dict[str, Any] = {
+                "status": 503 if unavailable else 500,
+                "code": "reply_not_stored",
+                "detail": "The model answered, but its reply could not be stored"
+                + (
+                    ": the database is unavailable or full. The reply is kept in this turn."
+                    if unavailable
+                    else ". The reply is kept in this turn; the error has been logged."
+                ),
+            }
+            if isinstance(exc, DBAPIError) and unavailable:
+                error["retry_after"] = DEFAULT_RETRY_AFTER
+            raise _Failure(
+                error, attempted.attempts, round(timing.upstream_ms), attempted.reply
+            ) from exc
 
-def replay(turn: TurnOut, reply: MessageOut | None) -> list[bytes]:
-    """The events of a finished turn, rebuilt from the database for a late follower."""
-    events: list[bytes] = [sse("turn.started", {"turn": turn, "messages": []}, 0)]
-    if turn.status == "completed" and reply is not None:
-        delta: dict[str, str] = {}
-        if reply.reasoning_content:
-            delta["reasoning_content"] = reply.reasoning_content
-        if isinstance(reply.content, str) and reply.content:
-            delta["content"] = reply.content
-        if delta:
-            events.append(sse("message.delta", delta, len(events)))
-        events.append(sse("turn.completed", {"turn": turn, "reply": reply}, len(events)))
-    else:
+    async def _record_failure(self, start: TurnStart, failure: _Failure) -> TurnOut:
+        """Mark the turn failed, keeping the model's reply in it if there was one. If the
+        database cannot take that, try without the reply, then give up and leave the turn to
+        its lease (it will be called abandoned): the caller and followers are told either way.
+        """
+        error = dict(failure.error)
+        if failure.reply is not None:
+            error["reply"] = {
+                k: v for k, v in _reply_fields(failure.reply).items() if v is not None
+            }
+        log.warning("turn %s failed (%s): %s", start.turn.id, error["code"], error["detail"])
+        latency_ms = round((time.time() - start.turn.created_at.timestamp()) * 1000)
+        attempts_left = RECORD_ATTEMPTS
+        while attempts_left:
+            attempts_left -= 1
+            try:
+                failed = await self.store.fail_turn(
+                    start.turn.id,
+                    error,
+                    latency_ms=latency_ms,
+                    upstream_ms=failure.upstream_ms,
+                    attempts=failure.attempts,
+                )
+            except Exception:
+                log.exception("turn %s: its failure could not be recorded", start.turn.id)
+                error.pop("reply", None)
+                if attempts_left:
+                    await asyncio.sleep(0.2)
+                continue
+            if failed is not None:
+                return failed
+            break  # no longer running: deleted with its conversation, or called abandoned
+        return TurnOut(
+            **{
+                **_turn_fields(start.turn),
+                "status": "failed",
+                "error": error,
+                "latency_ms": latency_ms,
+            }
+        )
+
+    def _observe(
+        self,
+        start: TurnStart,
+        outcome: str,
+        *,
+        upstream_ms: int | None,
+        reply: MessageOut | None = None,
+    ) -> None:
+        observe_turn(
+            outcome,
+            seconds=time.time() - start.turn.created_at.timestamp(),
+            upstream_seconds=None if upstream_ms is None else upstream_ms / 1000,
+            model=start.model,
+            usage=reply.usage if reply is not None else None,
+        )
+
+    # ---- following ----------------------------------------------------------------------
+
+    async def follow(self, turn: TurnOut, after: Position | None) -> AsyncIterator[bytes]:
+        """A turn's events after ``after`` (see ``service.events``): live if it runs in this
+        process; otherwise from the database, waiting (with keep-alives) while it runs
+        elsewhere, and marking it abandoned if its lease runs out meanwhile."""
+        feed = self.feeds.get(turn.id)
+        if feed is not None:
+            async for event in feed.follow(after):
+                yield event
+            return
+        quiet_since = time.monotonic()
+        settled: TurnOut | None = turn
+        while settled is not None and settled.status == "running":
+            if time.monotonic() - quiet_since >= self.keepalive:
+                quiet_since = time.monotonic()
+                yield KEEPALIVE
+            await asyncio.sleep(POLL_SECONDS)
+            feed = self.feeds.get(turn.id)
+            if feed is not None:  # an idempotent retry may land where the turn runs
+                async for event in feed.follow(after):
+                    yield event
+                return
+            settled = await self.store.settled_turn(turn.id)
+        if settled is None:
+            error = NotFound("The conversation was deleted while the model was answering.")
+            for event in rebuilt(
+                {"turn": turn, "messages": []},
+                "",
+                "",
+                ("turn.failed", {**error.problem(), "turn_id": str(turn.id)}),
+                after,
+            ):
+                yield event
+            return
+        for event in await self.rebuild(settled, after):
+            yield event
+
+    async def rebuild(self, turn: TurnOut, after: Position | None) -> list[bytes]:
+        """The events of an ended turn after ``after``, from what is stored."""
+        started = {"turn": turn, "messages": []}
+        if turn.status == "completed" and turn.reply_seq is not None:
+            reply = await self.store.get_message(turn.conversation_id, turn.reply_seq)
+            if reply is not None:
+                content = reply.content if isinstance(reply.content, str) else ""
+                return rebuilt(
+                    started,
+                    reply.reasoning_content or "",
+                    content,
+                    ("turn.completed", {"turn": turn, "reply": reply}),
+                    after,
+                )
         error = turn.error if isinstance(turn.error, dict) else {}
-        events.append(sse("turn.failed", {**error, "turn": turn}, len(events)))
-    return events
+        kept = error.get("reply") or {}
+        partial_reasoning = error.get("partial_reasoning_content") or kept.get("reasoning_content")
+        partial_content = error.get("partial_content") or kept.get("content")
+        return rebuilt(
+            started,
+            partial_reasoning if isinstance(partial_reasoning, str) else "",
+            partial_content if isinstance(partial_content, str) else "",
+            ("turn.failed", failed_event(turn)),
+            after,
+        )
+
+    async def outcome(self, turn_id: uuid.UUID) -> TurnResult | ServiceError | None:
+        """What a finished turn answered (its result, or its error); None while it runs."""
+        turn = await self.store.settled_turn(turn_id)
+        if turn is None:
+            return NotFound("The conversation was deleted while the model was answering.")
+        if turn.status == "running":
+            return None
+        if turn.status == "completed" and turn.reply_seq is not None:
+            reply = await self.store.get_message(turn.conversation_id, turn.reply_seq)
+            if reply is not None:
+                return TurnResult(turn=turn, reply=reply)
+        return turn_error(turn.id, turn.error or {})
+
+
+def _reply_fields(reply: Reply) -> dict[str, Any]:
+    return {
+        "content": reply.content,
+        "reasoning_content": reply.reasoning_content,
+        "tool_calls": reply.tool_calls,
+        "finish_reason": reply.finish_reason,
+        "usage": reply.usage,
+        "model": reply.model,
+    }
+
+
+def _turn_fields(turn: TurnOut) -> dict[str, Any]:
+    return {f: getattr(turn, f) for f in turn.__struct_fields__}
 
 
 @dataclass

@@ -222,7 +222,7 @@ async def test_client_that_leaves_loses_nothing_and_can_reattach(
         (
             await client.get(
                 f"/v1/conversations/{cid}/turns/{turn_id}/events",
-                headers={**alice, "Last-Event-ID": "1"},
+                headers={**alice, "Last-Event-ID": f"0.{len(expected)}"},
             )
         ).text
     )

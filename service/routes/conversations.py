@@ -53,7 +53,7 @@ class ConversationController(Controller):
             created = ConversationCreated(**msgspec.structs.asdict(conversation), messages=messages)
             return Response(created, status_code=201)
 
-        return await idempotent(request, principal, store, run)
+        return await idempotent(request, principal, state.turns, run)
 
     @get("/", summary="List conversations, newest first")
     async def list_conversations(
@@ -140,4 +140,4 @@ class ConversationController(Controller):
             )
             return Response(MessagesAppended(messages), status_code=201)
 
-        return await idempotent(request, principal, store, run)
+        return await idempotent(request, principal, state.turns, run)

@@ -86,7 +86,7 @@ class TranscriptController(Controller):
             )
             return Response(created, status_code=201)
 
-        return await idempotent(request, principal, store, run)
+        return await idempotent(request, principal, state.turns, run)
 
     @post(
         "/conversations/import/{source:str}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -12,15 +11,23 @@ from litestar.datastructures import State
 from litestar.params import HeaderParameter, JSONBody
 from litestar.response import Stream
 
-from service.idempotency import idempotent
+from service.errors import Conflict, ServiceError
+from service.events import FINISHED, Position, parse_last_event_id
+from service.idempotency import HEADER, idempotent
 from service.routes.params import Caller, ConversationId, TurnId
-from service.routes.turn_lane import TurnLane
 from service.schemas import TurnCreate, TurnOut, TurnResult
-from service.store import Store
-from service.turns import TurnRunner, replay
+from service.turns import TurnRunner
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-POLL_SECONDS = 0.5
+LastEventId = Annotated[
+    str | None,
+    HeaderParameter(
+        name="last-event-id",
+        required=False,
+        max_length=64,
+        description="The id of the last event received: the stream resumes after it.",
+    ),
+]
 
 
 def event_stream(events: AsyncIterator[bytes]) -> Stream:
@@ -35,9 +42,6 @@ class TurnController(Controller):
         "/",
         status_code=201,
         summary="Run a turn: append messages, ask the model, store the reply",
-        # Answers the common turn itself (not streamed, no Idempotency-Key); this handler
-        # answers everything else, and is the reference the lane is tested against.
-        middleware=[TurnLane],
         response_description="The completed turn and the stored reply (or, with "
         "`stream: true`, a text/event-stream of turn.started, message.delta and "
         "turn.completed or turn.failed)",
@@ -52,34 +56,54 @@ class TurnController(Controller):
     ) -> Response[TurnResult]:
         """Append the given messages, send the whole history upstream and store the reply."""
         turns: TurnRunner = state.turns
-        store: Store = state.store
+        key = request.headers.get(HEADER)
         if not data.stream:
 
             async def run() -> Response[Any]:
-                result, timing = await turns.run(principal.tenant, conversation_id, data)
+                result, timing = await turns.run(
+                    principal.tenant, conversation_id, data, idempotency_key=key
+                )
                 return Response(result, status_code=201, headers={"server-timing": timing.header()})
 
-            return await idempotent(request, principal, store, run)
+            async def recover(turn_id: uuid.UUID) -> Response[Any]:
+                outcome = await turns.outcome(turn_id)
+                if outcome is None:
+                    raise Conflict(
+                        "The first request with this Idempotency-Key is still running; "
+                        "retry later.",
+                        code="idempotency_key_in_use",
+                        headers={"retry-after": str(max(1, round(turns.lease / 4)))},
+                    )
+                if isinstance(outcome, ServiceError):
+                    raise outcome
+                return Response(outcome, status_code=201)
+
+            return await idempotent(request, principal, turns, run, recover=recover)
 
         started: list[uuid.UUID] = []
 
         async def run_streamed() -> Response[Any]:
-            feed = await turns.run_streamed(principal.tenant, conversation_id, data)
+            feed, _, _ = await turns.begin(
+                principal.tenant, conversation_id, data, idempotency_key=key
+            )
             started.append(feed.turn_id)
             return event_stream(feed.follow())
 
         async def replay_stream(stored: Any) -> Response[Any]:
-            turn_id = uuid.UUID(stored["stream_turn_id"])
-            turn = await store.get_turn(principal.tenant, conversation_id, turn_id)
-            return _follow(state, principal, turn, 0)
+            return await follow_stream(uuid.UUID(stored["stream_turn_id"]))
+
+        async def follow_stream(turn_id: uuid.UUID) -> Response[Any]:
+            turn = await state.store.get_turn(principal.tenant, conversation_id, turn_id)
+            return event_stream(turns.follow(turn, None))
 
         return await idempotent(
             request,
             principal,
-            store,
+            turns,
             run_streamed,
             remember=lambda _: {"stream_turn_id": str(started[0])},
             replay=replay_stream,
+            recover=follow_stream,
         )
 
     @get("/{turn_id:uuid}", summary="Get a turn")
@@ -91,9 +115,9 @@ class TurnController(Controller):
 
     @get(
         "/{turn_id:uuid}/events",
-        summary="Follow a turn's events (replayed from the start, then live)",
+        summary="Follow a turn's events (from the start, or after Last-Event-ID), then live",
         response_description="text/event-stream: turn.started, message.delta, then "
-        "turn.completed or turn.failed",
+        "turn.completed or turn.failed; 204 when Last-Event-ID is the terminal event's",
     )
     async def follow_turn(
         self,
@@ -101,36 +125,19 @@ class TurnController(Controller):
         turn_id: TurnId,
         principal: Caller,
         state: State,
-        last_event_id: Annotated[
-            int | None, HeaderParameter(name="last-event-id", ge=0, required=False)
-        ] = None,
-    ) -> Stream:
-        """Re-attach to a turn: every event from the start (or after ``Last-Event-ID``), then
-        live events until the turn ends. A turn running in another server process is followed
-        through the database and its reply arrives whole when it completes."""
+        last_event_id: LastEventId = None,
+    ) -> Response[Any]:
+        """Re-attach to a turn: its events after ``Last-Event-ID`` (all of them without one),
+        then live events until the turn ends. Event ids are positions in the reply's text, so
+        a resume gives exactly what the client lacks, from any server process, during the turn
+        or after it; a turn running in another process is followed through the database and
+        its text arrives when it ends."""
+        after = parse_last_event_id(last_event_id)
         turn = await state.store.get_turn(principal.tenant, conversation_id, turn_id)
-        return _follow(state, principal, turn, 0 if last_event_id is None else last_event_id + 1)
-
-
-def _follow(state: State, principal: Caller, turn: TurnOut, start: int) -> Stream:
-    feed = state.turns.feed(turn.id)
-    if feed is not None:
-        return event_stream(feed.follow(start))
-    return event_stream(_from_database(state.store, principal.tenant, turn, start))
-
-
-async def _from_database(
-    store: Store, tenant: str, turn: TurnOut, start: int
-) -> AsyncIterator[bytes]:
-    while turn.status == "running":
-        yield b": waiting for the turn to finish\n\n"
-        await asyncio.sleep(POLL_SECONDS)
-        turn = await store.get_turn(tenant, turn.conversation_id, turn.id)
-    reply = None
-    if turn.reply_seq is not None:
-        reply = await store.get_message(turn.conversation_id, turn.reply_seq)
-    for event in replay(turn, reply)[start:]:
-        yield event
+        if after is FINISHED:
+            return Response(None, status_code=204)  # EventSource stops reconnecting on 204
+        assert after is None or isinstance(after, Position)
+        return event_stream(state.turns.follow(turn, after))
 
 
 __all__ = ["TurnController"]

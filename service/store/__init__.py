@@ -1,0 +1,40 @@
+"""Every SQL statement of the service, by concern; each public method is one short transaction.
+
+The store speaks in plain values and response Structs; it knows nothing of HTTP or the upstream.
+"""
+
+from __future__ import annotations
+
+from service.schemas import Reply
+from service.store.admin import AdminStore, ConversationFilter
+from service.store.engine import StoreBase, make_engine
+from service.store.idempotency import IdempotencyStore
+from service.store.keys import KeyStore
+from service.store.records import (
+    ExportRows,
+    KeyRecord,
+    OrphanedTurn,
+    Principal,
+    StoredAnswer,
+)
+from service.store.transcripts import TranscriptStore
+from service.store.turns import TurnStart, TurnStore
+
+
+class Store(KeyStore, TranscriptStore, TurnStore, AdminStore, IdempotencyStore):
+    """The conversation store over one SQLAlchemy async engine."""
+
+
+__all__ = [
+    "ConversationFilter",
+    "ExportRows",
+    "KeyRecord",
+    "OrphanedTurn",
+    "Principal",
+    "Reply",
+    "Store",
+    "StoreBase",
+    "StoredAnswer",
+    "TurnStart",
+    "make_engine",
+]

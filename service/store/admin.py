@@ -1,0 +1,152 @@
+"""Reads across every tenant, for admins: filtered lists, text search and stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    column,
+    func,
+    literal_column,
+    select,
+    table,
+    text,
+    tuple_,
+    union,
+)
+
+from service.store.engine import StoreBase
+from service.store.records import CONVERSATION_COLUMNS, C, M, T, conversation_cursor, encode_cursor
+from service.tables import conversation_table, turn_table, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationFilter:
+    """Which conversations a read covers: one tenant's, or (for admins) any filter.
+
+    ``q`` is text to find in titles or message content, through the database's own text
+    index (PostgreSQL full-text search, SQLite FTS5); ``status`` keeps conversations having
+    a turn in that status.
+    """
+
+    tenant: str | None = None
+    model: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    q: str | None = None
+    status: str | None = None
+    dialect: str = "sqlite"
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.tenant is not None:
+            query = query.where(C.tenant == self.tenant)
+        if self.model is not None:
+            query = query.where(C.model == self.model)
+        if self.created_after is not None:
+            query = query.where(C.created_at >= self.created_after)
+        if self.created_before is not None:
+            query = query.where(C.created_at < self.created_before)
+        if self.status is not None:
+            query = query.where(C.id.in_(select(T.conversation_id).where(T.status == self.status)))
+        if self.q is not None and self.q.strip():
+            query = query.where(text_match(self.dialect, self.q))
+        return query
+
+
+_SIMPLE: ColumnElement[Any] = literal_column("'simple'::regconfig")
+_EMPTY: ColumnElement[Any] = literal_column("''::text")
+_SEARCH_TEXT = table("search_text", column("conv"))
+
+
+def text_match(dialect: str, q: str) -> ColumnElement[bool]:
+    """Conversations whose title or any message contains every word of ``q``."""
+    if dialect == "postgresql":
+        # Each side must read exactly like its GIN index's expression, and the two sides are a
+        # UNION of ids (an OR of the two would make the planner scan every conversation).
+        query = func.plainto_tsquery(_SIMPLE, q)
+        titled = conversation_table.alias("titled")
+        in_titles = select(titled.c.id).where(
+            func.to_tsvector(_SIMPLE, func.coalesce(titled.c.title, _EMPTY)).op("@@")(query)
+        )
+        in_messages = select(M.conversation_id).where(
+            func.to_tsvector(_SIMPLE, func.search_content_text(M.content)).op("@@")(query)
+        )
+        return C.id.in_(union(in_titles, in_messages))
+    words = [w for w in q.split() if w]
+    phrase = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+    matches = select(_SEARCH_TEXT.c.conv).where(
+        text("search_text MATCH :search_query").bindparams(search_query=f"body : ({phrase})")
+    )
+    return C.id.in_(matches)
+
+
+class AdminStore(StoreBase):
+    async def admin_list(
+        self, filters: ConversationFilter, *, limit: int, cursor: str | None
+    ) -> tuple[list[Any], str | None]:
+        """Conversations of every tenant, newest first, with their tenant; keyset pages."""
+        query = filters.apply(select(*CONVERSATION_COLUMNS, C.tenant))
+        if cursor:
+            created, ident = conversation_cursor(cursor)
+            query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
+        query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1].created_at, str(rows[-1].id))
+        return list(rows), next_cursor
+
+    async def stats(self, *, days: int = 30) -> dict[str, Any]:
+        """Counts of conversations, messages and turns by status; tokens by model, tenant, day."""
+        tokens = func.coalesce(func.sum(T.usage["total_tokens"].as_integer()), 0)
+        since = utcnow() - timedelta(days=days)
+        day = func.date(T.created_at)
+        async with self._read() as conn:
+            conversations = (
+                await conn.execute(select(func.count()).select_from(conversation_table))
+            ).scalar_one()
+            messages = (
+                await conn.execute(select(func.coalesce(func.sum(C.message_count), 0)))
+            ).scalar_one()
+            by_status: dict[str, int] = dict(
+                (await conn.execute(select(T.status, func.count()).group_by(T.status))).all()
+            )
+            by_model = (
+                await conn.execute(
+                    select(T.model, func.count(), tokens).group_by(T.model).order_by(T.model)
+                )
+            ).all()
+            by_tenant = (
+                await conn.execute(
+                    select(C.tenant, func.count(T.id), tokens)
+                    .select_from(turn_table.join(conversation_table, C.id == T.conversation_id))
+                    .group_by(C.tenant)
+                    .order_by(C.tenant)
+                )
+            ).all()
+            by_day = (
+                await conn.execute(
+                    select(day, func.count(), tokens)
+                    .where(T.created_at >= since)
+                    .group_by(day)
+                    .order_by(day)
+                )
+            ).all()
+        return {
+            "conversations": conversations,
+            "messages": int(messages),
+            "turns": {s: int(by_status.get(s, 0)) for s in ("running", "completed", "failed")},
+            "tokens_by_model": [
+                {"model": m, "turns": n, "total_tokens": int(t)} for m, n, t in by_model
+            ],
+            "tokens_by_tenant": [
+                {"tenant": m, "turns": n, "total_tokens": int(t)} for m, n, t in by_tenant
+            ],
+            "by_day": [{"day": str(d), "turns": n, "total_tokens": int(t)} for d, n, t in by_day],
+        }

@@ -1,0 +1,130 @@
+"""The database engine and what every part of the store shares: connections, transactions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy import event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+
+from service.errors import NotFound
+from service.store.records import C
+
+# Every SQLite connection of the service: write-ahead log (readers never wait for the writer),
+# commits that reach the disk at checkpoints, 30 s of waiting for the write lock, and foreign
+# keys enforced (ON DELETE CASCADE).
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=30000",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+def json_dumps(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def make_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
+    """An engine tuned for the service: WAL and a busy timeout on SQLite, pooling on PostgreSQL.
+
+    On SQLite, transactions begun on ``StoreBase.writer`` start with ``BEGIN IMMEDIATE``, so two
+    writers queue on the database lock instead of failing with "database is locked".
+    """
+    url = make_url(database_url)
+    options: dict[str, Any] = {
+        "json_serializer": json_dumps,
+        "json_deserializer": msgspec.json.decode,
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+    }
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
+        _tune_sqlite(engine)
+        return engine
+    engine = create_async_engine(url, **options)
+    _replace_closed_connections(engine)
+    return engine
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Own the transaction boundaries (pysqlite's implicit BEGIN gets them wrong).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("convstore_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _replace_closed_connections(engine: AsyncEngine) -> None:
+    """Have the pool replace, at checkout, a PostgreSQL connection the server closed while it
+    waited (a restart, ``pg_terminate_backend``), instead of handing it to a request that would
+    fail on it: SQLAlchemy's documented pessimistic disconnect handling, raising
+    ``DisconnectionError`` from the checkout event. asyncpg notices a closed socket as it
+    happens, so the check costs no round trip (``pool_pre_ping`` costs one per checkout)."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(_dbapi: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        driver = record.driver_connection
+        if driver is not None and driver.is_closed():
+            raise DisconnectionError("the server closed this connection")  # the pool retries
+
+
+class StoreBase:
+    """The engine, and the two kinds of transaction every part of the store uses."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.writer = engine.execution_options(convstore_write=True)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes (on SQLite it takes the write lock at once)."""
+        async with self.writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def _owned(self, conn: AsyncConnection, tenant: str, conversation_id: uuid.UUID) -> None:
+        """Raise ``NotFound`` unless the tenant has this conversation."""
+        found = (
+            await conn.execute(select(C.id).where(C.id == conversation_id, C.tenant == tenant))
+        ).first()
+        if found is None:
+            raise NotFound("No conversation has this id.")
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(select(1))
+
+    def connections_in_use(self) -> int:
+        """Database connections checked out of the pool."""
+        pool = self.engine.sync_engine.pool
+        return pool.checkedout() if isinstance(pool, QueuePool) else 0
+
+    async def close(self) -> None:
+        """Nothing is kept beside the engine's pool; the engine's owner disposes of it."""

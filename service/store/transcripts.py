@@ -1,0 +1,218 @@
+"""Transcripts: conversations read whole for export, imported whole, and forked."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.errors import Conflict, NotFound, ValidationFailed
+from service.schemas import ConversationOut
+from service.store.admin import ConversationFilter
+from service.store.conversations import ConversationStore
+from service.store.records import (
+    CONVERSATION_COLUMNS,
+    MESSAGE_COLUMNS,
+    TURN_COLUMNS,
+    C,
+    ExportRows,
+    M,
+    T,
+)
+from service.tables import conversation_table, message_table, turn_table, utcnow, uuid7
+
+EXPORT_CONVERSATION_COLUMNS = (*CONVERSATION_COLUMNS, C.tenant)
+COPIED_MESSAGE_COLUMNS = tuple(
+    c for c in MESSAGE_COLUMNS if c.key not in ("id", "conversation_id", "turn_id")
+)
+
+
+class TranscriptStore(ConversationStore):
+    """Builds on the conversation store: imports and forks answer the new conversation."""
+
+    async def export_one(self, tenant: str | None, conversation_id: uuid.UUID) -> ExportRows:
+        """Everything a transcript holds for one conversation (any tenant's if ``tenant`` is
+        None, for admins)."""
+        query = select(*EXPORT_CONVERSATION_COLUMNS).where(C.id == conversation_id)
+        if tenant is not None:
+            query = query.where(C.tenant == tenant)
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first()
+            if row is None:
+                raise NotFound("No conversation has this id.")
+            batch = await self._export_batch(conn, [row])
+        return batch[0]
+
+    async def export_many(
+        self, filters: ConversationFilter, *, batch_size: int = 200
+    ) -> AsyncIterator[ExportRows]:
+        """Every matching conversation, oldest first, read in keyset batches: memory stays
+        bounded by one batch whatever the number of conversations."""
+        after: tuple[datetime, uuid.UUID] | None = None
+        while True:
+            query = filters.apply(select(*EXPORT_CONVERSATION_COLUMNS))
+            if after is not None:
+                query = query.where(tuple_(C.created_at, C.id) > tuple_(*after))
+            query = query.order_by(C.created_at, C.id).limit(batch_size)
+            async with self._read() as conn:
+                rows = (await conn.execute(query)).all()
+                if not rows:
+                    return
+                batch = await self._export_batch(conn, rows)
+            for item in batch:
+                yield item
+            if len(rows) < batch_size:
+                return
+            after = (rows[-1].created_at, rows[-1].id)
+
+    async def count_conversations(self, filters: ConversationFilter) -> int:
+        async with self._read() as conn:
+            count: int = (
+                await conn.execute(
+                    filters.apply(select(func.count()).select_from(conversation_table))
+                )
+            ).scalar_one()
+        return count
+
+    async def _export_batch(self, conn: AsyncConnection, rows: Sequence[Any]) -> list[ExportRows]:
+        ids = [r.id for r in rows]
+        messages: dict[uuid.UUID, list[Any]] = {i: [] for i in ids}
+        turns: dict[uuid.UUID, list[Any]] = {i: [] for i in ids}
+        result = await conn.execute(
+            select(*MESSAGE_COLUMNS)
+            .where(M.conversation_id.in_(ids))
+            .order_by(M.conversation_id, M.seq)
+        )
+        for m in result:
+            messages[m.conversation_id].append(m)
+        result = await conn.execute(
+            select(*TURN_COLUMNS).where(T.conversation_id.in_(ids)).order_by(T.created_at, T.id)
+        )
+        for t in result:
+            turns[t.conversation_id].append(t)
+        return [ExportRows(r, messages[r.id], turns[r.id]) for r in rows]
+
+    async def find_import(self, tenant: str, source_id: str) -> uuid.UUID | None:
+        async with self._read() as conn:
+            found: uuid.UUID | None = (
+                await conn.execute(select(C.id).where(C.tenant == tenant, C.source_id == source_id))
+            ).scalar()
+        return found
+
+    async def import_conversation(
+        self,
+        tenant: str,
+        conversation: dict[str, Any],
+        messages: list[dict[str, Any]],
+        turns: list[dict[str, Any]],
+    ) -> ConversationOut:
+        """Store an imported conversation in one transaction, with new ids.
+
+        ``conversation`` holds the stored columns (``source_id`` among them), ``messages`` and
+        ``turns`` the rows with their transcript ids, which are mapped to new ones. Raises
+        ``Conflict`` (``already_imported``) if this tenant already imported ``source_id``.
+        """
+        now = utcnow()
+        conversation_id = uuid7()
+        turn_ids = {t["id"]: uuid7() for t in turns}
+        values = {
+            "id": conversation_id,
+            "tenant": tenant,
+            "message_count": len(messages),
+            "created_at": now,
+            "updated_at": now,
+            **conversation,
+        }
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(conversation_table).values(**values))
+                if turns:
+                    await conn.execute(
+                        insert(turn_table),
+                        [
+                            {
+                                **t,
+                                "id": turn_ids[t["id"]],
+                                "conversation_id": conversation_id,
+                                "deadline_at": t.get("completed_at") or now,
+                            }
+                            for t in turns
+                        ],
+                    )
+                if messages:
+                    await conn.execute(
+                        insert(message_table),
+                        [
+                            {
+                                **m,
+                                "id": uuid7(),
+                                "conversation_id": conversation_id,
+                                "turn_id": turn_ids.get(m.get("turn_id")),
+                            }
+                            for m in messages
+                        ],
+                    )
+        except IntegrityError:
+            existing = await self.find_import(tenant, str(conversation.get("source_id")))
+            if existing is None:
+                raise
+            raise Conflict(
+                "This transcript was already imported.",
+                code="already_imported",
+                conversation_id=str(existing),
+            ) from None
+        return await self.get_conversation(tenant, conversation_id)
+
+    async def fork(
+        self, tenant: str, conversation_id: uuid.UUID, through_seq: int | None
+    ) -> ConversationOut:
+        """A new conversation holding a copy of messages 1..``through_seq`` (default: all)."""
+        now = utcnow()
+        new_id = uuid7()
+        async with self._write() as conn:
+            source = (
+                await conn.execute(
+                    select(C.title, C.model, C.params, C["metadata"], C.message_count).where(
+                        C.id == conversation_id, C.tenant == tenant
+                    )
+                )
+            ).first()
+            if source is None:
+                raise NotFound("No conversation has this id.")
+            count = source.message_count if through_seq is None else through_seq
+            if count > source.message_count:
+                raise ValidationFailed(
+                    f"`through_seq` is {through_seq}, but the conversation has only "
+                    f"{source.message_count} messages."
+                )
+            await conn.execute(
+                insert(conversation_table).values(
+                    id=new_id,
+                    tenant=tenant,
+                    title=source.title,
+                    model=source.model,
+                    params=source.params,
+                    metadata=source.metadata,
+                    message_count=count,
+                    created_at=now,
+                    updated_at=now,
+                    forked_from_id=conversation_id,
+                    forked_through_seq=count,
+                )
+            )
+            rows = [
+                {**row._mapping, "id": uuid7(), "conversation_id": new_id, "turn_id": None}
+                for row in await conn.execute(
+                    select(*COPIED_MESSAGE_COLUMNS)
+                    .where(M.conversation_id == conversation_id, M.seq <= count)
+                    .order_by(M.seq)
+                )
+            ]
+            if rows:
+                await conn.execute(insert(message_table), rows)
+        return await self.get_conversation(tenant, new_id)

@@ -1,0 +1,295 @@
+"""A turn's rows: its first transaction (append the input, mark the turn running, read the
+history), its second (store the reply, complete the turn), or its end as failed."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from service.errors import NotFound, ValidationFailed
+from service.schemas import MessageOut, Reply, TurnOut
+from service.store.engine import StoreBase
+from service.store.messages import (
+    ABANDONED,
+    check_no_running_turn,
+    insert_messages,
+    message_rows,
+    read_history,
+    reserve,
+    turn_in_progress,
+)
+from service.store.records import IK, TURN_COLUMNS, C, T, turn_out
+from service.tables import conversation_table, idempotency_table, turn_table, utcnow, uuid7
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """What the first transaction of a turn produced: the upstream request is built from it."""
+
+    turn: TurnOut
+    appended: list[MessageOut]
+    history: list[dict[str, Any]]  # every message, as the upstream receives them
+
+    @property
+    def model(self) -> str:
+        return self.turn.model
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.turn.params
+
+
+@dataclass(frozen=True, slots=True)
+class _NewTurn:
+    """What a turn's first transaction is given."""
+
+    tenant: str
+    conversation_id: uuid.UUID
+    messages: list[dict[str, Any]]
+    model: str | None
+    params: dict[str, Any] | None
+    stream: bool
+    now: datetime
+    lease: timedelta
+    idempotency_key: str | None
+
+
+class _NotRunning(Exception):
+    """The turn being completed is no longer running."""
+
+
+class TurnStore(StoreBase):
+    async def begin_turn(
+        self,
+        tenant: str,
+        conversation_id: uuid.UUID,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None,
+        params: dict[str, Any] | None,
+        stream: bool,
+        lease: float,
+        idempotency_key: str | None = None,
+    ) -> TurnStart:
+        """Transaction 1 of a turn: append the input, mark the turn running (for ``lease``
+        seconds, renewed while it runs), read the history. With ``idempotency_key``, the
+        tenant's claim of that key is tied to the turn in the same transaction, so that a retry
+        after a crash gets the turn's outcome instead of running it again.
+
+        Raises ``NotFound``, 409 ``turn_in_progress`` or 422 (no messages at all); nothing is
+        written then.
+        """
+        given = _NewTurn(
+            tenant, conversation_id, messages, model, params, stream, utcnow(),
+            timedelta(seconds=lease), idempotency_key,
+        )  # fmt: skip
+        try:
+            async with self._write() as conn:
+                return await conn.run_sync(_begin_turn, given)
+        except IntegrityError:
+            # The unique index on running turns, a backstop: the checks hold the row lock.
+            raise turn_in_progress(None, None) from None
+
+    async def complete_turn(
+        self,
+        turn: TurnOut,
+        reply: Reply,
+        *,
+        latency_ms: int,
+        upstream_ms: int,
+        attempts: int,
+    ) -> tuple[TurnOut, MessageOut] | None:
+        """Transaction 2 of a turn: store the reply as the next message and complete ``turn``.
+
+        Returns None, storing nothing, if the turn is no longer running (its conversation was
+        deleted, or it was declared abandoned).
+        """
+        now = utcnow()
+        completed = msgspec.structs.replace(
+            turn,
+            status="completed",
+            usage=reply.usage,
+            finish_reason=reply.finish_reason,
+            latency_ms=latency_ms,
+            completed_at=now,
+        )
+        message = {
+            "role": "assistant",
+            "content": reply.content,
+            "tool_calls": reply.tool_calls,
+            "reasoning_content": reply.reasoning_content,
+            "model": reply.model,
+            "finish_reason": reply.finish_reason,
+            "usage": reply.usage,
+            "turn_id": turn.id,
+        }
+
+        def complete(conn: Connection) -> tuple[TurnOut, MessageOut]:
+            taken = conn.execute(
+                update(conversation_table)
+                .where(C.id == turn.conversation_id)
+                .values(message_count=C.message_count + 1, updated_at=now)
+                .returning(C.message_count)
+            ).first()
+            if taken is None:
+                raise _NotRunning  # the conversation was deleted
+            seq: int = taken[0]
+            done = conn.execute(
+                update(turn_table)
+                .where(T.id == turn.id, T.status == "running")
+                .values(
+                    status="completed",
+                    usage=reply.usage,
+                    finish_reason=reply.finish_reason,
+                    latency_ms=latency_ms,
+                    upstream_ms=upstream_ms,
+                    attempts=attempts,
+                    reply_seq=seq,
+                    completed_at=now,
+                )
+            )
+            if done.rowcount != 1:
+                raise _NotRunning  # rolls back: the seq taken above is given back
+            (stored,) = insert_messages(
+                conn, message_rows(turn.conversation_id, [message], seq, now)
+            )
+            return msgspec.structs.replace(completed, reply_seq=seq), stored
+
+        try:
+            async with self._write() as conn:
+                return await conn.run_sync(complete)
+        except _NotRunning:
+            return None
+
+    async def fail_turn(
+        self,
+        turn_id: uuid.UUID,
+        error: dict[str, Any],
+        *,
+        latency_ms: int,
+        upstream_ms: int | None,
+        attempts: int,
+    ) -> TurnOut | None:
+        """Mark a running turn failed with its error; None if it was not running any more."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(turn_table)
+                    .where(T.id == turn_id, T.status == "running")
+                    .values(
+                        status="failed",
+                        error=error,
+                        latency_ms=latency_ms,
+                        upstream_ms=upstream_ms,
+                        attempts=attempts,
+                        completed_at=utcnow(),
+                    )
+                    .returning(*TURN_COLUMNS)
+                )
+            ).first()
+        return turn_out(row) if row else None
+
+    async def renew_leases(self, turn_ids: list[uuid.UUID], lease: float) -> None:
+        """Push back the deadline of running turns this process is still working on."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(turn_table)
+                .where(T.id.in_(turn_ids), T.status == "running")
+                .values(deadline_at=utcnow() + timedelta(seconds=lease))
+            )
+
+    async def get_turn(
+        self, tenant: str, conversation_id: uuid.UUID, turn_id: uuid.UUID
+    ) -> TurnOut:
+        async with self._read() as conn:
+            await self._owned(conn, tenant, conversation_id)
+            row = (
+                await conn.execute(
+                    select(*TURN_COLUMNS).where(
+                        T.id == turn_id, T.conversation_id == conversation_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound("No turn has this id in this conversation.")
+        return turn_out(row)
+
+    async def settled_turn(self, turn_id: uuid.UUID) -> TurnOut | None:
+        """The turn as it stands, or None if it was deleted. A turn still running after its
+        lease ran out belonged to a server that stopped: it is marked failed (``abandoned``)
+        here, and returned so."""
+        now = utcnow()
+        async with self._read() as conn:
+            row = (
+                await conn.execute(select(*TURN_COLUMNS, T.deadline_at).where(T.id == turn_id))
+            ).first()
+        if row is None or row.status != "running" or row.deadline_at > now:
+            return turn_out(row[:-1]) if row is not None else None
+        async with self._write() as conn:
+            abandoned = (
+                await conn.execute(
+                    update(turn_table)
+                    .where(T.id == turn_id, T.status == "running", T.deadline_at <= now)
+                    .values(status="failed", error=ABANDONED, completed_at=now)
+                    .returning(*TURN_COLUMNS)
+                )
+            ).first()
+        if abandoned is not None:
+            return turn_out(abandoned)
+        return await self.settled_turn(turn_id)  # renewed or finished meanwhile
+
+
+def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
+    """The first transaction's statements. The conversation's row is locked first (its message
+    counter is bumped), and only then is the running turn checked and the history read: on
+    PostgreSQL a statement sees the database as it was when the statement began, so a check
+    made before taking the lock could miss a turn committed while it waited."""
+    cid, now = given.conversation_id, given.now
+    before, conversation_model, conversation_params = reserve(
+        conn, given.tenant, cid, len(given.messages), now
+    )
+    if before + len(given.messages) == 0:
+        raise ValidationFailed(
+            "The conversation has no messages yet: send at least one with the turn."
+        )
+    check_no_running_turn(conn, cid, now)
+    appended = insert_messages(conn, message_rows(cid, given.messages, before + 1, now))
+    turn = TurnOut(
+        id=uuid7(),
+        conversation_id=cid,
+        status="running",
+        model=given.model or conversation_model,
+        params={**(conversation_params or {}), **(given.params or {})},
+        usage=None,
+        finish_reason=None,
+        error=None,
+        latency_ms=None,
+        created_at=now,
+        completed_at=None,
+    )
+    conn.execute(
+        insert(turn_table).values(
+            id=turn.id,
+            conversation_id=cid,
+            status="running",
+            model=turn.model,
+            params=turn.params,
+            stream=given.stream,
+            attempts=0,
+            created_at=now,
+            deadline_at=now + given.lease,
+        )
+    )
+    if given.idempotency_key is not None:
+        conn.execute(
+            update(idempotency_table)
+            .where(IK.tenant == given.tenant, IK.key == given.idempotency_key)
+            .values(turn_id=turn.id)
+        )
+    return TurnStart(turn, appended, read_history(conn, cid))
