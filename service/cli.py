@@ -59,6 +59,8 @@ def _with_store(settings: Settings, work: Callable[[Store], Awaitable[_T]]) -> _
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from service import server
+
     settings = _settings()
     _migrate(settings)
     print(f"convstore: database {_where(settings)} is at the newest schema", flush=True)
@@ -81,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         loop = "uvloop"
     except ImportError:  # pragma: no cover - platforms without uvloop
         loop = "asyncio"
-    uvicorn.run(
+    config = uvicorn.Config(
         "service.app:create_app",
         factory=True,
         host=args.host,
@@ -90,8 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         loop=loop,
         access_log=False,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
     )
+    server.run(config)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:

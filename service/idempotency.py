@@ -72,7 +72,15 @@ async def idempotent(
     if isinstance(stored, OrphanedTurn):
         if recover is None:  # only turns leave orphans
             raise Conflict("This Idempotency-Key is held by a request that did not finish.")
-        answer = await recover(stored.turn_id)
+        try:
+            answer = await recover(stored.turn_id)
+        except ServiceError as error:
+            if acted(error):  # the turn ended: its answer is this key's from now on
+                await store.finish_idempotency_key(
+                    principal.tenant, key, error.status, error.problem(instance=request.url.path)
+                )
+            error.headers["idempotent-replayed"] = "true"
+            raise
         answer.headers["idempotent-replayed"] = "true"
         return answer
     if stored is not None:

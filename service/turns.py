@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -127,11 +127,13 @@ class TurnRunner:
         """Start renewing the leases of this process's running turns and claims."""
         self._renewer = asyncio.create_task(self._renew_leases())
 
-    async def stop(self, grace: float = 30.0) -> None:
-        """Let running turns finish for up to ``grace`` seconds; then end those still running
-        as failed (``interrupted``), and stop renewing leases."""
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=grace)
+    async def stop(self, grace: float = 30.0, *, until: Callable[[], bool] | None = None) -> None:
+        """Let running turns finish for up to ``grace`` seconds (or until ``until()`` says to
+        hurry); then end those still running as failed (``interrupted``), and stop renewing
+        leases."""
+        deadline = time.monotonic() + grace
+        while self.tasks and time.monotonic() < deadline and not (until and until()):
+            await asyncio.wait(set(self.tasks), timeout=0.1)
         unfinished = set(self.tasks)
         for task in unfinished:
             task.cancel()

@@ -1,15 +1,26 @@
-"""The service on a real socket, for tests."""
+"""The service on a real socket, for tests: in this process (a thread), or as its own process."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 from litestar import Litestar
+
+from service.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class LiveServer:
@@ -52,3 +63,60 @@ async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     with LiveServer(app) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             yield http
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+
+
+@contextlib.contextmanager
+def server(database_url: str, upstream: FakeUpstream, **env: str) -> Iterator[Server]:
+    """`convstore serve` as its own process."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVSTORE_")}
+    environment.update(
+        PYTHONPATH=str(ROOT),
+        CONVSTORE_DATABASE_URL=database_url,
+        CONVSTORE_UPSTREAM_URL=upstream.base_url,
+        XAI_API_KEY="test-key",
+        CONVSTORE_LOG_LEVEL="WARNING",
+        CONVSTORE_UPSTREAM_RETRY_DEADLINE="5",
+        CONVSTORE_TURN_RATE_LIMIT="0",
+        **env,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.communicate(timeout=5)[0] if process.poll() is not None else ""
+                pytest.fail(f"the server did not start: {output}")
+            time.sleep(0.1)
+        yield Server(process, url)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        output = process.communicate(timeout=30)[0]
+        assert "database is locked" not in output
+        assert "Traceback" not in output, output

@@ -7,84 +7,21 @@ upstream over a socket; one test kills a server with SIGKILL in the middle of a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from live import server
 
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
 from service.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    url: str
-
-
-@contextlib.contextmanager
-def server(database_url: str, upstream: FakeUpstream, **env: str) -> Iterator[Server]:
-    """`convstore serve` as its own process."""
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVSTORE_")}
-    environment.update(
-        PYTHONPATH=str(ROOT),
-        CONVSTORE_DATABASE_URL=database_url,
-        CONVSTORE_UPSTREAM_URL=upstream.base_url,
-        XAI_API_KEY="test-key",
-        CONVSTORE_LOG_LEVEL="WARNING",
-        CONVSTORE_UPSTREAM_RETRY_DEADLINE="5",
-        CONVSTORE_TURN_RATE_LIMIT="0",
-        **env,
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.communicate(timeout=5)[0] if process.poll() is not None else ""
-                pytest.fail(f"the server did not start: {output}")
-            time.sleep(0.1)
-        yield Server(process, url)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        output = process.communicate(timeout=30)[0]
-        assert "database is locked" not in output
-        assert "Traceback" not in output, output
 
 
 async def check_conversation(

@@ -229,8 +229,10 @@ class TurnStore(StoreBase):
             row = (
                 await conn.execute(select(*TURN_COLUMNS, T.deadline_at).where(T.id == turn_id))
             ).first()
-        if row is None or row.status != "running" or row.deadline_at > now:
-            return turn_out(row[:-1]) if row is not None else None
+        if row is None:
+            return None
+        if row.status != "running" or row.deadline_at > now:
+            return TurnOut(*row[:-1])
         async with self._write() as conn:
             abandoned = (
                 await conn.execute(
