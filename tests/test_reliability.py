@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from live import serve
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from service.app import create_app
 from service.fake_upstream import FakeUpstream, Fault
@@ -21,6 +21,7 @@ from service.tables import turn_table, utcnow
 
 Client = httpx.AsyncClient
 USER = {"role": "user", "content": "hello"}
+USER_TURN = {"messages": [USER]}
 
 
 async def new_conversation(client: Client, headers: dict[str, str], **body: Any) -> str:
@@ -312,3 +313,32 @@ async def test_conversation_deleted_while_the_model_answers(
     assert answer.json()["code"] == "not_found"
     assert (await client.get(f"/v1/conversations/{cid}", headers=alice)).status_code == 404
     assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_connections_postgresql_closed_are_replaced(
+    client: Client, store: Store, alice: dict[str, str]
+) -> None:
+    """A PostgreSQL restart or ``pg_terminate_backend`` closes the pool's idle connections: the
+    next requests get new ones, none fails on a closed one."""
+    cid = await new_conversation(client, alice)
+    for _ in range(3):
+        turn = await client.post(f"/v1/conversations/{cid}/turns", json=USER_TURN, headers=alice)
+        assert turn.status_code == 201, turn.text
+    async with store.engine.connect() as conn:
+        ended = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        ).scalar_one()
+    assert ended >= 1  # the service's idle pooled connections
+    await asyncio.sleep(0.2)  # the closed sockets reach the service
+    for _ in range(10):
+        turn = await client.post(f"/v1/conversations/{cid}/turns", json=USER_TURN, headers=alice)
+        assert turn.status_code == 201, turn.text
+        listed = await client.get("/v1/conversations", headers=alice)
+        assert listed.status_code == 200, listed.text
+    assert len(await messages_of(client, alice, cid)) == 26
