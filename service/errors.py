@@ -10,6 +10,8 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy import exc as sa_exc
 
+from service.schemas import MAX_JSON_DEPTH
+
 log = logging.getLogger("convstore")
 
 PROBLEM_JSON = "application/problem+json"
@@ -191,6 +193,17 @@ def database_unavailable(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE
 
 
+def handle_too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """msgspec refuses to decode JSON nested past Python's recursion limit; the schemas refuse
+    what nests past ``MAX_JSON_DEPTH`` (both before anything is stored)."""
+    log.warning("refused a JSON body nested too deeply on %s %s", request.method, request.url.path)
+    error = ValidationFailed(
+        f"The JSON body nests arrays and objects too deeply; at most {MAX_JSON_DEPTH} levels are "
+        "allowed inside params, metadata and content."
+    )
+    return problem_response(error, request)
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if database_unavailable(exc):
         log.error("the database is unavailable on %s %s: %r", request.method, request.url.path, exc)
@@ -207,6 +220,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 EXCEPTION_HANDLERS = {
     ServiceError: handle_service_error,
     HTTPException: handle_http_exception,
+    RecursionError: handle_too_deep,
     Exception: handle_unexpected,
 }
 

@@ -15,6 +15,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 MAX_CONTENT_CHARS = 1_000_000
 MAX_MESSAGES_PER_REQUEST = 1_000
 MAX_OBJECT_BYTES = 64 * 1024  # params and metadata, each
+MAX_JSON_DEPTH = 32  # arrays and objects inside params, metadata and a message's content
 # The content part types the chat-completions API knows.
 PART_TYPES = frozenset({"text", "image_url", "text_file", "file"})
 
@@ -52,9 +53,34 @@ def holds_nul(value: Any) -> bool:
     return b"\\u0000" in msgspec.json.encode(value)
 
 
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply arrays and objects nest in a JSON value (a scalar is 0), counted level by
+    level without recursion, and only up to ``limit + 1``: past it the exact depth is not needed."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [
+            child
+            for item in containers
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return depth
+
+
+def check_depth(name: str, value: Any) -> None:
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(
+            f"`{name}` nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
+        )
+
+
 def _check_parts(content: Content | None) -> None:
     if not isinstance(content, list):
         return
+    check_depth("content", content)
     if holds_nul(content):
         raise ValueError("content holds a NUL character")
     for index, part in enumerate(content):
@@ -123,17 +149,21 @@ def check_params(params: Params | UnsetType, metadata: Metadata | UnsetType = UN
         reserved = sorted(RESERVED_PARAMS.intersection(params))
         if reserved:
             raise ValueError(f"`params` may not set {', '.join(reserved)}: the service sets them")
-        _check_size("params", params)
+        _check_object("params", params)
     if isinstance(metadata, dict):
-        _check_size("metadata", metadata)
+        _check_object("metadata", metadata)
 
 
-def _check_size(name: str, value: dict[str, Any]) -> None:
-    size = len(msgspec.json.encode(value))
-    if size > MAX_OBJECT_BYTES:
+def _check_object(name: str, value: dict[str, Any]) -> None:
+    """Refuse params or metadata nested too deeply, too large, or holding a NUL character."""
+    check_depth(name, value)
+    encoded = msgspec.json.encode(value)
+    if len(encoded) > MAX_OBJECT_BYTES:
         raise ValueError(
-            f"`{name}` is {size} bytes as JSON; at most {MAX_OBJECT_BYTES} are allowed"
+            f"`{name}` is {len(encoded)} bytes as JSON; at most {MAX_OBJECT_BYTES} are allowed"
         )
+    if b"\\u0000" in encoded:
+        raise ValueError(f"`{name}` holds a NUL character")
 
 
 class ConversationCreate(Strict):

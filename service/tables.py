@@ -217,8 +217,19 @@ class IdempotencyKey(Base):
     expires_at: Mapped[datetime] = mapped_column()
 
 
+class ServiceSecret(Base):
+    """Random keys the service signs with, made by a migration, so that every process sharing
+    the database signs alike with nothing to configure (``cursor``: list cursors)."""
+
+    __tablename__ = "service_secret"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+
+
 api_key_table = cast(Table, ApiKey.__table__)
 conversation_table = cast(Table, Conversation.__table__)
 message_table = cast(Table, Message.__table__)
 turn_table = cast(Table, Turn.__table__)
 idempotency_table = cast(Table, IdempotencyKey.__table__)
+secret_table = cast(Table, ServiceSecret.__table__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import uuid
@@ -13,11 +14,12 @@ from live import serve
 
 from service.app import MAX_BODY_BYTES, create_app
 from service.fake_upstream import FakeUpstream
-from service.schemas import MAX_MESSAGES_PER_REQUEST, MAX_OBJECT_BYTES
+from service.schemas import MAX_JSON_DEPTH, MAX_MESSAGES_PER_REQUEST, MAX_OBJECT_BYTES
 from service.settings import Settings
 from service.store import Store
 
 Client = httpx.AsyncClient
+USER = {"role": "user", "content": "hi"}
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -188,3 +190,128 @@ async def test_clients_cannot_set_server_fields(
         ]
         == 0
     )
+
+
+def nested_arrays(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 967, 200_000])
+async def test_json_nested_too_deeply_is_422_and_stores_nothing(
+    client: Client, alice: dict[str, str], depth: int
+) -> None:
+    deep = nested_arrays(depth)
+    cid = (await client.post("/v1/conversations", json={}, headers=alice)).json()["id"]
+    part = b'[{"type": "text", "text": "x", "extra": ' + deep + b"}]"
+    attempts = [
+        ("POST", "/v1/conversations", b'{"metadata": {"a": ' + deep + b"}}"),
+        ("POST", "/v1/conversations", b'{"params": {"a": ' + deep + b"}}"),
+        ("PATCH", f"/v1/conversations/{cid}", b'{"metadata": {"a": ' + deep + b"}}"),
+        (
+            "POST",
+            f"/v1/conversations/{cid}/messages",
+            b'{"messages": [{"role": "user", "content": ' + part + b"}]}",
+        ),
+        ("POST", f"/v1/conversations/{cid}/turns", b'{"params": {"a": ' + deep + b"}}"),
+    ]
+    for method, path, body in attempts:
+        answer = await client.request(
+            method, path, content=body, headers={**alice, "content-type": "application/json"}
+        )
+        problem = assert_problem(answer, 422, "validation_error")
+        assert "deep" in problem["detail"]
+    listed = (await client.get("/v1/conversations", headers=alice)).json()["data"]
+    assert [c["id"] for c in listed] == [cid]
+    assert listed[0]["metadata"] == {}
+    assert listed[0]["message_count"] == 0
+
+
+async def test_json_nested_up_to_the_limit_is_stored(client: Client, alice: dict[str, str]) -> None:
+    value: Any = "leaf"
+    for _ in range(MAX_JSON_DEPTH - 1):
+        value = [value]
+    created = await client.post("/v1/conversations", json={"metadata": {"a": value}}, headers=alice)
+    assert created.status_code == 201, created.text
+    assert created.json()["metadata"] == {"a": value}
+
+
+async def test_nul_in_params_or_metadata_is_422(client: Client, alice: dict[str, str]) -> None:
+    for body in (
+        {"metadata": {"a": "x\u0000y"}},
+        {"params": {"user": "\u0000"}},
+        {"metadata": {"k\u0000": 1}},
+    ):
+        assert_problem(
+            await client.post("/v1/conversations", json=body, headers=alice),
+            422,
+            "validation_error",
+        )
+    assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
+
+
+def _unsigned(*values: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(values)).encode()).decode().rstrip("=")
+
+
+async def test_cursors_are_signed_and_bound_to_their_list(
+    client: Client, alice: dict[str, str], bob: dict[str, str], admin: dict[str, str]
+) -> None:
+    for _ in range(3):
+        await client.post("/v1/conversations", json={"messages": [USER] * 3}, headers=alice)
+        await client.post("/v1/conversations", json={}, headers=bob)
+    first = (await client.get("/v1/conversations?limit=1", headers=alice)).json()
+    cid = first["data"][0]["id"]
+    good = first["next_cursor"]
+    assert (await client.get(f"/v1/conversations?limit=1&cursor={good}", headers=alice)).is_success
+    messages = f"/v1/conversations/{cid}/messages"
+    message_cursor = (await client.get(f"{messages}?limit=1", headers=alice)).json()["next_cursor"]
+    admin_cursor = (await client.get("/admin/conversations?limit=1", headers=admin)).json()[
+        "next_cursor"
+    ]
+    body, _, mac = good.partition(".")
+    forged = [
+        _unsigned("…", 123),
+        _unsigned(2**63),
+        _unsigned("9999-12-31T23:59:59+00:00", str(uuid.uuid4())),
+        _unsigned("0001-01-01T00:00:00+00:00", str(uuid.uuid4())),
+        f"{_unsigned('conversations:alice', 2**63)}.{mac}",  # another payload, a real signature
+        f"{body}.{mac[:-2]}AA",
+        f"{body}.",
+        message_cursor,
+        admin_cursor,
+        "\u00e9t\u00e9",
+    ]
+    for cursor in forged:
+        for path, headers in (("/v1/conversations", alice), (messages, alice)):
+            answer = await client.get(path, params={"cursor": cursor}, headers=headers)
+            if cursor == message_cursor and path == messages:
+                assert answer.status_code == 200
+                continue
+            assert_problem(answer, 400, "bad_request")
+        answer = await client.get("/admin/conversations", params={"cursor": cursor}, headers=admin)
+        if cursor != admin_cursor:
+            assert_problem(answer, 400, "bad_request")
+    # A tenant's cursor means nothing to another tenant.
+    assert_problem(
+        await client.get("/v1/conversations", params={"cursor": good}, headers=bob),
+        400,
+        "bad_request",
+    )
+    for tampered in (_unsigned(2**63 - 1), _unsigned(2**31)):
+        assert_problem(
+            await client.get(messages, params={"cursor": tampered}, headers=alice),
+            400,
+            "bad_request",
+        )
+
+
+async def test_admin_filters_out_of_range_are_400(client: Client, admin: dict[str, str]) -> None:
+    for params, code in (
+        ({"created_after": "9999-12-31T23:59:59-23:59"}, "bad_request"),
+        ({"created_before": "0001-01-01T00:00:00+23:59"}, "bad_request"),
+        ({"q": "a\u0000b"}, "validation_error"),
+        ({"tenant": "\u0000"}, "validation_error"),
+    ):
+        for path in ("/admin/conversations", "/admin/export"):
+            answer = await client.get(path, params=params, headers=admin)
+            assert_problem(answer, 400, code)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Response, get
@@ -16,14 +16,20 @@ from service import transcripts
 from service.errors import BadRequest
 from service.routes.params import Admin, ConversationId, Cursor, Limit
 from service.routes.transcripts import attachment, export_stream
-from service.schemas import ConversationOut, MessageOut, TurnOut
+from service.schemas import NO_NUL, ConversationOut, MessageOut, TurnOut
 from service.store import ConversationFilter, Store
 
-Tenant = Annotated[str | None, QueryParameter(max_length=200, description="Only this tenant's.")]
-Model = Annotated[str | None, QueryParameter(max_length=200, description="Only this model's.")]
+Tenant = Annotated[
+    str | None, QueryParameter(max_length=200, pattern=NO_NUL, description="Only this tenant's.")
+]
+Model = Annotated[
+    str | None, QueryParameter(max_length=200, pattern=NO_NUL, description="Only this model's.")
+]
 Query = Annotated[
     str | None,
-    QueryParameter(max_length=500, description="Words to find in titles or message content."),
+    QueryParameter(
+        max_length=500, pattern=NO_NUL, description="Words to find in titles or message content."
+    ),
 ]
 After = Annotated[datetime | None, QueryParameter(description="Created at or after (ISO 8601).")]
 Before = Annotated[datetime | None, QueryParameter(description="Created before (ISO 8601).")]
@@ -61,6 +67,8 @@ async def provide_filters(
 ) -> ConversationFilter:
     """The admin routes' filters, from their query parameters. It takes the admin key first,
     so that a request without one is a 401 whatever its parameters."""
+    created_after = _instant("created_after", created_after)
+    created_before = _instant("created_before", created_before)
     if created_after and created_before and created_after >= created_before:
         raise BadRequest("`created_after` must be before `created_before`.")
     store: Store = state.store
@@ -73,6 +81,17 @@ async def provide_filters(
         status=status,
         dialect=store.dialect,
     )
+
+
+def _instant(name: str, value: datetime | None) -> datetime | None:
+    """``value`` in UTC (a time without an offset is taken as UTC); 400 if UTC cannot hold it
+    (``9999-12-31T23:59:59-23:59`` is in the year 10000 there)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise BadRequest(f"`{name}` is out of the range of dates this service stores.") from None
 
 
 def admin_conversation(row: Any) -> AdminConversation:

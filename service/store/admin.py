@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 
 from service.store.engine import StoreBase
-from service.store.records import CONVERSATION_COLUMNS, C, M, T, conversation_cursor, encode_cursor
+from service.store.records import CONVERSATION_COLUMNS, C, M, T
 from service.tables import conversation_table, turn_table, utcnow
 
 
@@ -90,8 +90,9 @@ class AdminStore(StoreBase):
     ) -> tuple[list[Any], str | None]:
         """Conversations of every tenant, newest first, with their tenant; keyset pages."""
         query = filters.apply(select(*CONVERSATION_COLUMNS, C.tenant))
+        cursors = await self.cursors()
         if cursor:
-            created, ident = conversation_cursor(cursor)
+            created, ident = cursors.created("admin", cursor)
             query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
         query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
         async with self._read() as conn:
@@ -99,7 +100,7 @@ class AdminStore(StoreBase):
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
-            next_cursor = encode_cursor(rows[-1].created_at, str(rows[-1].id))
+            next_cursor = cursors.encode("admin", rows[-1].created_at, rows[-1].id)
         return list(rows), next_cursor
 
     async def stats(self, *, days: int = 30) -> dict[str, Any]:

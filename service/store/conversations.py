@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import Connection, delete, insert, select, tuple_, update
 
-from service.errors import BadRequest, NotFound
+from service.errors import NotFound
 from service.schemas import ConversationOut, MessageOut
 from service.store.engine import StoreBase
 from service.store.messages import check_no_running_turn, insert_messages, message_rows, reserve
@@ -18,10 +18,7 @@ from service.store.records import (
     C,
     M,
     T,
-    conversation_cursor,
     conversation_out,
-    decode_cursor,
-    encode_cursor,
     message_out,
 )
 from service.tables import conversation_table, message_table, turn_table, utcnow, uuid7
@@ -67,8 +64,9 @@ class ConversationStore(StoreBase):
         self, tenant: str, *, limit: int, cursor: str | None
     ) -> tuple[list[ConversationOut], str | None]:
         query = select(*CONVERSATION_COLUMNS).where(C.tenant == tenant)
+        cursors, scope = await self.cursors(), f"conversations:{tenant}"
         if cursor:
-            created, ident = conversation_cursor(cursor)
+            created, ident = cursors.created(scope, cursor)
             query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
         query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
         async with self._read() as conn:
@@ -76,7 +74,7 @@ class ConversationStore(StoreBase):
         items = [conversation_out(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
-            next_cursor = encode_cursor(items[-1].created_at, str(items[-1].id))
+            next_cursor = cursors.encode(scope, items[-1].created_at, items[-1].id)
         return items, next_cursor
 
     async def get_conversation(self, tenant: str, conversation_id: uuid.UUID) -> ConversationOut:
@@ -131,17 +129,16 @@ class ConversationStore(StoreBase):
         descending: bool,
     ) -> tuple[list[MessageOut], str | None]:
         query = select(*MESSAGE_COLUMNS).where(M.conversation_id == conversation_id)
+        cursors, scope = await self.cursors(), f"messages:{conversation_id}"
         if cursor:
-            (after,) = decode_cursor(cursor, 1)
-            if not isinstance(after, int):
-                raise BadRequest("`cursor` is not a cursor this API handed out.")
+            after = cursors.seq(scope, cursor)
             query = query.where(M.seq < after if descending else M.seq > after)
         query = query.order_by(M.seq.desc() if descending else M.seq).limit(limit + 1)
         async with self._read() as conn:
             await self._owned(conn, tenant, conversation_id)
             rows = (await conn.execute(query)).all()
         items = [message_out(r) for r in rows[:limit]]
-        next_cursor = encode_cursor(items[-1].seq) if len(rows) > limit else None
+        next_cursor = cursors.encode(scope, items[-1].seq) if len(rows) > limit else None
         return items, next_cursor
 
     async def append_messages(

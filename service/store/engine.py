@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from service.errors import NotFound
-from service.store.records import C
+from service.store.records import C, Cursors
+from service.tables import secret_table
 
 # Every SQLite connection of the service: write-ahead log (readers never wait for the writer),
 # commits that reach the disk at checkpoints, 30 s of waiting for the write lock, and foreign
@@ -93,6 +94,7 @@ class StoreBase:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.writer = engine.execution_options(convstore_write=True)
+        self._cursors: Cursors | None = None
 
     @property
     def dialect(self) -> str:
@@ -116,6 +118,18 @@ class StoreBase:
         ).first()
         if found is None:
             raise NotFound("No conversation has this id.")
+
+    async def cursors(self) -> Cursors:
+        """The signer of list cursors, with the database's key (read once, then kept)."""
+        if self._cursors is None:
+            async with self._read() as conn:
+                value = (
+                    await conn.execute(
+                        select(secret_table.c.value).where(secret_table.c.name == "cursor")
+                    )
+                ).scalar_one()
+            self._cursors = Cursors(bytes.fromhex(value))
+        return self._cursors
 
     async def ping(self) -> None:
         async with self._read() as conn:

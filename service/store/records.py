@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -135,25 +136,51 @@ def turn_out(row: Any) -> TurnOut:
 # ---- cursors ----------------------------------------------------------------------------
 
 
-def encode_cursor(*values: Any) -> str:
-    raw = msgspec.json.encode([v.isoformat() if isinstance(v, datetime) else v for v in values])
+NOT_A_CURSOR = "`cursor` is not a cursor this API handed out for this list."
+
+
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, count: int) -> list[Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = msgspec.json.decode(raw)
-    except (ValueError, msgspec.DecodeError):
-        raise BadRequest("`cursor` is not a cursor this API handed out.") from None
-    if not isinstance(values, list) or len(values) != count:
-        raise BadRequest("`cursor` is not a cursor this API handed out.")
-    return values
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def conversation_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created, ident = decode_cursor(cursor, 2)
-    try:
+@dataclass(frozen=True, slots=True)
+class Cursors:
+    """Opaque, signed keyset cursors: the position of the last row handed out and the list it
+    belongs to (``scope``), with an HMAC-SHA256 of both under the database's cursor key. A
+    cursor a client changed, or one from another list, is a 400, never a query."""
+
+    key: bytes = field(repr=False)
+
+    def encode(self, scope: str, *position: Any) -> str:
+        payload = msgspec.json.encode([scope, *position])
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+
+    def decode(self, scope: str, cursor: str) -> list[Any]:
+        body, _, mac = cursor.partition(".")
+        try:
+            payload, signature = _unb64(body), _unb64(mac)
+        except ValueError:
+            raise BadRequest(NOT_A_CURSOR) from None
+        if not hmac.compare_digest(self._sign(payload), signature):
+            raise BadRequest(NOT_A_CURSOR)
+        values = msgspec.json.decode(payload)
+        if not isinstance(values, list) or not values or values[0] != scope:
+            raise BadRequest(NOT_A_CURSOR)
+        return values[1:]
+
+    def created(self, scope: str, cursor: str) -> tuple[datetime, uuid.UUID]:
+        """A position in a list of conversations, newest first."""
+        created, ident = self.decode(scope, cursor)
         return datetime.fromisoformat(created), uuid.UUID(ident)
-    except (TypeError, ValueError):
-        raise BadRequest("`cursor` is not a cursor this API handed out.") from None
+
+    def seq(self, scope: str, cursor: str) -> int:
+        """A position in a list of messages."""
+        (seq,) = self.decode(scope, cursor)
+        return int(seq)
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self.key, payload, hashlib.sha256).digest()[:16]
