@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -120,3 +121,58 @@ def server(database_url: str, upstream: FakeUpstream, **env: str) -> Iterator[Se
         output = process.communicate(timeout=30)[0]
         assert "database is locked" not in output
         assert "Traceback" not in output, output
+
+
+class TcpRelay:
+    """A TCP relay in front of a server (PostgreSQL, here) on a thread and event loop of its own
+    (the test's loop blocks while a test server stops): ``down()`` closes every relayed
+    connection and refuses new ones, as a stopped server would; ``up()`` serves again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = free_port()
+        self.listener: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def up(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._up(), self.loop).result(timeout=10)
+
+    def down(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._down(), self.loop).result(timeout=10)
+
+    def close(self) -> None:
+        self.down()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _up(self) -> None:
+        self.listener = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def _down(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        for writer in list(self.writers):
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers.update((writer, up_writer))
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+            self.writers.discard(writer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from datetime import timedelta
@@ -10,8 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from live import serve
+from live import TcpRelay, serve
 from sqlalchemy import text, update
+from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.fake_upstream import FakeUpstream, Fault
@@ -342,3 +344,48 @@ async def test_connections_postgresql_closed_are_replaced(
         listed = await client.get("/v1/conversations", headers=alice)
         assert listed.status_code == 200, listed.text
     assert len(await messages_of(client, alice, cid)) == 26
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_an_unreachable_database_is_503_with_retry_after_on_every_route(
+    database_url: str,
+    settings: Settings,
+    store: Store,
+    alice: dict[str, str],
+    admin: dict[str, str],
+) -> None:
+    url = make_url(database_url)
+    relay = TcpRelay(url.host or "127.0.0.1", url.port or 5432)
+    relay.up()
+    through = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    app = create_app(dataclasses.replace(settings, database_url=through), retry_backoff=0.01)
+    with contextlib.closing(relay):
+        async with serve(app) as client:
+            cid = await new_conversation(client, alice)
+            relay.down()  # PostgreSQL stops: its connections close, new ones are refused
+            conversation = f"/v1/conversations/{cid}"
+            for method, path, body, headers in (
+                ("GET", "/v1/conversations", None, alice),
+                ("POST", "/v1/conversations", {}, alice),
+                ("GET", conversation, None, alice),
+                ("PATCH", conversation, {"title": "t"}, alice),
+                ("GET", f"{conversation}/messages", None, alice),
+                ("POST", f"{conversation}/messages", {"messages": [USER]}, alice),
+                ("POST", f"{conversation}/turns", USER_TURN, alice),
+                ("GET", f"{conversation}/export", None, alice),
+                ("DELETE", conversation, None, alice),
+                ("GET", "/admin/conversations", None, admin),
+                ("GET", "/admin/stats", None, admin),
+                ("GET", "/ready", None, {}),
+            ):
+                answer = await client.request(method, path, json=body, headers=headers)
+                assert answer.status_code == 503, (method, path, answer.text)
+                assert answer.headers["content-type"].startswith("application/problem+json")
+                assert int(answer.headers.get("retry-after", 0)) >= 1, (method, path, answer.text)
+            assert (await client.get("/health")).status_code == 200  # the process itself is alive
+            relay.up()  # PostgreSQL is back: nothing was written while it was away
+            await asyncio.sleep(0.1)
+            assert len(await messages_of(client, alice, cid)) == 0
+            listed = await client.get("/v1/conversations", headers=alice)
+            assert [c["id"] for c in listed.json()["data"]] == [cid]
+            assert listed.json()["data"][0]["title"] is None

@@ -37,5 +37,6 @@ async def ready(state: State) -> Response[dict[str, object]]:
             },
             status_code=503,
             media_type=PROBLEM_JSON,
+            headers={"retry-after": "5"},
         )
     return Response({"status": "ready"})
