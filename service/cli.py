@@ -92,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         loop=loop,
         access_log=False,
         log_level=settings.log_level.lower(),
+        **server.server_options(),
     )
     server.run(config)
 

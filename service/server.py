@@ -20,10 +20,20 @@ from typing import Any
 import uvicorn
 import uvicorn.supervisors.multiprocess
 from litestar import Litestar
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.turns import TurnRunner
 
 SHUTDOWN_GRACE = 30.0
+# A client has this long to send a request's line and headers once it has begun (or once it
+# has connected), and at most this much of them; an idle keep-alive connection is closed after
+# KEEPALIVE_TIMEOUT; past MAX_CONNECTIONS open connections (or running requests) a process
+# answers 503. Streams are long (a reasoning model may think for an hour), so no bound is put
+# on a response's duration.
+HEADER_TIMEOUT = 10.0
+MAX_HEADER_BYTES = 64 * 1024
+KEEPALIVE_TIMEOUT = 5
+MAX_CONNECTIONS = 20_000
 
 
 def _runner(app: Any) -> TurnRunner | None:
@@ -48,6 +58,75 @@ class Server(uvicorn.Server):
             await asyncio.wait(set(self.server_state.tasks), timeout=5)
         if self.force_exit:
             await self.lifespan.shutdown()
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a deadline and a size bound on a request's headers:
+    uvicorn has neither, so a client trickling header bytes held its connection for ever."""
+
+    header_timeout = HEADER_TIMEOUT
+    max_header_bytes = MAX_HEADER_BYTES
+    _header_deadline: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        if self._header_deadline is None:  # a request after another on a kept-alive connection
+            self._arm_header_deadline()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
+            self._disarm_header_deadline()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            self.transport.close()
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def server_options() -> dict[str, Any]:
+    """uvicorn's settings for every server process (besides host, port and workers)."""
+    return {
+        "http": HttpProtocol,
+        "timeout_keep_alive": KEEPALIVE_TIMEOUT,
+        "limit_concurrency": MAX_CONNECTIONS,
+    }
 
 
 def raise_open_files_limit() -> int:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ class LiveServer:
     """The service on a real socket: uvicorn in a thread of its own, with its own event loop,
     so that concurrent requests really run concurrently and clients can really hang up."""
 
-    def __init__(self, app: Litestar) -> None:
+    def __init__(self, app: Litestar, **options: Any) -> None:
         self.app = app
         config = uvicorn.Config(
             app,
@@ -37,6 +38,7 @@ class LiveServer:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=5,
+            **options,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
