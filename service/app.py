@@ -92,7 +92,7 @@ def create_app(
             upstream,
             lease=settings.turn_lease,
             keepalive=keepalive,
-            rate_limit=TurnRateLimit(settings.turn_rate_limit),
+            rate_limit=TurnRateLimit(),
         )
         app.state.turns = turns
         turns.start()

@@ -9,7 +9,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +18,7 @@ from sqlalchemy.engine import make_url
 from service import importers, transcripts
 from service.errors import Conflict, ServiceError
 from service.settings import Settings, SettingsError
-from service.store import ConversationFilter, Store, make_engine
+from service.store import ConversationFilter, KeyRecord, Store, make_engine
 
 _T = TypeVar("_T")
 
@@ -32,7 +31,20 @@ def _settings() -> Settings:
 
 
 def _where(settings: Settings) -> str:
-    return make_url(settings.database_url).render_as_string(hide_password=True)
+    """The database, as a user would find it: a SQLite file's absolute path, or the URL."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        return f"SQLite file {Path(url.database).expanduser().resolve()}"
+    return url.render_as_string(hide_password=True)
+
+
+def _announce_database(settings: Settings) -> None:
+    """Say on standard error which database a command uses (keys and data go to the database
+    of CONVSTORE_DATABASE_URL, which by default is a file in the current directory), and when
+    it is a SQLite file that did not exist yet."""
+    url = make_url(settings.database_url)
+    new = url.get_backend_name() == "sqlite" and not Path(url.database or "").exists()
+    print(f"convstore: database {_where(settings)}" + (" (new)" if new else ""), file=sys.stderr)
 
 
 def _migrate(settings: Settings) -> None:
@@ -69,11 +81,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
         + ("" if settings.xai_api_key else " (XAI_API_KEY is not set)"),
         flush=True,
     )
-    print(
-        f"convstore: listening on http://{args.host}:{args.port} "
-        f"(API docs at http://{args.host}:{args.port}/schema)",
-        flush=True,
-    )
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here, so that /metrics adds up every worker's.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="convstore-metrics-")
@@ -94,7 +101,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_level=settings.log_level.lower(),
         **server.server_options(),
     )
-    server.run(config)
+
+    def listening(port: int) -> None:
+        where = f"http://{args.host}:{port}"
+        print(f"convstore: listening on {where} (API docs at {where}/schema)", flush=True)
+
+    server.run(config, listening)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -103,41 +115,72 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print(f"convstore: database {_where(settings)} is at the newest schema")
 
 
-def cmd_keys_create(args: argparse.Namespace) -> None:
+def _keys_database() -> Settings:
     settings = _settings()
+    _announce_database(settings)
     _migrate(settings)
+    return settings
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
     tenant = args.tenant.strip()
     if not tenant or len(tenant) > 200:
         sys.exit("convstore: --tenant must be 1 to 200 characters")
-    record, key = _with_store(settings, lambda s: s.create_key(tenant, is_admin=args.admin))
+    settings = _keys_database()
+    limit = args.turns_per_minute or None
+    record, key = _with_store(
+        settings, lambda s: s.create_key(tenant, is_admin=args.admin, turns_per_minute=limit)
+    )
     kind = "admin key" if args.admin else "key"
-    print(f"Created {kind} {record.id} for tenant {tenant!r}. It is shown only once:")
+    limited = f", at most {limit} turns a minute" if limit else ""
+    print(f"Created {kind} {record.id} for tenant {tenant!r}{limited}. It is shown only once:")
     print(key)
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
-    settings = _settings()
-    _migrate(settings)
+    settings = _keys_database()
     keys = _with_store(settings, lambda s: s.list_keys())
-    print(f"{'id':36}  {'prefix':10}  {'tenant':20}  {'admin':5}  {'created':20}  revoked")
+    print(
+        f"{'id':36}  {'prefix':10}  {'tenant':20}  {'admin':5}  {'turns/min':9}  "
+        f"{'created':19}  revoked"
+    )
     for k in keys:
         print(
             f"{k.id!s:36}  {k.key_prefix:10}  {k.tenant[:20]:20}  {'yes' if k.is_admin else 'no':5}"
-            f"  {k.created_at:%Y-%m-%d %H:%M:%S}   "
+            f"  {k.turns_per_minute or '-'!s:9}  {k.created_at:%Y-%m-%d %H:%M:%S}  "
             f"{k.revoked_at.strftime('%Y-%m-%d %H:%M:%S') if k.revoked_at else '-'}"
         )
 
 
+def _one_key(settings: Settings, id_or_prefix: str) -> KeyRecord:
+    """The key named by its id or its prefix (both as ``keys list`` shows them)."""
+    found = _with_store(settings, lambda s: s.find_keys(id_or_prefix.strip()))
+    if not found:
+        sys.exit(
+            f"convstore: no key has the id or prefix {id_or_prefix!r} (see `convstore keys list`)"
+        )
+    if len(found) > 1:
+        sys.exit(
+            f"convstore: {len(found)} keys have the prefix {id_or_prefix!r}; give the key's id"
+        )
+    return found[0]
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
-    settings = _settings()
-    try:
-        key_id = uuid.UUID(args.key_id)
-    except ValueError:
-        sys.exit(f"convstore: {args.key_id!r} is not a key id (see `convstore keys list`)")
-    _migrate(settings)
-    if not _with_store(settings, lambda s: s.revoke_key(key_id)):
-        sys.exit(f"convstore: no active key has id {key_id}")
-    print(f"Revoked key {key_id}.")
+    settings = _keys_database()
+    key = _one_key(settings, args.key)
+    if not _with_store(settings, lambda s: s.revoke_key(key.id)):
+        sys.exit(f"convstore: key {key.id} was already revoked")
+    print(f"Revoked key {key.id} ({key.key_prefix}…, tenant {key.tenant!r}).")
+
+
+def cmd_keys_limit(args: argparse.Namespace) -> None:
+    settings = _keys_database()
+    key = _one_key(settings, args.key)
+    limit = args.turns_per_minute or None
+    _with_store(settings, lambda s: s.limit_key(key.id, limit))
+    what = f"at most {limit} turns a minute" if limit else "no limit of turns"
+    print(f"Key {key.id} ({key.key_prefix}…) now has {what} (within the key cache's seconds).")
 
 
 class Progress:
@@ -289,6 +332,23 @@ def cmd_fake_upstream(args: argparse.Namespace) -> None:
     fake_upstream.main(["--host", args.host, "--port", str(args.port)])
 
 
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({bounds})")
+        return value
+
+    return parse
+
+
+_port, _positive, _not_negative = _whole(0, 65535), _whole(1), _whole(0)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convstore",
@@ -298,8 +358,8 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="migrate the database to the newest schema, then serve")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.add_argument("--port", type=_port, default=8000, help="0 to 65535 (0: any free port)")
+    serve.add_argument("--workers", type=_positive, default=1, help="server processes (default 1)")
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="bring the database to the newest schema")
@@ -310,12 +370,24 @@ def parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create a key; prints it as the last line")
     create.add_argument("--tenant", required=True, help="whose conversations the key may see")
     create.add_argument("--admin", action="store_true", help="may also use /admin")
+    create.add_argument(
+        "--turns-per-minute",
+        type=_not_negative,
+        default=0,
+        help="at most this many turns a minute, in each server process (default: no limit)",
+    )
     create.set_defaults(func=cmd_keys_create)
     listing = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
     listing.set_defaults(func=cmd_keys_list)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("key_id")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id or prefix")
+    revoke.add_argument("key", help="the key's id or prefix, as `keys list` shows them")
     revoke.set_defaults(func=cmd_keys_revoke)
+    limit = keys_sub.add_parser("limit", help="set or lift a key's limit of turns a minute")
+    limit.add_argument("key", help="the key's id or prefix, as `keys list` shows them")
+    limit.add_argument(
+        "--turns-per-minute", type=_not_negative, required=True, help="0 for no limit"
+    )
+    limit.set_defaults(func=cmd_keys_limit)
 
     export = sub.add_parser("export", help="write every conversation as NDJSON transcripts")
     export.add_argument("--tenant", help="only this tenant's conversations (default: all)")

@@ -1,17 +1,20 @@
-"""A per-tenant limit on turns: a token bucket per tenant, in each server process.
+"""Limits on turns a minute, set per API key (``convstore keys create --turns-per-minute N``).
 
-Each process keeps its own buckets (no shared state, no extra database write per turn), so with
-N processes a tenant may run up to N times the configured rate; set the rate accordingly.
+A key without a limit has none. Each server process keeps its own token buckets (no shared
+state, no extra database write per turn), so with N processes a key may start up to N times its
+limit a minute.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 
 from service.errors import ServiceError
+from service.store import Principal
 
-MAX_TENANTS = 100_000
+MAX_KEYS = 100_000
 
 
 class RateLimited(ServiceError):
@@ -19,27 +22,27 @@ class RateLimited(ServiceError):
 
 
 class TurnRateLimit:
-    """``per_minute`` turns per tenant, with bursts of up to ``burst`` (0 turns it off)."""
+    """A token bucket per limited key: ``turns_per_minute`` a minute, in bursts of up to a
+    tenth of it (at least one)."""
 
-    def __init__(self, per_minute: float, *, burst: float | None = None) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = burst if burst is not None else max(1.0, per_minute / 6)
-        self._buckets: dict[str, tuple[float, float]] = {}
+    def __init__(self) -> None:
+        self._buckets: dict[uuid.UUID, tuple[float, float]] = {}
 
-    def check(self, tenant: str) -> None:
-        """Take one turn from the tenant's bucket, or raise 429 with ``Retry-After``."""
-        if self.rate <= 0:
+    def check(self, caller: Principal) -> None:
+        """Take one turn from the key's bucket, or raise 429 with ``Retry-After``."""
+        per_minute = caller.turns_per_minute
+        if not per_minute:
             return
+        rate, burst = per_minute / 60.0, max(1.0, per_minute / 10)
         now = time.monotonic()
-        tokens, last = self._buckets.get(tenant, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        tokens, last = self._buckets.get(caller.key_id, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
         if tokens < 1:
-            wait = math.ceil((1 - tokens) / self.rate)
-            self._buckets[tenant] = (tokens, now)
+            self._buckets[caller.key_id] = (tokens, now)
             raise RateLimited(
-                f"Too many turns for this tenant: at most {self.rate * 60:g} a minute.",
-                headers={"retry-after": str(max(1, wait))},
+                f"Too many turns for this API key: at most {per_minute} a minute.",
+                headers={"retry-after": str(max(1, math.ceil((1 - tokens) / rate)))},
             )
-        if len(self._buckets) >= MAX_TENANTS and tenant not in self._buckets:
+        if len(self._buckets) >= MAX_KEYS and caller.key_id not in self._buckets:
             self._buckets.clear()
-        self._buckets[tenant] = (tokens - 1, now)
+        self._buckets[caller.key_id] = (tokens - 1, now)

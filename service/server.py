@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import resource
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -142,15 +143,18 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def run(config: uvicorn.Config) -> None:
-    """Serve ``config`` until stopped (Ctrl-C or SIGTERM), with one process or several."""
+def run(config: uvicorn.Config, listening: Callable[[int], None] | None = None) -> None:
+    """Serve ``config`` until stopped (Ctrl-C or SIGTERM), with one process or several. The
+    socket is bound first (a port in use stops here, with uvicorn's message), then
+    ``listening`` is told the port it got."""
     raise_open_files_limit()
+    sock = config.bind_socket()
+    if listening is not None:
+        listening(sock.getsockname()[1])
     with contextlib.suppress(KeyboardInterrupt):
         if config.workers > 1:
             # uvicorn's supervisor builds each worker's server from this module attribute.
             uvicorn.supervisors.multiprocess.Server = Server  # type: ignore[attr-defined]
-            uvicorn.supervisors.multiprocess.Multiprocess(
-                config, sockets=[config.bind_socket()]
-            ).run()
+            uvicorn.supervisors.multiprocess.Multiprocess(config, sockets=[sock]).run()
         else:
-            Server(config).run()
+            Server(config).run(sockets=[sock])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -33,7 +34,6 @@ class Settings:
     db_pool_size: int = 20
     turn_lease: float = 60.0
     key_cache_ttl: float = 5.0
-    turn_rate_limit: float = 1200.0
     log_level: str = "INFO"
 
     @classmethod
@@ -43,6 +43,11 @@ class Settings:
         Raises ``SettingsError`` with a message naming the variable for any bad value.
         """
         env = os.environ if environ is None else environ
+        if env.get("CONVSTORE_TURN_RATE_LIMIT", "0").strip() not in ("", "0"):
+            raise SettingsError(
+                "CONVSTORE_TURN_RATE_LIMIT is no longer read: a limit of turns a minute belongs "
+                "to an API key (convstore keys create --turns-per-minute N, or keys limit)"
+            )
         settings = cls(
             database_url=env.get("CONVSTORE_DATABASE_URL", DEFAULT_DATABASE_URL),
             upstream_url=env.get("CONVSTORE_UPSTREAM_URL", DEFAULT_UPSTREAM_URL),
@@ -55,7 +60,6 @@ class Settings:
             db_pool_size=int(_number(env, "CONVSTORE_DB_POOL_SIZE", 20, whole=True)),
             turn_lease=_number(env, "CONVSTORE_TURN_LEASE", 60.0),
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
-            turn_rate_limit=_number(env, "CONVSTORE_TURN_RATE_LIMIT", 1200.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
@@ -80,6 +84,13 @@ class Settings:
                 "CONVSTORE_DATABASE_URL must name a SQLite file (sqlite+aiosqlite:///path.db): "
                 "an in-memory database is not shared by the service's connections"
             )
+        if url.drivername.startswith("sqlite") and url.database:
+            folder = Path(url.database).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise SettingsError(
+                    f"CONVSTORE_DATABASE_URL names a SQLite file in {folder}, which is not an "
+                    "existing directory"
+                )
         upstream = urlsplit(self.upstream_url)
         if upstream.scheme not in ("http", "https") or not upstream.netloc:
             raise SettingsError(
@@ -91,8 +102,6 @@ class Settings:
             raise SettingsError("CONVSTORE_UPSTREAM_TIMEOUT must be a positive number of seconds")
         if self.upstream_max_retries < 0:
             raise SettingsError("CONVSTORE_UPSTREAM_MAX_RETRIES must be 0 or more")
-        if self.turn_rate_limit < 0:
-            raise SettingsError("CONVSTORE_TURN_RATE_LIMIT must be 0 (no limit) or more")
         if self.key_cache_ttl < 0:
             raise SettingsError("CONVSTORE_KEY_CACHE_TTL must be 0 or more seconds")
         if self.turn_lease < 1:

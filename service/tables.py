@@ -98,6 +98,8 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Turns a minute this key may start, in each server process; NULL for no limit.
+    turns_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class Conversation(Base):

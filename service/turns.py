@@ -29,7 +29,7 @@ from service.events import KEEPALIVE, KEEPALIVE_SECONDS, Position, TurnFeed, reb
 from service.observability import observe_turn
 from service.ratelimit import TurnRateLimit
 from service.schemas import MessageOut, Reply, TurnCreate, TurnOut, TurnResult, message_fields
-from service.store import Store, TurnStart
+from service.store import Principal, Store, TurnStart
 from service.upstream import (
     Attempted,
     UpstreamClient,
@@ -115,7 +115,7 @@ class TurnRunner:
         self.upstream = upstream
         self.lease = lease
         self.keepalive = keepalive
-        self.rate_limit = rate_limit or TurnRateLimit(0)
+        self.rate_limit = rate_limit or TurnRateLimit()
         self.feeds: dict[uuid.UUID, TurnFeed] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.claims: set[tuple[str, str]] = set()
@@ -173,7 +173,7 @@ class TurnRunner:
 
     async def begin(
         self,
-        tenant: str,
+        caller: Principal,
         conversation_id: uuid.UUID,
         request: TurnCreate,
         *,
@@ -184,9 +184,9 @@ class TurnRunner:
         Errors before the turn starts (404, 409, 422, 429) are raised here; nothing is stored.
         """
         timing = Timing(started=time.perf_counter())
-        self.rate_limit.check(tenant)
+        self.rate_limit.check(caller)
         start = await self.store.begin_turn(
-            tenant,
+            caller.tenant,
             conversation_id,
             [message_fields(m) for m in request.messages],
             model=request.model or None,
@@ -216,7 +216,7 @@ class TurnRunner:
 
     async def run(
         self,
-        tenant: str,
+        caller: Principal,
         conversation_id: uuid.UUID,
         request: TurnCreate,
         *,
@@ -224,7 +224,7 @@ class TurnRunner:
     ) -> tuple[TurnResult, Timing]:
         """Run one turn to its end; the stored turn and reply, and where the time went."""
         _, task, timing = await self.begin(
-            tenant, conversation_id, request, idempotency_key=idempotency_key
+            caller, conversation_id, request, idempotency_key=idempotency_key
         )
         # Shielded: a client that hangs up must not cancel a turn whose input is stored.
         result = await asyncio.shield(task)

@@ -93,7 +93,6 @@ def server(database_url: str, upstream: FakeUpstream, **env: str) -> Iterator[Se
         XAI_API_KEY="test-key",
         CONVSTORE_LOG_LEVEL="WARNING",
         CONVSTORE_UPSTREAM_RETRY_DEADLINE="5",
-        CONVSTORE_TURN_RATE_LIMIT="0",
         **env,
     )
     process = subprocess.Popen(

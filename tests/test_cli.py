@@ -37,28 +37,77 @@ def free_port() -> int:
         return port
 
 
-def test_keys_create_list_revoke(tmp_path: Path) -> None:
+def test_keys_create_list_limit_revoke(tmp_path: Path) -> None:
     created = run(["keys", "create", "--tenant", "acme"], tmp_path)
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("cs_")
     assert (tmp_path / "convstore.db").exists()  # no setting: the SQLite file here
-    admin = run(["keys", "create", "--tenant", "ops", "--admin"], tmp_path)
+    # Which database a command uses is said on standard error, and that it was new.
+    assert f"SQLite file {tmp_path.resolve() / 'convstore.db'} (new)" in created.stderr
+    admin = run(
+        ["keys", "create", "--tenant", "ops", "--admin", "--turns-per-minute", "60"], tmp_path
+    )
     assert "admin key" in admin.stdout
+    assert "at most 60 turns a minute" in admin.stdout
+    assert "(new)" not in admin.stderr
 
     listing = run(["keys", "list"], tmp_path).stdout
     assert "acme" in listing
     assert "ops" in listing
     assert key not in listing  # the key itself is never shown again
     assert key[:10] in listing
+    ops_line = next(line for line in listing.splitlines() if "ops" in line)
+    assert " 60 " in ops_line
     key_id = created.stdout.split()[2]
 
-    assert "Revoked" in run(["keys", "revoke", key_id], tmp_path).stdout
+    limited = run(["keys", "limit", key[:10], "--turns-per-minute", "30"], tmp_path).stdout
+    assert key_id in limited
+    assert "at most 30 turns a minute" in limited
+    lifted = run(["keys", "limit", key_id, "--turns-per-minute", "0"], tmp_path).stdout
+    assert "no limit" in lifted
+
+    assert "Revoked" in run(["keys", "revoke", key[:10]], tmp_path).stdout  # by its prefix
     again = run(["keys", "revoke", key_id], tmp_path, check=False)
     assert again.returncode != 0
-    assert "no active key" in again.stderr
-    bad = run(["keys", "revoke", "not-an-id"], tmp_path, check=False)
+    assert "already revoked" in again.stderr
+    bad = run(["keys", "revoke", "not-a-key"], tmp_path, check=False)
     assert bad.returncode != 0
-    assert "not a key id" in bad.stderr
+    assert "no key has the id or prefix 'not-a-key'" in bad.stderr
+
+
+def test_a_sqlite_file_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db"
+    result = run(["keys", "list"], tmp_path, env={"CONVSTORE_DATABASE_URL": url}, check=False)
+    assert result.returncode != 0
+    assert "not an existing directory" in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "99999 is out of range (from 0 to 65535)"),
+        (["--port", "-1"], "out of range"),
+        (["--workers", "0"], "0 is out of range (1 or more)"),
+        (["--workers", "-1"], "out of range"),
+    ],
+)
+def test_serve_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run(["serve", *args], tmp_path, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "listening" not in result.stdout
+
+
+def test_serve_on_a_port_in_use_says_so_before_anything_else(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(["serve", "--port", str(port)], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "listening" not in result.stdout
+    assert "address already in use" in result.stderr.lower()
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ async def test_openapi_fuzzing_finds_nothing(
 ) -> None:
     _, key = await store.create_key("fuzz")
     app = create_app(
-        dataclasses.replace(settings, upstream_url=lenient_upstream.base_url, turn_rate_limit=0),
+        dataclasses.replace(settings, upstream_url=lenient_upstream.base_url),
         retry_backoff=0.01,
     )
     with LiveServer(app) as server:

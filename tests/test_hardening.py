@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import uuid
 from typing import Any
 
 import httpx
 import pytest
-from live import serve
 
-from service.app import MAX_BODY_BYTES, create_app
+from service.app import MAX_BODY_BYTES
 from service.fake_upstream import FakeUpstream
 from service.schemas import MAX_JSON_DEPTH, MAX_MESSAGES_PER_REQUEST, MAX_OBJECT_BYTES
-from service.settings import Settings
 from service.store import Store
 
 Client = httpx.AsyncClient
@@ -69,41 +66,32 @@ async def test_limits_answer_with_clear_problems(client: Client, alice: dict[str
     assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
 
 
-async def test_per_tenant_turn_rate_limit(
-    settings: Settings,
-    store: Store,
-    alice: dict[str, str],
-    bob: dict[str, str],
-    upstream: FakeUpstream,
+async def test_turn_limits_belong_to_keys(
+    client: Client, store: Store, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
-    app = create_app(dataclasses.replace(settings, turn_rate_limit=6), retry_backoff=0.01)
-    async with serve(app) as client:
-        cid = (await client.post("/v1/conversations", json={}, headers=alice)).json()["id"]
-        answers = []
-        for i in range(3):
-            response = await client.post(
-                f"/v1/conversations/{cid}/turns",
-                json={"messages": [{"role": "user", "content": f"q{i}"}]},
-                headers=alice,
-            )
-            answers.append(response.status_code)
-        assert answers == [201, 429, 429]  # a burst of one, then one every 10 s
-        problem = assert_problem(response, 429, "rate_limited")
-        assert "minute" in problem["detail"]
-        assert 1 <= int(response.headers["retry-after"]) <= 10
-        # Refused turns stored nothing; other tenants have buckets of their own.
-        messages = (await client.get(f"/v1/conversations/{cid}/messages", headers=alice)).json()[
-            "data"
-        ]
-        assert [m["content"] for m in messages] == ["q0", messages[1]["content"]]
-        other = (await client.post("/v1/conversations", json={}, headers=bob)).json()["id"]
-        assert (
-            await client.post(
-                f"/v1/conversations/{other}/turns",
-                json={"messages": [{"role": "user", "content": "b"}]},
-                headers=bob,
-            )
-        ).status_code == 201
+    _, key = await store.create_key("alice", turns_per_minute=6)
+    limited = {"Authorization": f"Bearer {key}"}
+    cid = (await client.post("/v1/conversations", json={}, headers=alice)).json()["id"]
+
+    async def turn(headers: dict[str, str], text: str) -> httpx.Response:
+        body = {"messages": [{"role": "user", "content": text}]}
+        return await client.post(f"/v1/conversations/{cid}/turns", json=body, headers=headers)
+
+    answers = [await turn(limited, f"q{i}") for i in range(3)]
+    assert [a.status_code for a in answers] == [201, 429, 429]  # a burst of one, then 1 per 10 s
+    problem = assert_problem(answers[-1], 429, "rate_limited")
+    assert "6 a minute" in problem["detail"]
+    assert 1 <= int(answers[-1].headers["retry-after"]) <= 10
+    # Refused turns stored nothing; a key without a limit (the default) is not limited, though
+    # it belongs to the same tenant.
+    assert [(await turn(alice, f"a{i}")).status_code for i in range(20)] == [201] * 20
+    messages = await client.get(f"/v1/conversations/{cid}/messages?limit=100", headers=alice)
+    contents = [m["content"] for m in messages.json()["data"] if m["role"] == "user"]
+    assert contents == ["q0", *(f"a{i}" for i in range(20))]
+    # Lifting the limit takes effect at once (the key cache is off in tests).
+    [record] = await store.find_keys(key[:10])
+    assert await store.limit_key(record.id, None)
+    assert (await turn(limited, "again")).status_code == 201
 
 
 async def test_framework_errors_are_problems(client: Client, alice: dict[str, str]) -> None:

@@ -47,6 +47,8 @@ def test_values_are_read() -> None:
         ("CONVSTORE_UPSTREAM_TIMEOUT", "nan", "CONVSTORE_UPSTREAM_TIMEOUT"),
         ("CONVSTORE_DEFAULT_MODEL", " ", "CONVSTORE_DEFAULT_MODEL"),
         ("CONVSTORE_DB_POOL_SIZE", "2.5", "CONVSTORE_DB_POOL_SIZE"),
+        ("CONVSTORE_DATABASE_URL", "sqlite+aiosqlite:////nonexistent/dir/x.db", "/nonexistent"),
+        ("CONVSTORE_TURN_RATE_LIMIT", "1200", "--turns-per-minute"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, says: str) -> None:

@@ -61,7 +61,7 @@ class TurnController(Controller):
 
             async def run() -> Response[Any]:
                 result, timing = await turns.run(
-                    principal.tenant, conversation_id, data, idempotency_key=key
+                    principal, conversation_id, data, idempotency_key=key
                 )
                 return Response(result, status_code=201, headers={"server-timing": timing.header()})
 
@@ -83,9 +83,7 @@ class TurnController(Controller):
         started: list[uuid.UUID] = []
 
         async def run_streamed() -> Response[Any]:
-            feed, _, _ = await turns.begin(
-                principal.tenant, conversation_id, data, idempotency_key=key
-            )
+            feed, _, _ = await turns.begin(principal, conversation_id, data, idempotency_key=key)
             started.append(feed.turn_id)
             return event_stream(feed.follow())
 

@@ -80,6 +80,7 @@ class Principal:
     key_id: uuid.UUID
     tenant: str
     is_admin: bool
+    turns_per_minute: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class KeyRecord:
     is_admin: bool
     created_at: datetime
     revoked_at: datetime | None
+    turns_per_minute: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
