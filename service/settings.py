@@ -35,6 +35,8 @@ class Settings:
     key_cache_ttl: float = 5.0
     turn_rate_limit: float = 1200.0
     log_level: str = "INFO"
+    # The admin pages' session cookie without `Secure` over plain http (a trusted network only).
+    admin_insecure_cookies: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +59,7 @@ class Settings:
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
             turn_rate_limit=_number(env, "CONVSTORE_TURN_RATE_LIMIT", 1200.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
+            admin_insecure_cookies=_flag(env, "CONVSTORE_ADMIN_INSECURE_COOKIES"),
         )
         settings.validate()
         return settings
@@ -119,3 +122,12 @@ def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = 
     if value != value or value in (float("inf"), float("-inf")):
         raise SettingsError(f"{name} must be a finite number, not {raw!r}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, not {env.get(name)!r}")
