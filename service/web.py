@@ -17,17 +17,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import math
 import re
 import secrets
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeAlias
 from urllib.parse import urlencode, urlsplit
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, State
@@ -63,6 +64,13 @@ MAX_NAME_CHARS = 200
 STATUSES = ("running", "completed", "failed")
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 STAT_DAYS = (7, 30, 90)
+# A page shows this much of one JSON value (a content part, tool-call arguments, an error) and
+# of one message, then says how much more there is and links to all of it: a page grows with
+# what is stored, and no more than this a message.
+JSON_SHOWN_CHARS = 20_000
+MESSAGE_SHOWN_CHARS = 100_000
+INDENTED_LEVELS = 4  # JSON nested deeper than this is shown compact
+MAX_SEQ = 2**31 - 1  # message numbers are 32-bit integers in the database
 # Raster images only: an inline SVG could hold links, and a remote URL is not fetched (below).
 INLINE_IMAGE = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,", re.IGNORECASE)
 
@@ -281,24 +289,114 @@ def when(value: Any) -> dict[str, str] | None:
     return {"iso": moment.isoformat(), "text": moment.strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """The part of a long text or JSON value that a page shows, and how much it leaves out."""
+
+    text: str
+    more: int = 0  # characters left out
+
+    @property
+    def more_kb(self) -> int:
+        return max(1, round(self.more / 1024))
 
 
-def pretty_arguments(arguments: Any) -> str:
-    """Tool-call arguments (a JSON string, by the API's contract) indented; as given if not JSON."""
-    if isinstance(arguments, str):
-        try:
-            return pretty_json(json.loads(arguments))
-        except ValueError:
-            return arguments
-    return pretty_json(arguments)
+def json_pieces(value: Any) -> Iterator[str]:
+    """``value`` as JSON text, in pieces: indented by two spaces for its first
+    ``INDENTED_LEVELS`` levels and compact below, so that the text stays within a few times
+    the size of the value however deep it is nested (indenting every level makes a value
+    nested ``n`` deep take ``n²`` spaces). Keys keep their stored order.
+
+    Written with a stack rather than by recursion, and each compact subtree is encoded by
+    msgspec, so no nesting depth raises ``RecursionError``."""
+    # What is left to write, last first: (depth, value) to encode, or (-1, text) to copy.
+    todo: list[tuple[int, Any]] = [(0, value)]
+    while todo:
+        depth, node = todo.pop()
+        if depth < 0:
+            yield node
+            continue
+        if not isinstance(node, dict | list) or not node:
+            yield _compact(node)
+            continue
+        if depth >= INDENTED_LEVELS:
+            try:
+                yield _compact(node)
+                continue
+            except RecursionError:  # deeper than msgspec goes from here: take it apart
+                pass
+        indented = depth < INDENTED_LEVELS
+        inner = "\n" + "  " * (depth + 1) if indented else ""
+        entries = node.items() if isinstance(node, dict) else ((None, v) for v in node)
+        later: list[tuple[int, Any]] = []
+        for i, (key, child) in enumerate(entries):
+            label = "" if key is None else _compact(str(key)) + (": " if indented else ":")
+            later += [(-1, ("," if i else "") + inner + label), (depth + 1, child)]
+        close = "}" if isinstance(node, dict) else "]"
+        later.append((-1, ("\n" + "  " * depth if indented else "") + close))
+        yield "{" if isinstance(node, dict) else "["
+        todo.extend(reversed(later))
+
+
+def _compact(value: Any) -> str:
+    return msgspec.json.encode(value, enc_hook=str).decode()
+
+
+def show_json(value: Any, limit: int = JSON_SHOWN_CHARS) -> Shown:
+    """``value`` as JSON (``json_pieces``), at most ``limit`` characters of it."""
+    kept: list[str] = []
+    size = more = 0
+    for piece in json_pieces(value):
+        room = max(0, limit - size)
+        if room:
+            kept.append(piece[:room])
+            size += min(room, len(piece))
+        more += max(0, len(piece) - room)
+    return Shown("".join(kept), more)
+
+
+def show_text(value: str, limit: int) -> Shown:
+    return Shown(value[:limit], max(0, len(value) - limit))
+
+
+class MessageBudget:
+    """How much of one message a page still shows: its text and JSON share
+    ``MESSAGE_SHOWN_CHARS``, and one JSON value gets ``JSON_SHOWN_CHARS`` at most."""
+
+    def __init__(self) -> None:
+        self.left = MESSAGE_SHOWN_CHARS
+
+    def text(self, value: str) -> Shown:
+        return self._spend(show_text(value, self.left))
+
+    def json(self, value: Any) -> Shown:
+        return self._spend(show_json(value, min(self.left, JSON_SHOWN_CHARS)))
+
+    def arguments(self, arguments: Any) -> Shown:
+        """Tool-call arguments (a JSON string, by the API's contract) as JSON; as given if
+        they are not JSON."""
+        if isinstance(arguments, str):
+            try:
+                arguments = msgspec.json.decode(arguments)
+            except (msgspec.DecodeError, RecursionError):
+                return self.text(arguments)
+        return self.json(arguments)
+
+    def _spend(self, shown: Shown) -> Shown:
+        self.left -= len(shown.text)
+        return shown
+
+
+def short_json(value: Any) -> str:
+    """A small JSON value on one line (usage and the like), cut short if it is not small."""
+    shown = show_json(value, JSON_SHOWN_CHARS)
+    return shown.text + (" …" if shown.more else "")
 
 
 def usage_text(usage: Any) -> str | None:
     """Token usage in a few words: prompt, completion (with reasoning), total."""
     if not isinstance(usage, dict):
-        return None if usage is None else pretty_json(usage)
+        return None if usage is None else short_json(usage)
     words = []
     for field, label in (("prompt_tokens", "prompt"), ("completion_tokens", "completion")):
         if isinstance(usage.get(field), int):
@@ -309,7 +407,7 @@ def usage_text(usage: Any) -> str | None:
         words.append(f"{reasoning:,} reasoning")
     if isinstance(usage.get("total_tokens"), int):
         words.append(f"{usage['total_tokens']:,} total")
-    return " · ".join(words) if words else pretty_json(usage)
+    return " · ".join(words) if words else short_json(usage)
 
 
 def latency_text(ms: Any) -> str | None:
@@ -318,7 +416,7 @@ def latency_text(ms: Any) -> str | None:
     return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
-def content_parts(content: Any) -> list[dict[str, Any]]:
+def content_parts(content: Any, budget: MessageBudget) -> list[dict[str, Any]]:
     """A message's content as parts to show: text as text, images, anything else as JSON.
 
     Only ``data:`` images are shown inline; a remote image is a link, because loading it would
@@ -326,14 +424,14 @@ def content_parts(content: Any) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [{"kind": "text", "text": content}]
+        return [{"kind": "text", "text": budget.text(content)}]
     if not isinstance(content, list):
-        return [{"kind": "other", "type": type(content).__name__, "json": pretty_json(content)}]
+        return [{"kind": "other", "type": type(content).__name__, "json": budget.json(content)}]
     parts: list[dict[str, Any]] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
-            parts.append({"kind": "text", "text": part["text"]})
+            parts.append({"kind": "text", "text": budget.text(part["text"])})
             continue
         if kind == "image_url" and isinstance(part.get("image_url"), dict):
             url = part["image_url"].get("url")
@@ -343,12 +441,16 @@ def content_parts(content: Any) -> list[dict[str, Any]]:
             if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
                 parts.append({"kind": "link", "url": url})
                 continue
-        parts.append({"kind": "other", "type": str(kind or "part"), "json": pretty_json(part)})
+        parts.append({"kind": "other", "type": str(kind or "part"), "json": budget.json(part)})
     return parts
 
 
 def message_view(m: Any) -> dict[str, Any]:
-    """One stored message, ready for the template."""
+    """One stored message, ready for the template. Its text and JSON are cut short past
+    ``MessageBudget``'s share, with a link to the whole message as JSON."""
+    budget = MessageBudget()
+    reasoning = budget.text(m.reasoning_content) if m.reasoning_content else None
+    parts = content_parts(m.content, budget)
     calls = []
     for call in m.tool_calls if isinstance(m.tool_calls, list) else []:
         function = call.get("function") if isinstance(call, dict) else None
@@ -357,7 +459,7 @@ def message_view(m: Any) -> dict[str, Any]:
             {
                 "id": call.get("id") if isinstance(call, dict) else None,
                 "name": function.get("name") or "(unnamed)",
-                "arguments": pretty_arguments(function.get("arguments", "")),
+                "arguments": budget.arguments(function.get("arguments", "")),
             }
         )
     is_reply = m.turn_id is not None or m.model is not None or m.usage is not None
@@ -367,10 +469,11 @@ def message_view(m: Any) -> dict[str, Any]:
         "role_class": m.role if m.role in ROLES else "other",
         "name": m.name,
         "created": when(m.created_at),
-        "parts": content_parts(m.content),
+        "parts": parts,
         "tool_calls": calls,
         "tool_call_id": m.tool_call_id,
-        "reasoning": m.reasoning_content,
+        "reasoning": reasoning,
+        "raw_url": f"/admin/c/{m.conversation_id}/m/{m.seq}",
         "reply": (
             {
                 "model": m.model,
@@ -400,7 +503,7 @@ def turn_view(t: Any) -> dict[str, Any]:
                 "code": error.get("code"),
                 "detail": error.get("detail"),
                 "upstream_status": error.get("upstream_status"),
-                "json": pretty_json(error),
+                "json": show_json(error),
             }
             if error
             else None
@@ -417,8 +520,8 @@ def conversation_view(c: Any) -> dict[str, Any]:
         "message_count": c.message_count,
         "created": when(c.created_at),
         "updated": when(c.updated_at),
-        "params": pretty_json(c.params) if c.params else None,
-        "metadata": pretty_json(c.metadata) if c.metadata else None,
+        "params": show_json(c.params) if c.params else None,
+        "metadata": show_json(c.metadata) if c.metadata else None,
         "source_id": getattr(c, "source_id", None),
         "forked_from_id": str(c.forked_from_id) if getattr(c, "forked_from_id", None) else None,
         "url": f"/admin/c/{c.id}",
@@ -765,6 +868,23 @@ class AdminPages(Controller):
                 failed_turns=sum(1 for t in turns if t["status"] == "failed"),
             ),
         )
+
+    @get("/c/{conversation_id:str}/m/{seq:int}")
+    async def message_json(
+        self,
+        page_admin: PageAdmin,
+        state: State,
+        conversation_id: FromPath[str],
+        seq: FromPath[int],
+    ) -> Response[bytes]:
+        """One message as stored, as JSON (what the admin API gives for each message): all of
+        what the conversation page cuts short."""
+        cid = conversation_uuid(conversation_id)
+        # A number past any seq would overflow the database's integer: it names no message.
+        message = await state.store.get_message(cid, seq) if 1 <= seq <= MAX_SEQ else None
+        if message is None:
+            raise NotFound("This conversation has no message with this number.")
+        return Response(msgspec.json.encode(message), media_type="application/json")
 
     @get("/c/{conversation_id:str}/download")
     async def download(

@@ -21,14 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from live import serve
 from sqlalchemy import text, update
+from strategies import texts
 
 from service.app import create_app
 from service.fake_upstream import FakeUpstream, Fault
 from service.settings import Settings
 from service.store import Store
 from service.tables import admin_session_table
+from service.web import show_json
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page
@@ -636,3 +640,99 @@ async def test_cookies_are_secure_wherever_browsers_keep_secure_ones(
         assert session["httponly"] is True
         assert session["samesite"].lower() == "strict"
         assert await is_signed_in(client, session.value)
+
+
+# ---- what a conversation page costs -------------------------------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"k": "v"}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+async def test_a_page_grows_with_what_is_stored_and_cuts_long_values_short(
+    client: httpx.AsyncClient, alice: dict[str, str], admin: dict[str, str]
+) -> None:
+    """JSON indented at every level makes a part nested n deep take n² spaces on the page; the
+    page indents a few levels only, and shows a bounded share of each value, with a link to
+    the rest."""
+    deep = {"role": "user", "content": [{"type": "file", "file": nested(800)}]}
+    blob = {"role": "user", "content": [{"type": "file", "file": {"file_data": "x" * 60_000}}]}
+    long_text = {"role": "assistant", "content": "y" * 150_000}
+    calls = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_deep",
+                "type": "function",
+                # Too deep for any JSON parser here: shown as the text it is.
+                "function": {"name": "f", "arguments": "[" * 1500 + "]" * 1500},
+            }
+        ],
+    }
+    messages = [deep] * 20 + [blob, long_text, calls]
+    cid = await create(client, alice, title="Deep", messages=messages)
+    stored = sum(len(json.dumps(m, separators=(",", ":"))) for m in messages)
+
+    session = await session_of(client, bearer(admin))
+    page = await send(client, "GET", f"/admin/c/{cid}", cookies={COOKIE: session})
+    assert page.status_code == 200, page.text[:2000]
+    # Before: 20 parts of 5 KB made a 26 MB page.
+    assert len(page.content) < 2 * stored, (len(page.content), stored)
+
+    # Indentation stops a few levels down.
+    lines = re.findall(r"<pre>(.*?)</pre>", page.text, re.DOTALL)[0].splitlines()
+    assert max(len(line) - len(line.lstrip(" ")) for line in lines) <= 8
+
+    # The long values are cut short, saying how much is left out, with a link to all of it.
+    cut = re.findall(r'… truncated, (\d+) KB more: <a href="([^"]+)">', page.text)
+    assert len(cut) == 2, cut
+    (blob_more, blob_url), (text_more, text_url) = cut
+    assert blob_url == f"/admin/c/{cid}/m/21"
+    assert 35 <= int(blob_more) <= 45
+    assert text_url == f"/admin/c/{cid}/m/22"
+    assert 45 <= int(text_more) <= 50
+    raw = await send(client, "GET", blob_url, cookies={COOKIE: session})
+    assert raw.status_code == 200
+    assert raw.headers["content-type"].startswith("application/json")
+    assert raw.json()["content"] == blob["content"]
+    assert raw.json()["seq"] == 21
+    assert "[" * 1500 in page.text
+
+    # The raw message needs a session, and a message that is not there is a 404 page.
+    assert (await send(client, "GET", blob_url)).status_code == 303
+    for seq in ("99", "0", "-1", "99999999999999999999"):
+        missing = await send(client, "GET", f"/admin/c/{cid}/m/{seq}", cookies={COOKIE: session})
+        assert missing.status_code == 404, seq
+        assert missing.headers["content-type"].startswith("text/html")
+    for path in (f"/admin/c/{cid}/m/x", "/admin/c/nope/m/1"):
+        answer = await send(client, "GET", path, cookies={COOKIE: session})
+        assert answer.status_code in (400, 404), path
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(json_values)
+def test_shown_json_is_the_value_however_it_is_laid_out(value: Any) -> None:
+    shown = show_json(value, limit=10**9)
+    assert shown.more == 0
+    assert json.loads(shown.text) == value
+
+
+def test_shown_json_stays_small_at_any_depth() -> None:
+    value = nested(20_000)  # far deeper than any JSON parser here reads, or recursion allows
+    shown = show_json(value, limit=10**9)
+    compact = len('{"a":') * 20_000 + len('{"k":"v"}') + 20_000
+    assert len(shown.text) < compact + 200
+    assert shown.text.count("{") == 20_001
+    cut = show_json(value, limit=1000)
+    assert len(cut.text) == 1000
+    assert cut.more == len(shown.text) - 1000
