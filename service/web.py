@@ -828,10 +828,12 @@ class AdminPages(Controller):
         filters, page_size, errors = parse_filters(form, store.dialect)
         rows: list[Any] = []
         next_cursor = None
+        failed: set[uuid.UUID] = set()
         if filters is not None:
             rows, next_cursor = await store.admin_list(
                 filters, limit=page_size, cursor=blank_to_none(cursor)
             )
+            failed = await store.with_failed_turns([r.id for r in rows])
         return Template(
             "conversations.html",
             context=base_context(
@@ -841,7 +843,7 @@ class AdminPages(Controller):
                 page_sizes=sorted({*PAGE_SIZES, page_size}),
                 page_size=page_size,
                 errors=errors,
-                rows=[conversation_view(r) for r in rows],
+                rows=[conversation_view(r) | {"has_failed": r.id in failed} for r in rows],
                 filtered=form.filtered,
                 paged=bool(blank_to_none(cursor)),
                 first_url=f"{HOME_PATH}?{form.query()}",

@@ -179,7 +179,7 @@ async def sign_in(page: Page, key: str) -> int:
 
 
 async def titles(page: Page) -> list[str]:
-    cells = page.locator("#conversations tbody td:first-child")
+    cells = page.locator("#conversations tbody td.title > a:first-child")
     return [t.strip() for t in await cells.all_inner_texts()]
 
 
@@ -332,6 +332,93 @@ async def test_admin_pages_in_a_browser(
     assert page.url.startswith(f"{base}/admin/login?next=")
     assert await sign_in(page, bearer(admin)) == 303
     assert page.url == f"{base}/admin/c/{ids['groceries']}"
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+async def test_admin_pages_fit_a_phone(
+    client: httpx.AsyncClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    admin: dict[str, str],
+    upstream: FakeUpstream,
+    browser: BrowserContext,
+    tmp_path: Path,
+) -> None:
+    """At 390 px wide no page scrolls sideways: long words, ids and JSON wrap, and wide tables
+    scroll in their own box. The list marks conversations with a failed turn, and forks."""
+    ids = await seed(client, alice, bob, upstream)
+    word = "Supercalifragilisticexpialidocious" * 6
+    wide = await create(
+        client,
+        alice,
+        title=f"A title with one very long word: {word}",
+        model="grok-4-" + "x" * 80,
+        metadata={"note": word, "nested": nested(12)},
+        messages=[
+            {"role": "system", "content": word},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": f"{word} https://example.invalid/{word}"},
+                    {"type": "image_url", "image_url": {"url": f"https://example.invalid/{word}"}},
+                    {"type": "file", "file": {"file_data": word, "deep": nested(30)}},
+                ],
+            },
+        ],
+    )
+    fork = await client.post(f"/v1/conversations/{ids['trip']}/fork", json={}, headers=alice)
+    assert fork.status_code == 201, fork.text
+    forked = fork.json()["id"]
+
+    base = str(client.base_url).rstrip("/")
+    page = await browser.new_page()
+    await page.set_viewport_size(PHONE)
+    await page.goto(f"{base}/admin/login")
+    assert await sign_in(page, bearer(admin)) == 303
+
+    async def page_width(path: str) -> int:
+        await page.goto(f"{base}{path}")
+        # A picture of each page stays in the test's folder, to look at when this fails.
+        name = path.strip("/").replace("/", "_") or "list"
+        await page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+        width: int = await page.evaluate("document.scrollingElement.scrollWidth")
+        return width
+
+    for path in (
+        "/admin/",
+        "/admin/?tenant=alice",
+        f"/admin/c/{wide}",
+        f"/admin/c/{ids['trip']}",
+        f"/admin/c/{ids['budget']}",
+        f"/admin/c/{forked}",
+        "/admin/dashboard",
+        "/admin/c/00000000-0000-0000-0000-000000000000",
+    ):
+        assert await page_width(path) <= PHONE["width"], path
+    await page.click("nav >> text=Sign out")
+    await page.wait_for_url("**/admin/login")
+    assert await page_width("/admin/login") <= PHONE["width"]
+
+    # The list's markers: a failed turn, and a fork that links to where it came from.
+    await page.goto(f"{base}/admin/login")
+    assert await sign_in(page, bearer(admin)) == 303
+    rows = page.locator("#conversations tbody tr")
+    marked = await rows.evaluate_all(
+        """rows => rows.map(r => [
+            r.querySelector('td.title > a').getAttribute('href'),
+            [...r.querySelectorAll('.badge')].map(b => b.textContent.trim()),
+        ])"""
+    )
+    badges = {href.rsplit("/", 1)[-1]: found for href, found in marked}
+    assert badges[ids["budget"]] == ["failed turn"]
+    assert badges[forked] == ["fork"]
+    assert badges[ids["trip"]] == []
+    assert badges[ids["groceries"]] == []
+    assert badges[wide] == []
+    fork_link = page.locator(f"#conversations a.badge.fork[href='/admin/c/{ids['trip']}']")
+    assert await fork_link.count() == 1
 
 
 # ---- sessions, cross-site forms and cookies, over a socket with httpx -----------------------
@@ -714,7 +801,11 @@ async def test_a_page_grows_with_what_is_stored_and_cuts_long_values_short(
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts,
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
     max_leaves=40,
 )
