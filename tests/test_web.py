@@ -421,6 +421,40 @@ async def test_admin_pages_fit_a_phone(
     assert await fork_link.count() == 1
 
 
+async def test_the_api_explorer_works_offline(
+    client: httpx.AsyncClient, browser: BrowserContext
+) -> None:
+    """Swagger UI at /schema draws the API from this server's files alone (the browser can
+    reach no other host), under its content security policy, showing /schema/openapi.json."""
+    base = str(client.base_url).rstrip("/")
+    page = await browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    await page.add_init_script(
+        """window.violations = [];
+        document.addEventListener('securitypolicyviolation',
+            e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));"""
+    )
+    answer = await page.goto(f"{base}/schema")
+    assert answer is not None
+    assert answer.status == 200
+    await page.wait_for_selector(".swagger-ui .info .title")
+    assert "convstore" in await page.inner_text(".swagger-ui .info .title")
+    assert await page.locator(".opblock").count() > 10
+    # An operation opens with every answer of the completed document (and its examples).
+    turn = page.locator("#operations-turns-V1ConversationsConversationIdTurnsCreateTurn")
+    await turn.locator(".opblock-summary").click()
+    await turn.locator(".responses-table .response[data-code='502']").wait_for()
+    assert await page.evaluate("window.violations") == []
+    assert requested
+    assert all(url.startswith(f"{base}/") or url.startswith("data:") for url in requested), [
+        url for url in requested if not url.startswith(base)
+    ]
+    shown = await page.evaluate("ui.specSelectors.specJson().toJS()")
+    served = (await client.get("/schema/openapi.json")).json()
+    assert shown == served
+
+
 # ---- sessions, cross-site forms and cookies, over a socket with httpx -----------------------
 #
 # httpx's cookie jar keeps a `Secure` cookie to https only, so these tests carry cookies by
