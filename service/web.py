@@ -140,7 +140,9 @@ async def provide_page_admin(request: Request[Any, Any, Any], state: State) -> P
         # Only a page the browser can simply open again is worth coming back to.
         next_path = None
         if request.method == "GET":
-            next_path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            # From the scope: ``request.url`` refuses a Host header with a bad port (500).
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            next_path = request.scope["path"] + (f"?{query}" if query else "")
         raise SignInRequired(next_path, had_cookie=COOKIE in request.cookies)
     return session
 
@@ -174,12 +176,21 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def request_host(request: Request[Any, Any, Any]) -> str | None:
+    """The host name the request was sent to (its ``Host`` header without the port), or None
+    if that is no host name."""
+    try:
+        return urlsplit("//" + request.headers.get("host", "")).hostname
+    except ValueError:
+        return None
+
+
 def cookie_secure(request: Request[Any, Any, Any], settings: Settings) -> bool | None:
     """Whether the cookies of these pages are marked ``Secure`` for this request, or None when
     a browser would drop them: plain http to another host than this machine, unless the
     operator allowed cookies without ``Secure`` there. The scheme is the connection's, or a
     trusted proxy's ``X-Forwarded-Proto`` (uvicorn's ``--forwarded-allow-ips``)."""
-    if request.url.scheme == "https" or is_loopback(request.url.hostname):
+    if request.scope.get("scheme") == "https" or is_loopback(request_host(request)):
         return True
     return False if settings.admin_insecure_cookies else None
 
@@ -205,18 +216,9 @@ def expired_cookie() -> Cookie:
     return _cookie(COOKIE, "", COOKIE_PATH, secure=False, expire=True)
 
 
-def _origin_key(url: str) -> str | None:
-    """``host[:port]`` of an origin or URL, without the scheme's default port."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return None
-    return _host_key(parts.netloc, parts.scheme)
-
-
 def _host_key(host: str, scheme: str) -> str:
-    host = host.lower()
-    default = ":443" if scheme == "https" else ":80"
-    return host.removesuffix(default)
+    """``host[:port]`` as a browser names it, without the scheme's default port."""
+    return host.lower().removesuffix(":443" if scheme == "https" else ":80")
 
 
 def same_origin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -224,13 +226,19 @@ def same_origin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
     must name the host the request was sent to. A form another site makes a browser send
     answers 403. (Browsers send ``Origin`` with every POST; ``Origin: null`` is refused.)"""
     headers = connection.headers
-    source = headers.get("origin") or headers.get("referer")
+    source = headers.get("origin") or headers.get("referer") or ""
     host = headers.get("host")
-    if source and host:
-        key = _origin_key(source)
-        scheme = urlsplit(source).scheme
-        if key is not None and key == _host_key(host, scheme):
-            return
+    try:
+        parts = urlsplit(source)
+    except ValueError:  # not a URL at all
+        parts = None
+    if (
+        parts
+        and parts.scheme in ("http", "https")
+        and host
+        and _host_key(parts.netloc, parts.scheme) == _host_key(host, parts.scheme)
+    ):
+        return
     raise Forbidden(
         "This form was sent from another site, or without saying where from (no Origin or "
         "Referer header naming this host). Open the page on this host and send it again."
@@ -950,7 +958,7 @@ def login_page(
             error=error,
             form_token=token,
             blocked=secure is None,
-            host=request.url.hostname,
+            host=request_host(request),
         ),
         status_code=status,
         cookies=[] if secure is None else [_cookie(CSRF_COOKIE, token, LOGIN_PATH, secure=secure)],

@@ -648,6 +648,8 @@ async def test_forms_from_other_sites_are_refused(
         {"origin": "null"},
         {"referer": "https://evil.example/admin/login"},
         {"origin": base.replace("127.0.0.1", "localhost")},
+        {"origin": "http://["},
+        {"origin": "127.0.0.1"},
         {},  # neither Origin nor Referer
     ):
         answer = await send(
@@ -750,6 +752,15 @@ async def test_cookies_are_secure_wherever_browsers_keep_secure_ones(
         assert answer.status_code == 403
         assert 'id="login-blocked"' in answer.text
         assert cookies_set(answer) == {}
+
+        # A Host header that names no host is no reason for a 500.
+        for host in ("[", "x:abc", ":::", "x:99999"):
+            page = await send(client, "GET", "/admin/login", headers={"host": host})
+            assert page.status_code == 200, host
+            assert 'id="login-blocked"' in page.text
+            answer = await send(client, "GET", "/admin/c/1?a=b", headers={"host": host})
+            assert answer.status_code == 303, host
+            assert answer.headers["location"] == "/admin/login?next=%2Fadmin%2Fc%2F1%3Fa%3Db"
 
     # On a trusted network, the operator may allow cookies without Secure.
     insecure = dataclasses.replace(settings, admin_insecure_cookies=True)
