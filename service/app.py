@@ -9,7 +9,6 @@ import httpx
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
@@ -20,7 +19,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.events import KEEPALIVE_SECONDS
 from service.netio import UpstreamTransport
 from service.observability import ObservedLitestar, configure_logging
-from service.openapi import CompletedJsonRenderPlugin
+from service.openapi import schema_router
 from service.ratelimit import TurnRateLimit
 from service.routes.admin import AdminController
 from service.routes.conversations import ConversationController
@@ -107,6 +106,7 @@ def create_app(
                 await db.dispose()
 
     configure_logging(settings.log_level)
+    openapi_router, render_plugins = schema_router()
     return ObservedLitestar(
         route_handlers=[
             ConversationController,
@@ -140,6 +140,7 @@ def create_app(
                 }
             ),
             security=[{"bearer": []}],
-            render_plugins=[CompletedJsonRenderPlugin(), SwaggerRenderPlugin(path="/")],
+            render_plugins=render_plugins,
+            openapi_router=openapi_router,
         ),
     )

@@ -35,6 +35,8 @@ class Settings:
     turn_lease: float = 60.0
     key_cache_ttl: float = 5.0
     log_level: str = "INFO"
+    # The admin pages' session cookie without `Secure` over plain http (a trusted network only).
+    admin_insecure_cookies: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +63,7 @@ class Settings:
             turn_lease=_number(env, "CONVSTORE_TURN_LEASE", 60.0),
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
+            admin_insecure_cookies=_flag(env, "CONVSTORE_ADMIN_INSECURE_COOKIES"),
         )
         settings.validate()
         return settings
@@ -128,3 +131,12 @@ def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = 
     if value != value or value in (float("inf"), float("-inf")):
         raise SettingsError(f"{name} must be a finite number, not {raw!r}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, not {env.get(name)!r}")

@@ -49,8 +49,16 @@ def test_values_are_read() -> None:
         ("CONVSTORE_DB_POOL_SIZE", "2.5", "CONVSTORE_DB_POOL_SIZE"),
         ("CONVSTORE_DATABASE_URL", "sqlite+aiosqlite:////nonexistent/dir/x.db", "/nonexistent"),
         ("CONVSTORE_TURN_RATE_LIMIT", "1200", "--turns-per-minute"),
+        ("CONVSTORE_ADMIN_INSECURE_COOKIES", "maybe", "CONVSTORE_ADMIN_INSECURE_COOKIES"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, says: str) -> None:
     with pytest.raises(SettingsError, match=says):
         Settings.from_env({name: value})
+
+
+def test_admin_insecure_cookies_is_a_flag() -> None:
+    assert Settings.from_env({}).admin_insecure_cookies is False
+    for value, flag in (("1", True), ("true", True), ("0", False), ("", False)):
+        settings = Settings.from_env({"CONVSTORE_ADMIN_INSECURE_COOKIES": value})
+        assert settings.admin_insecure_cookies is flag

@@ -15,6 +15,7 @@ import msgspec
 from service.errors import BadRequest
 from service.schemas import ConversationOut, MessageOut, TurnOut
 from service.tables import (
+    admin_session_table,
     api_key_table,
     conversation_table,
     idempotency_table,
@@ -26,6 +27,7 @@ C = conversation_table.c
 M = message_table.c
 T = turn_table.c
 K = api_key_table.c
+AS = admin_session_table.c
 IK = idempotency_table.c
 
 MESSAGE_COLUMNS = (
