@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gzip
 import json
 import logging
@@ -21,8 +22,10 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from live import serve
 
-from service.app import make_http_client
+from service.app import create_app, make_http_client
+from service.fake_upstream import FakeUpstream, expected_reply
 from service.settings import Settings
 from service.upstream import (
     MAX_ERROR_CHARS,
@@ -668,3 +671,42 @@ async def test_a_connect_timeout_says_so() -> None:
     assert caught.value.message == (
         "Could not reach the model: no connection within 0.3 s (the connect timeout)."
     )
+
+
+# ---- end to end: the service against the fake upstream, on each database ------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_reply_too_large_fails_the_turn_and_keeps_the_message(
+    settings: Settings, alice: dict[str, str], upstream: FakeUpstream, stream: bool
+) -> None:
+    small = dataclasses.replace(settings, max_reply_chars=40)
+    asked = [{"role": "user", "content": "tell me everything about everything, twice over"}]
+    assert len(expected_reply(asked)) > 40
+    async with serve(create_app(small, retry_backoff=0.01)) as client:
+        created = await client.post("/v1/conversations", json={}, headers=alice)
+        cid = created.json()["id"]
+        response = await client.post(
+            f"/v1/conversations/{cid}/turns",
+            json={"messages": asked, "stream": stream},
+            headers=alice,
+        )
+        if stream:
+            assert response.status_code == 201, response.text
+            data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+            problem = json.loads(data[-1])
+            assert problem["status"] == 502
+        else:
+            assert response.status_code == 502, response.text
+            problem = response.json()
+        assert problem["code"] == "reply_too_large"
+        assert "40 characters" in problem["detail"]
+        turn = await client.get(
+            f"/v1/conversations/{cid}/turns/{problem['turn_id']}", headers=alice
+        )
+        assert turn.json()["status"] == "failed"
+        assert turn.json()["error"]["code"] == "reply_too_large"
+        messages = await client.get(f"/v1/conversations/{cid}/messages", headers=alice)
+        stored = [(m["role"], m["content"]) for m in messages.json()["data"]]
+        assert stored == [("user", asked[0]["content"])]
+    assert upstream.calls == 1  # not retried
