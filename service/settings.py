@@ -70,7 +70,6 @@ class Settings:
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
         )
         settings.validate()
-        check_upstream_proxy(settings.upstream_url, env)
         return settings
 
     def validate(self) -> None:
@@ -125,7 +124,9 @@ class Settings:
 
 def check_upstream_proxy(upstream_url: str, environ: Mapping[str, str]) -> None:
     """Raise ``SettingsError`` if the environment routes the upstream through a proxy the
-    upstream client cannot use (SOCKS): better at start-up than on every turn.
+    upstream client cannot use (SOCKS): better at start-up than on every turn. Checked where
+    the upstream is called from (``convstore serve``, ``make_http_client``), not by every
+    command that reads the settings.
 
     The variables are read as httpx reads them (``urllib.request.getproxies``): the scheme's
     own (``HTTPS_PROXY`` for an https upstream), else ``ALL_PROXY``, a lower-case name before

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
+from service.settings import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_UPSTREAM_URL,
+    Settings,
+    SettingsError,
+    check_upstream_proxy,
+)
 
 
 def test_defaults_need_no_setting() -> None:
@@ -75,7 +81,7 @@ def test_bad_values_name_the_variable(name: str, value: str, says: str) -> None:
 )
 def test_a_socks_proxy_for_the_upstream_stops_start_up(proxy: dict[str, str]) -> None:
     with pytest.raises(SettingsError, match=r"(?i)_proxy names a socks.*not socks") as caught:
-        Settings.from_env(proxy)
+        check_upstream_proxy(DEFAULT_UPSTREAM_URL, proxy)
     assert "secret" not in str(caught.value)
 
 
@@ -93,4 +99,4 @@ def test_a_socks_proxy_for_the_upstream_stops_start_up(proxy: dict[str, str]) ->
 def test_proxies_the_upstream_does_not_take_or_can_use_are_accepted(
     proxy: dict[str, str],
 ) -> None:
-    assert Settings.from_env(proxy).upstream_url == "https://api.x.ai/v1"
+    check_upstream_proxy(DEFAULT_UPSTREAM_URL, proxy)
