@@ -10,8 +10,10 @@ import asyncio
 import email.utils
 import errno
 import logging
+import os
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -580,46 +582,56 @@ def closed_before_answering(exc: BaseException) -> bool:
     )
 
 
+# What each of aiohttp's errors means, in words; the first class that fits is taken.
+_FAILURE_TEXTS: tuple[tuple[type[aiohttp.ClientError], str], ...] = (
+    (aiohttp.ClientConnectorDNSError, "could not resolve host {e.host}"),
+    (aiohttp.ClientProxyConnectionError, "could not connect to the proxy {e.host}:{e.port} ({os})"),
+    (
+        aiohttp.ClientConnectorCertificateError,
+        "the TLS certificate of {e.host} was not accepted ({e.certificate_error})",
+    ),
+    (aiohttp.ClientConnectorSSLError, "the TLS handshake with {e.host}:{e.port} failed ({os})"),
+    (aiohttp.ClientConnectorError, "could not connect to {e.host}:{e.port} ({os})"),
+    (aiohttp.ClientHttpProxyError, "the proxy refused to connect: {e.status} {e.message}"),
+    (aiohttp.ConnectionTimeoutError, "no connection within {connect:g} s (the connect timeout)"),
+    (aiohttp.SocketTimeoutError, "the connection went quiet past the read timeout"),
+    (aiohttp.ServerDisconnectedError, "the connection was closed before an answer"),
+    (aiohttp.ClientPayloadError, "the answer was cut off ({e})"),
+    (aiohttp.ClientOSError, "the connection failed ({os})"),
+    (aiohttp.ClientResponseError, "the answer was not valid HTTP ({e.message})"),
+)
+
+
 def describe_failure(exc: BaseException, *, connect_timeout: float) -> str:
     """What went wrong with an exchange, in words, from its underlying cause:
     httpx-aiohttp maps a failed DNS look-up, a refused connection and a closed one alike to
     ``httpx.ConnectTimeout``."""
     cause = _aiohttp_cause(exc)
-    if isinstance(cause, aiohttp.ClientConnectorDNSError):
-        return f"could not resolve host {cause.host}"
-    if isinstance(cause, aiohttp.ClientProxyConnectionError):
-        return f"could not connect to the proxy {cause.host}:{cause.port} ({_os_text(cause)})"
-    if isinstance(cause, aiohttp.ClientConnectorCertificateError):
-        return f"the TLS certificate of {cause.host} was not accepted ({cause.certificate_error})"
-    if isinstance(cause, aiohttp.ClientConnectorSSLError):
-        return f"the TLS handshake with {cause.host}:{cause.port} failed ({cause.os_error})"
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        if cause.os_error.errno == errno.ECONNREFUSED:
-            return f"connection refused by {cause.host}:{cause.port}"
-        return f"could not connect to {cause.host}:{cause.port} ({_os_text(cause)})"
-    if isinstance(cause, aiohttp.ClientHttpProxyError):
-        return f"the proxy refused to connect: {cause.status} {cause.message}"
-    if isinstance(cause, aiohttp.ConnectionTimeoutError):
-        return f"no connection within {connect_timeout:g} s (the connect timeout)"
-    if isinstance(cause, aiohttp.SocketTimeoutError):
-        return "the connection went quiet past the read timeout"
-    if isinstance(cause, aiohttp.ServerDisconnectedError):
-        return "the connection was closed before an answer"
-    if isinstance(cause, aiohttp.ClientPayloadError):
-        return f"the answer was cut off ({cause})"
-    if isinstance(cause, aiohttp.ClientOSError):
-        return f"the connection failed ({_os_text(cause)})"
-    if isinstance(cause, aiohttp.ClientResponseError):
-        return f"the answer was not valid HTTP ({cause.message})"
-    if cause is not None:
-        return f"{type(cause).__name__}: {cause}"
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return f"no connection within {connect_timeout:g} s (the connect timeout)"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if cause is None:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return f"no connection within {connect_timeout:g} s (the connect timeout)"
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if (
+        isinstance(cause, aiohttp.ClientConnectorError)
+        and not isinstance(cause, aiohttp.ClientProxyConnectionError)
+        and cause.os_error.errno == errno.ECONNREFUSED
+    ):
+        return f"connection refused by {cause.host}:{cause.port}"
+    for kind, text in _FAILURE_TEXTS:
+        if isinstance(cause, kind):
+            return text.format(e=cause, os=_os_text(cause), connect=connect_timeout)
+    return f"{type(cause).__name__}: {cause}"
 
 
-def _os_text(exc: OSError) -> str:
+def _os_text(exc: BaseException) -> str:
+    """The operating system's words for an error (``Connection reset by peer``), if it is one."""
     error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if not isinstance(error, OSError):
+        return ""
+    if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        return str(error)
+    if isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)  # asyncio's own text says only "Connect call failed"
     return error.strerror or str(error) or type(error).__name__
 
 

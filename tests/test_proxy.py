@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,11 +19,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import trustme
-from live import LiveServer
+from live import LiveServer, loopback_server
 
 from service.app import create_app, make_http_client
 from service.fake_upstream import FakeUpstream, expected_reply
 from service.settings import Settings, SettingsError
+from service.upstream import UpstreamClient, UpstreamUnavailable
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -58,12 +60,8 @@ class ForwardProxy:
 
     seen: list[str] = dataclasses.field(default_factory=list)
     url: str = ""
-    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
         try:
             head = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[:-2]
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -101,15 +99,9 @@ class ForwardProxy:
 @contextlib.asynccontextmanager
 async def forward_proxy() -> AsyncIterator[ForwardProxy]:
     proxy = ForwardProxy()
-    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-    proxy.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
+    async with loopback_server(proxy.handle) as port:
+        proxy.url = f"http://127.0.0.1:{port}"
         yield proxy
-    finally:
-        server.close()
-        for task in proxy.tasks:
-            task.cancel()
-        await asyncio.gather(*proxy.tasks, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -119,23 +111,13 @@ async def tls_front(ca: trustme.CA, origin: str) -> AsyncIterator[str]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     target = urlsplit(origin)
-    tasks: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
         upstream = await asyncio.open_connection(target.hostname, target.port)
         await _relay((reader, writer), upstream)
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-    try:
-        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}{target.path}"
-    finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async with loopback_server(handle, ssl=context) as port:
+        yield f"https://127.0.0.1:{port}{target.path}"
 
 
 @pytest.fixture
@@ -274,3 +256,19 @@ def test_a_socks_proxy_for_the_upstream_stops_the_client_being_built(
         make_http_client(Settings(upstream_url="http://127.0.0.1:9/v1"))
     environ.setenv("NO_PROXY", "127.0.0.1")
     make_http_client(Settings(upstream_url="http://127.0.0.1:9/v1"))
+
+
+async def test_a_proxy_that_cannot_be_reached_is_named(environ: Any) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    environ.setenv("HTTP_PROXY", f"http://user:secret@127.0.0.1:{port}")
+    url = "http://127.0.0.1:9/v1"
+    async with make_http_client(Settings(upstream_url=url)) as http:
+        client = UpstreamClient(http, base_url=url, api_key=None, timeout=5, max_retries=0)
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await client.complete({"model": "m"}, conversation_id="c")
+    assert caught.value.message == (
+        f"Could not reach the model: could not connect to the proxy 127.0.0.1:{port} "
+        "(Connection refused)."
+    )

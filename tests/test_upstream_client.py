@@ -22,7 +22,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from live import serve
+from live import loopback_server, serve
 
 from service.app import create_app, make_http_client
 from service.fake_upstream import FakeUpstream, expected_reply
@@ -447,12 +447,8 @@ class Scripted:
     bodies: list[bytes] = field(default_factory=list)
     connections: int = 0
     url: str = ""
-    handlers: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handler = asyncio.current_task()
-        assert handler is not None
-        self.handlers.append(handler)
         self.connections += 1
         try:
             while True:
@@ -480,15 +476,9 @@ class Scripted:
 @contextlib.asynccontextmanager
 async def scripted(*answers: bytes, close_after_answer: bool = False) -> AsyncIterator[Scripted]:
     server = Scripted(list(answers), close_after_answer)
-    listening = await asyncio.start_server(server.serve, "127.0.0.1", 0)
-    server.url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}/v1"
-    try:
+    async with loopback_server(server.serve) as port:
+        server.url = f"http://127.0.0.1:{port}/v1"
         yield server
-    finally:
-        listening.close()
-        for handler in server.handlers:
-            handler.cancel()
-        await asyncio.gather(*server.handlers)
 
 
 def reply(status: int, body: bytes, *headers: tuple[str, str], reason: str = "Whatever") -> bytes:
@@ -652,6 +642,23 @@ async def test_a_refused_connection_says_so() -> None:
         caught.value.message
         == f"Could not reach the model: connection refused by 127.0.0.1:{port}."
     )
+
+
+async def test_a_failed_tls_handshake_says_so() -> None:
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(reply(400, b"plain HTTP here"))  # where TLS is expected
+        await writer.drain()
+        writer.close()
+
+    async with loopback_server(plain) as port:
+        url = f"https://127.0.0.1:{port}/v1"
+        async with socket_client(url, max_retries=0) as client:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await client.complete({"model": "m"}, conversation_id="c")
+    where = url.split("/")[2]
+    assert caught.value.message.startswith(
+        f"Could not reach the model: the TLS handshake with {where} failed ([SSL: "
+    ), caught.value.message
 
 
 async def test_a_connect_timeout_says_so() -> None:
