@@ -5,6 +5,7 @@ forwarding proxy and a TLS front written here, all on loopback."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -27,6 +28,7 @@ from service.settings import Settings, SettingsError
 from service.upstream import UpstreamClient, UpstreamUnavailable
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+BASIC_USER_PA55 = "Basic " + base64.b64encode(b"user:pa55").decode()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -56,9 +58,10 @@ class ForwardProxy:
     """An HTTP proxy: ``CONNECT host:port`` opens a tunnel; a request in absolute form
     (``POST http://host:port/path``) is sent on to its origin in origin form, one request per
     connection (the origin is asked to close, and so the client is told to). ``seen`` keeps
-    each request line."""
+    each request line, ``credentials`` each ``Proxy-Authorization``."""
 
     seen: list[str] = dataclasses.field(default_factory=list)
+    credentials: list[str | None] = dataclasses.field(default_factory=list)
     url: str = ""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -69,6 +72,16 @@ class ForwardProxy:
             return
         method, target, version = head[0].decode().split(" ")
         self.seen.append(f"{method} {target}")
+        self.credentials.append(
+            next(
+                (
+                    line.partition(b":")[2].strip().decode()
+                    for line in head[1:]
+                    if line.lower().startswith(b"proxy-authorization:")
+                ),
+                None,
+            )
+        )
         if method == "CONNECT":
             host, port = target.rsplit(":", 1)
             origin = await asyncio.open_connection(host, int(port))
@@ -170,10 +183,11 @@ async def test_turns_reach_a_plain_upstream_through_a_forwarding_proxy(
     settings: Settings, alice: dict[str, str], upstream: FakeUpstream, environ: Any
 ) -> None:
     async with forward_proxy() as proxy:
-        environ.setenv("HTTP_PROXY", proxy.url)
+        environ.setenv("HTTP_PROXY", proxy.url.replace("://", "://user:pa55@"))
         async with service(settings) as client:
             await both_turns(client, alice)
     assert proxy.seen == [f"POST {upstream.base_url}/chat/completions"] * 2
+    assert proxy.credentials == [BASIC_USER_PA55] * 2
     assert upstream.calls == 2
 
 
@@ -190,12 +204,13 @@ async def test_turns_reach_a_tls_upstream_through_a_proxy_tunnel(
     ca, path = ca_file
     environ.setenv("SSL_CERT_FILE", path)
     async with forward_proxy() as proxy, tls_front(ca, upstream.base_url) as url:
-        environ.setenv(variable, proxy.url)
+        environ.setenv(variable, proxy.url.replace("://", "://user:pa55@"))
         async with service(dataclasses.replace(settings, upstream_url=url)) as client:
             await both_turns(client, alice)
     where = urlsplit(url).netloc
     assert proxy.seen
     assert set(proxy.seen) == {f"CONNECT {where}"}
+    assert set(proxy.credentials) == {BASIC_USER_PA55}
     assert upstream.calls == 2
 
 
