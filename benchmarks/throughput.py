@@ -58,7 +58,7 @@ from benchmarks.harness import (
     table,
 )
 from benchmarks.lean_http import LeanConnection
-from benchmarks.procs import CORES, CpuMeter, child_matching, wait_for_quiet
+from benchmarks.procs import CORES, CpuMeter, add_quiet_wait, child_matching, wait_for_quiet
 
 SYSTEM = "You are a concise assistant. Answer in one short paragraph."
 WORDS = "please explain how the previous answer relates to the question about tides and moons"
@@ -298,12 +298,7 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--pool-size", type=int, default=20, help="CONVSTORE_DB_POOL_SIZE")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the service into DIR")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=60.0,
-        help="seconds to wait, before each run, for other processes to leave the cores idle",
-    )
+    add_quiet_wait(parser, 60.0, "each run")
     args = parser.parse_args()
     users = [int(u) for u in args.users.split(",")]
     workers = [int(w) for w in args.workers.split(",")]
