@@ -92,6 +92,25 @@ async def seed(client: httpx.AsyncClient, target: Target, size: int) -> str:
     return cid
 
 
+async def timed_chat(
+    client: httpx.AsyncClient,
+    base: str,
+    messages: list[dict[str, Any]],
+    key: str = UPSTREAM_KEY,
+    model: str = "grok-4",
+) -> float:
+    """One chat completion (not streamed) at ``base`` (the fake upstream's ``/v1``, or any
+    OpenAI-compatible API), in ms."""
+    # Encoded before the clock starts (the service encodes its own inside the measured turn).
+    body = msgspec.json.encode({"model": model, "messages": messages})
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    answer = await client.post(f"{base}/chat/completions", content=body, headers=auth)
+    elapsed = (time.perf_counter() - started) * 1000
+    answer.raise_for_status()
+    return elapsed
+
+
 async def pair(
     client: httpx.AsyncClient,
     direct: httpx.AsyncClient,
@@ -103,13 +122,7 @@ async def pair(
 ) -> tuple[float, float, str]:
     """A direct call with the history the turn will send, then the turn: both in ms, and the
     reply's content."""
-    # Encoded before the clock starts (the service encodes its own inside the measured turn).
-    body = msgspec.json.encode({"model": "grok-4", "messages": [*history_before, question]})
-    auth = {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}
-    started = time.perf_counter()
-    answer = await direct.post(f"{upstream}/chat/completions", content=body, headers=auth)
-    direct_ms = (time.perf_counter() - started) * 1000
-    answer.raise_for_status()
+    direct_ms = await timed_chat(direct, upstream, [*history_before, question])
     started = time.perf_counter()
     turn = await client.post(
         f"{target.base}/v1/conversations/{cid}/turns",
