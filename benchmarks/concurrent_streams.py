@@ -270,7 +270,7 @@ def main() -> None:
         f"{args.streams} streams at once, each {args.chunks} content chunks {args.delay:g} s "
         f"apart; conversations of {args.messages} messages; open files allowed: {files}\n"
     )
-    first_rows, end_rows, cost_rows, failures = [], [], [], []
+    first_rows, end_rows, cost_rows, spread, failures = [], [], [], [], []
     with fake_upstream() as upstream:
         for kind in kinds:
             with contextlib.ExitStack() as stack:
@@ -291,6 +291,7 @@ def main() -> None:
                         first_rows.append([kind, *code, *first_row(direct, turns)])
                         end_rows.append([kind, *code, *end_row(direct, turns)])
                         cost_rows.append([kind, *code, *cost_row(turns)])
+                        spread.append([kind, *code, waves(turns, args.chunks * args.delay)])
                         for side, burst in (("direct", direct), ("service", turns)):
                             failures += [
                                 [kind, *code, side, count, why]
@@ -315,6 +316,9 @@ def main() -> None:
         )
     )
     print("(later by: the service's percentile minus the direct one)")
+    window = args.chunks * args.delay
+    print(f"\nthe service's streams by when their first content came, in {window:g}-s windows:")
+    print(table(["database", *code_column, "streams"], spread))
     print("\ntime to the end of the stream (ms; direct: [DONE]; service: turn.completed):")
     print(
         table(
@@ -351,6 +355,18 @@ def main() -> None:
     for log in sorted(logs.glob("*.log")):
         for count, message in log_summary(log)[:10]:
             print(f"  {log.name}: {count} x {message}")
+
+
+def waves(burst: Burst, seconds: float) -> str:
+    """How many first contents came in each window of ``seconds`` after the requests."""
+    counts = collections.Counter(int(ms / 1000 // seconds) for ms in burst.first if ms == ms)
+    return (
+        ", ".join(
+            f"{w * seconds:g}-{(w + 1) * seconds:g} s: {counts[w]}" for w in range(max(counts) + 1)
+        )
+        if counts
+        else "-"
+    )
 
 
 def first_row(direct: Burst, turns: Burst) -> list[Any]:
