@@ -24,7 +24,8 @@ the history, then the same exchange through the proxy under test; the overhead i
 difference. Through LiteLLM the client sends the whole history (LiteLLM keeps no conversation);
 through convstore it sends only the new message, as the first turn on a fresh fork of a
 conversation holding the history (convstore reads the history from its database and stores the
-new message and the reply). Prints the median and p95 of the overhead in ms.
+new message and the reply). The two take turns, five pairs at a time. Prints the median and
+p95 of the overhead in ms, and the share of the cores other processes used meanwhile.
 
 Throughput, with throughput.py's load generator: ``--users`` at once, each with a conversation
 that starts with the history and grows by a question and an answer per request, one request in
@@ -45,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,12 +66,13 @@ from benchmarks.harness import (
     table,
     wait_ready,
 )
-from benchmarks.procs import CpuMeter, add_quiet_wait, wait_for_quiet
+from benchmarks.procs import CORES, CpuMeter, add_quiet_wait, wait_for_quiet
 from benchmarks.throughput import Run, fake_alone, run_async, through_service
 from benchmarks.turn_overhead import Target, history, measure, timed_chat
 
 INSTALL = "python3 -m venv .bench-venv && .bench-venv/bin/pip install 'litellm[proxy]'"
 WARMUP_PAIRS = 3  # as turn_overhead.measure
+ROUND = 5  # pairs of one proxy before pairs of the other
 QUESTION = {"role": "user", "content": "And what follows from that?"}
 REFUSED = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused
 OFFLINE = {
@@ -197,6 +200,23 @@ async def litellm_overhead(proxy: str, upstream: str, size: int, pairs: int) -> 
     return result
 
 
+async def overheads(
+    target: Target, proxy: str, upstream: str, size: int, args: Any
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The pairs of convstore (``turn_overhead.measure``) and of LiteLLM, in rounds of
+    ``ROUND`` pairs of one then of the other: a small machine's speed drifts over minutes."""
+    ours: dict[str, list[float]] = collections.defaultdict(list)
+    theirs: dict[str, list[float]] = collections.defaultdict(list)
+    for done in range(0, args.pairs, ROUND):
+        count = min(ROUND, args.pairs - done)
+        [measured] = await measure([target], upstream, size, count)
+        for key, values in measured.items():
+            ours[key] += values
+        for key, values in (await litellm_overhead(proxy, upstream, size, count)).items():
+            theirs[key] += values
+    return ours, theirs
+
+
 def load_row(what: str, kind: str, size: int, run: Run, ok: int, group: str) -> list[Any]:
     latency = summary(run.latencies)
     return [
@@ -209,6 +229,7 @@ def load_row(what: str, kind: str, size: int, run: Run, ok: int, group: str) -> 
         run.errors(ok),
         max(run.history),
         run.cpu_per(group),
+        run.busy("others"),
     ]
 
 
@@ -240,16 +261,19 @@ def main() -> None:
                 target = Target("convstore", base, key)
                 for size in sizes:
                     wait_for_quiet(args.quiet_wait)
-                    [ours] = asyncio.run(measure([target], upstream, size, args.pairs))
-                    theirs = asyncio.run(litellm_overhead(proxy, upstream, size, args.pairs))
+                    meter = CpuMeter(database_name(url))
+                    meter.roots["service"].append(proxy_pid)  # both proxies are ours
+                    meter.start()
+                    started = time.perf_counter()
+                    ours, theirs = asyncio.run(overheads(target, proxy, upstream, size, args))
+                    busy = meter.stop()["others"] / (time.perf_counter() - started) / CORES
                     for what, where, r, through in (
                         ("convstore", kind, ours, "service"),
                         ("LiteLLM", "-", theirs, "proxy"),
                     ):
                         d, t, o = summary(r["direct"]), summary(r[through]), summary(r["first"])
-                        overhead_rows.append(
-                            [size, what, where, d["median"], t["median"], o["median"], o["p95"]]
-                        )
+                        times = [d["median"], t["median"], o["median"], o["p95"]]
+                        overhead_rows.append([size, what, where, *times, f"{100 * busy:.0f}%"])
                     load = (args.users, args.warmup, args.duration)
                     start = history(size)
                     ran = run_async(fake_alone(upstream, *load, start=start))
@@ -272,6 +296,7 @@ def main() -> None:
                 "through median",
                 "overhead median",
                 "overhead p95",
+                "others",
             ],
             overhead_rows,
         )
@@ -289,9 +314,14 @@ def main() -> None:
                 "errors",
                 "history at end",
                 "its CPU ms/req",
+                "others",
             ],
             load_rows,
         )
+    )
+    print(
+        "(others: share of the cores used meanwhile by processes outside this benchmark; "
+        "history at end: messages in the longest conversation when the run stopped)"
     )
 
 
