@@ -43,6 +43,7 @@ import contextlib
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,6 +64,7 @@ from benchmarks.harness import (
     table,
 )
 from benchmarks.procs import (
+    CORES,
     CpuMeter,
     add_quiet_wait,
     children_matching,
@@ -96,6 +98,7 @@ class Burst:
     peak_rss: int = 0
     upstream_connections: int = 0  # the most the server held open to the fake upstream at once
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process group
+    seconds: float = 0.0  # how long the burst took
 
     @property
     def completed(self) -> int:
@@ -199,6 +202,7 @@ async def service_burst(target: Target, upstream: str, db: str | None, args: Any
 
         meter = CpuMeter(db)
         meter.start()
+        started = time.perf_counter()
         cpu_before = cpu_seconds(pid)
         sampler = asyncio.create_task(sample())
         try:
@@ -206,6 +210,7 @@ async def service_burst(target: Target, upstream: str, db: str | None, args: Any
         finally:
             sampler.cancel()
         burst.cpu = meter.stop()
+        burst.seconds = time.perf_counter() - started
         burst.cpu["server"] = cpu_seconds(pid) - cpu_before
     return burst
 
@@ -340,13 +345,15 @@ def main() -> None:
                 "fake ms",
                 "client ms",
                 "upstream connections",
+                "others",
             ],
             cost_rows,
         )
     )
     print(
         "(RSS all open: '-' if the streams were never all open at once, with the peak in "
-        "brackets; upstream connections: the most the server held open to the fake at once)"
+        "brackets; upstream connections: the most the server held open to the fake at once; "
+        "others: share of the cores used by processes outside this benchmark meanwhile)"
     )
     if failures:
         print("\nstreams that did not complete:")
@@ -404,6 +411,7 @@ def cost_row(turns: Burst) -> list[Any]:
         per["fake"],
         per["client"],
         turns.upstream_connections,
+        f"{100 * turns.cpu['others'] / turns.seconds / CORES:.0f}%",
     ]
 
 
