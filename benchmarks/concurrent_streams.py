@@ -7,23 +7,28 @@ for 20 seconds (its ``pace`` fault), on SQLite and PostgreSQL.
                                                       [--chunks 20] [--delay 1] [--messages 10]
                                                       [--timeout 300] [--quiet-wait 30]
                                                       [--rounds 1] [--baseline PATH]
+                                                      [--logs DIR]
 
 Each round first sends N streamed chat completions straight to the fake upstream, all at once,
 then N streamed turns through the service (``POST /v1/conversations/{id}/turns`` with
 ``"stream": true``, each on a conversation of its own holding ``--messages`` messages), all at
-once. Both sides use the same client stack (``harness.http_client``), holding N connections.
-Prints:
+once, after 40 unpaced streamed turns at once to warm the server up. Both sides use the same
+client stack (``harness.http_client``), holding N connections. Prints:
 
 - how many streams completed (``[DONE]``, ``turn.completed``), and why the others did not;
 - the time to the first content (direct: first content chunk; service: first ``message.delta``),
   p50 and p95 of each side, and how much later the service's come (the difference of the two
-  sides' percentiles);
+  sides' percentiles), and how the service's first contents spread over windows of one reply's
+  length (turns that wait for others to end come in waves);
 - memory per open stream: the server process's resident memory while all N streams were open
   (the highest sample, taken every quarter second, while every turn had answered 201 and none
   had ended) minus its resident memory at rest just before, divided by N, in KB;
 - CPU per stream: the CPU time the server process used over the burst divided by N, in ms, and
   beside it what PostgreSQL (the benchmark database's backends and the server's own processes),
-  the fake upstream and this client used.
+  the fake upstream and this client used; the most connections the server held open to the fake
+  at once; the share of the cores other processes used meanwhile;
+- the servers' warnings and errors, counted, from their logs (kept in ``--logs``, by default a
+  new temporary folder).
 
 A server process, a client and a fake holding 1,000 connections each need more open files than
 the usual soft limit of 1,024: the benchmark raises its own soft limit to the hard limit before
