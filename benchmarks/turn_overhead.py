@@ -47,7 +47,6 @@ from benchmarks.harness import (
     summary,
     table,
 )
-from service.app import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,25 @@ async def seed(client: httpx.AsyncClient, target: Target, size: int) -> str:
     return cid
 
 
+async def timed_chat(
+    client: httpx.AsyncClient,
+    base: str,
+    messages: list[dict[str, Any]],
+    key: str = UPSTREAM_KEY,
+    model: str = "grok-4",
+) -> float:
+    """One chat completion (not streamed) at ``base`` (the fake upstream's ``/v1``, or any
+    OpenAI-compatible API), in ms."""
+    # Encoded before the clock starts (the service encodes its own inside the measured turn).
+    body = msgspec.json.encode({"model": model, "messages": messages})
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    answer = await client.post(f"{base}/chat/completions", content=body, headers=auth)
+    elapsed = (time.perf_counter() - started) * 1000
+    answer.raise_for_status()
+    return elapsed
+
+
 async def pair(
     client: httpx.AsyncClient,
     direct: httpx.AsyncClient,
@@ -104,13 +122,7 @@ async def pair(
 ) -> tuple[float, float, str]:
     """A direct call with the history the turn will send, then the turn: both in ms, and the
     reply's content."""
-    # Encoded before the clock starts (the service encodes its own inside the measured turn).
-    body = msgspec.json.encode({"model": "grok-4", "messages": [*history_before, question]})
-    auth = {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}
-    started = time.perf_counter()
-    answer = await direct.post(f"{upstream}/chat/completions", content=body, headers=auth)
-    direct_ms = (time.perf_counter() - started) * 1000
-    answer.raise_for_status()
+    direct_ms = await timed_chat(direct, upstream, [*history_before, question])
     started = time.perf_counter()
     turn = await client.post(
         f"{target.base}/v1/conversations/{cid}/turns",
@@ -190,9 +202,6 @@ def main() -> None:
         "--baseline", type=Path, help="another checkout whose code is measured alternately"
     )
     args = parser.parse_args()
-    # As the service does (CONVSTORE_MALLOC_KEEP_MB): the direct calls build and send whole
-    # histories from this process, and must not pay page faults the service no longer pays.
-    keep_freed_memory(64)
     sizes = [int(s) for s in args.sizes.split(",")]
     codes = [("this checkout", ROOT)]
     if args.baseline:
