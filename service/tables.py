@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -204,6 +205,8 @@ class Turn(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer, default=None)
     upstream_ms: Mapped[int | None] = mapped_column(Integer, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Brought in by an import: its usage was another deployment's, not this one's.
+    imported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     reply_seq: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -23,6 +23,10 @@ from service.tables import (
     turn_table,
 )
 
+# The tenant of a conversation while it is being imported: no key has it (a key's tenant is
+# printable), so no one sees the conversation before the import gives it to its tenant.
+IMPORTING = "\x1bimporting"
+
 C = conversation_table.c
 M = message_table.c
 T = turn_table.c
@@ -103,6 +107,16 @@ class ExportRows:
     conversation: Any
     messages: list[Any]
     turns: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRows:
+    """What an import stores: the conversation's columns (``source_id`` among them), and its
+    message and turn rows with their transcript's turn ids (the store gives new ids)."""
+
+    conversation: dict[str, Any]
+    messages: list[dict[str, Any]]
+    turns: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_
+import anyio
+from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,19 +20,42 @@ from service.store.admin import ConversationFilter
 from service.store.conversations import ConversationStore
 from service.store.records import (
     CONVERSATION_COLUMNS,
+    IMPORTING,
     MESSAGE_COLUMNS,
     TURN_COLUMNS,
     C,
     ExportRows,
+    ImportRows,
     M,
     T,
 )
 from service.tables import conversation_table, message_table, turn_table, utcnow, uuid7
 
+log = logging.getLogger("convstore")
+
 EXPORT_CONVERSATION_COLUMNS = (*CONVERSATION_COLUMNS, C.tenant)
+# Rows an import writes in one transaction (about 5 ms of the event loop's time, and tens of
+# milliseconds of SQLite's write lock with the text index).
+IMPORT_BATCH = 1_000
+# A conversation still being imported whose import wrote nothing for this long was left by a
+# process that stopped.
+ABANDONED_IMPORT = timedelta(hours=1)
 COPIED_MESSAGE_COLUMNS = tuple(
     c for c in MESSAGE_COLUMNS if c.key not in ("id", "conversation_id", "turn_id")
 )
+
+
+def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), IMPORT_BATCH):
+        yield rows[start : start + IMPORT_BATCH]
+
+
+def _already_imported(existing: uuid.UUID) -> Conflict:
+    return Conflict(
+        "This transcript was already imported.",
+        code="already_imported",
+        conversation_id=str(existing),
+    )
 
 
 class TranscriptStore(ConversationStore):
@@ -104,69 +130,108 @@ class TranscriptStore(ConversationStore):
             ).scalar()
         return found
 
-    async def import_conversation(
-        self,
-        tenant: str,
-        conversation: dict[str, Any],
-        messages: list[dict[str, Any]],
-        turns: list[dict[str, Any]],
-    ) -> ConversationOut:
-        """Store an imported conversation in one transaction, with new ids.
+    async def import_conversation(self, tenant: str, rows: ImportRows) -> ConversationOut:
+        """Store an imported conversation with new ids. Nothing of it is seen before all of it
+        is, and nothing is left if it fails.
 
-        ``conversation`` holds the stored columns (``source_id`` among them), ``messages`` and
-        ``turns`` the rows with their transcript ids, which are mapped to new ones. Raises
-        ``Conflict`` (``already_imported``) if this tenant already imported ``source_id``.
+        Its rows go in ``IMPORT_BATCH`` at a time, each batch in a short transaction of its own
+        (so that other writers, on SQLite, get the write lock between two, and the event loop
+        serves other requests while each is written), under the tenant ``IMPORTING``, which no
+        key has; a last short transaction gives the conversation to ``tenant``. If a batch
+        fails, what was written is deleted; if the process dies, the next import deletes it.
+        Raises ``Conflict`` (``already_imported``) if this tenant already imported
+        ``source_id``.
         """
+        source_id = rows.conversation["source_id"]
+        existing = await self.find_import(tenant, source_id)
+        if existing is not None:
+            raise _already_imported(existing)
         now = utcnow()
         conversation_id = uuid7()
-        turn_ids = {t["id"]: uuid7() for t in turns}
-        values = {
-            "id": conversation_id,
-            "tenant": tenant,
-            "message_count": len(messages),
-            "created_at": now,
-            "updated_at": now,
-            **conversation,
-        }
+        turn_ids = {t["id"]: uuid7() for t in rows.turns}
+        async with self._write() as conn:
+            await conn.execute(
+                delete(conversation_table).where(
+                    C.tenant == IMPORTING, C.updated_at < now - ABANDONED_IMPORT
+                )
+            )
+            await conn.execute(
+                insert(conversation_table).values(
+                    {
+                        **rows.conversation,
+                        "id": conversation_id,
+                        "tenant": IMPORTING,
+                        "source_id": None,
+                        "message_count": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+            )
+        try:
+            for table, batch in itertools.chain(
+                ((turn_table, b) for b in _batches(rows.turns)),
+                ((message_table, b) for b in _batches(rows.messages)),
+            ):
+                if table is turn_table:
+                    batch = [
+                        {
+                            **t,
+                            "id": turn_ids[t["id"]],
+                            "conversation_id": conversation_id,
+                            "deadline_at": t.get("completed_at") or now,
+                        }
+                        for t in batch
+                    ]
+                else:
+                    batch = [
+                        {
+                            **m,
+                            "id": uuid7(),
+                            "conversation_id": conversation_id,
+                            "turn_id": turn_ids.get(m.get("turn_id")),
+                        }
+                        for m in batch
+                    ]
+                async with self._write() as conn:
+                    await conn.execute(insert(table), batch)
+                    await conn.execute(  # still in progress: not the leftover of a dead process
+                        update(conversation_table)
+                        .where(C.id == conversation_id)
+                        .values(updated_at=utcnow())
+                    )
+            async with self._write() as conn:
+                await conn.execute(
+                    update(conversation_table)
+                    .where(C.id == conversation_id)
+                    .values(
+                        tenant=tenant,
+                        source_id=source_id,
+                        message_count=len(rows.messages),
+                        created_at=rows.conversation["created_at"],
+                        updated_at=rows.conversation["updated_at"],
+                    )
+                )
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):  # even when the request is cancelled
+                await self._discard_import(conversation_id)
+            if isinstance(exc, IntegrityError):  # a concurrent import of the same source won
+                existing = await self.find_import(tenant, source_id)
+                if existing is not None:
+                    raise _already_imported(existing) from None
+            raise
+        return await self.get_conversation(tenant, conversation_id)
+
+    async def _discard_import(self, conversation_id: uuid.UUID) -> None:
+        """Delete an import that failed, with what it wrote (a later import deletes it if
+        this cannot, say with the database gone)."""
         try:
             async with self._write() as conn:
-                await conn.execute(insert(conversation_table).values(**values))
-                if turns:
-                    await conn.execute(
-                        insert(turn_table),
-                        [
-                            {
-                                **t,
-                                "id": turn_ids[t["id"]],
-                                "conversation_id": conversation_id,
-                                "deadline_at": t.get("completed_at") or now,
-                            }
-                            for t in turns
-                        ],
-                    )
-                if messages:
-                    await conn.execute(
-                        insert(message_table),
-                        [
-                            {
-                                **m,
-                                "id": uuid7(),
-                                "conversation_id": conversation_id,
-                                "turn_id": turn_ids.get(m.get("turn_id")),
-                            }
-                            for m in messages
-                        ],
-                    )
-        except IntegrityError:
-            existing = await self.find_import(tenant, str(conversation.get("source_id")))
-            if existing is None:
-                raise
-            raise Conflict(
-                "This transcript was already imported.",
-                code="already_imported",
-                conversation_id=str(existing),
-            ) from None
-        return await self.get_conversation(tenant, conversation_id)
+                await conn.execute(
+                    delete(conversation_table).where(C.id == conversation_id, C.tenant == IMPORTING)
+                )
+        except Exception:
+            log.exception("could not delete the failed import %s", conversation_id)
 
     async def fork(
         self, tenant: str, conversation_id: uuid.UUID, through_seq: int | None
