@@ -92,6 +92,11 @@ def _check_parts(content: Content | None) -> None:
         text = part.get("text")
         if kind == "text" and not isinstance(text, str):
             raise ValueError(f"content part {index} of type text needs a string `text`")
+        if isinstance(text, str) and len(text) > MAX_CONTENT_CHARS:
+            raise ValueError(
+                f"content part {index} is {len(text):,} characters long; "
+                f"at most {MAX_CONTENT_CHARS:,} are allowed"
+            )
         if isinstance(text, str) and "\x00" in text:
             raise ValueError(f"content part {index} holds a NUL character")
         if kind == "image_url":

@@ -321,3 +321,22 @@ async def test_full_collections_are_deferred_only_while_imports_run(store: Store
     body = msgspec.json.encode(transcript(numbered(10)))
     await asyncio.gather(importer.transcript("alice", body), importer.transcript("bob", body))
     assert gc.get_threshold() == before
+
+
+async def test_the_api_holds_text_parts_to_the_content_limit_too(
+    client: Client, alice: dict[str, str]
+) -> None:
+    """What the API stores, an export holds and an import takes back."""
+    for size, status in ((1_000_000, 201), (1_000_001, 422)):
+        parts = [{"type": "text", "text": "x" * size}]
+        response = await client.post(
+            "/v1/conversations",
+            json={"messages": [{"role": "user", "content": parts}]},
+            headers=alice,
+        )
+        assert response.status_code == status, response.text[:300]
+    assert "1,000,000" in response.json()["detail"]
+    (conversation,) = await listed(client, alice)
+    exported = await client.get(f"/v1/conversations/{conversation['id']}/export", headers=alice)
+    again = await client.post("/v1/conversations/import", content=exported.content, headers=alice)
+    assert again.status_code == 201, again.text[:300]

@@ -380,7 +380,7 @@ def test_the_schema_states_the_import_limits() -> None:
     defs = schema["$defs"]
     text_part = defs["part"]["allOf"][0]["then"]["properties"]["text"]
     for limited in (
-        defs["content"],
+        defs["contentValue"],
         text_part,
         defs["message"]["properties"]["reasoning_content"],
         defs["toolCall"]["properties"]["function"]["properties"]["arguments"],
