@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,9 +45,11 @@ COPIED_MESSAGE_COLUMNS = tuple(
 )
 
 
-def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(rows), IMPORT_BATCH):
-        yield rows[start : start + IMPORT_BATCH]
+def _batches(rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """``rows`` ``IMPORT_BATCH`` at a time, each batch made only when it is written."""
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, IMPORT_BATCH)):
+        yield batch
 
 
 def _already_imported(existing: uuid.UUID) -> Conflict:
@@ -168,31 +170,29 @@ class TranscriptStore(ConversationStore):
                     }
                 )
             )
+        turns = (
+            {
+                **t,
+                "id": turn_ids[t["id"]],
+                "conversation_id": conversation_id,
+                "deadline_at": t.get("completed_at") or now,
+            }
+            for t in rows.turns
+        )
+        messages = (
+            {
+                **m,
+                "id": uuid7(),
+                "conversation_id": conversation_id,
+                "turn_id": turn_ids.get(m.get("turn_id")),
+            }
+            for m in rows.messages
+        )
         try:
             for table, batch in itertools.chain(
-                ((turn_table, b) for b in _batches(rows.turns)),
-                ((message_table, b) for b in _batches(rows.messages)),
+                ((turn_table, b) for b in _batches(turns)),
+                ((message_table, b) for b in _batches(messages)),
             ):
-                if table is turn_table:
-                    batch = [
-                        {
-                            **t,
-                            "id": turn_ids[t["id"]],
-                            "conversation_id": conversation_id,
-                            "deadline_at": t.get("completed_at") or now,
-                        }
-                        for t in batch
-                    ]
-                else:
-                    batch = [
-                        {
-                            **m,
-                            "id": uuid7(),
-                            "conversation_id": conversation_id,
-                            "turn_id": turn_ids.get(m.get("turn_id")),
-                        }
-                        for m in batch
-                    ]
                 async with self._write() as conn:
                     await conn.execute(insert(table), batch)
                     await conn.execute(  # still in progress: not the leftover of a dead process
