@@ -1,6 +1,6 @@
-"""Imports over real sockets on both databases: big ones do not stall the server and are never
-seen half done, the import limits are refused with 422 and store nothing, and a failed import
-leaves nothing behind."""
+"""Imports over real sockets on both databases: big ones stall neither the server nor other
+writers and are never seen half done, the import limits are refused with 422 and store nothing,
+and a failed import leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -87,10 +87,11 @@ async def listed(client: Client, headers: dict[str, str]) -> list[dict[str, Any]
 
 
 async def while_importing(
-    client: Client, headers: dict[str, str], path: str, body: bytes
+    client: Client, headers: dict[str, str], path: str, body: bytes, writer: dict[str, str]
 ) -> tuple[httpx.Response, list[float], list[int]]:
-    """Send an import and, until it is answered, ask for /health and list the conversations
-    every 20 ms: how long each of these requests took, and the message counts listed."""
+    """Send an import and, until it is answered, every 20 ms ask for /health, list the
+    conversations, and create one (as ``writer``): how long each of these requests took, and
+    the message counts listed."""
     request = asyncio.create_task(
         client.post(path, content=body, headers={**headers, "content-type": "application/json"})
     )
@@ -103,29 +104,33 @@ async def while_importing(
         started = time.perf_counter()
         counts += [c["message_count"] for c in await listed(client, headers)]
         latencies.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        assert (await client.post("/v1/conversations", json={}, headers=writer)).status_code == 201
+        latencies.append(time.perf_counter() - started)
         await asyncio.sleep(0.02)
     return await request, latencies, counts
 
 
 @pytest.mark.parametrize("kind", ["transcript", "chatgpt"])
 async def test_health_answers_while_a_big_import_runs_and_no_half_import_is_seen(
-    client: Client, alice: dict[str, str], admin: dict[str, str], kind: str
+    client: Client, alice: dict[str, str], bob: dict[str, str], admin: dict[str, str], kind: str
 ) -> None:
     if kind == "transcript":
         path, data, made = "/v1/conversations/import", transcript(numbered(BIG)), [BIG]
     else:
         path, data, made = "/v1/conversations/import/chatgpt", chatgpt({"a": BIG, "b": 5}), [BIG, 5]
     response, latencies, counts = await while_importing(
-        client, alice, path, msgspec.json.encode(data)
+        client, alice, path, msgspec.json.encode(data), writer=bob
     )
     assert response.status_code == 201, response.text
-    assert len(latencies) >= 6  # the import took a while: the server was asked during it
+    assert len(latencies) >= 9  # the import took a while: the server was asked during it
     assert max(latencies) < 0.5, sorted(latencies)[-5:]
     # A conversation appears whole or not at all.
     assert set(counts) <= set(made)
     assert sorted(c["message_count"] for c in await listed(client, alice)) == sorted(made)
+    written = len(latencies) // 3  # one conversation made by bob each round
     stats = (await client.get("/admin/stats", headers=admin)).json()
-    assert stats["conversations"] == len(made)
+    assert stats["conversations"] == len(made) + written
     assert stats["messages"] == sum(made)
 
 
@@ -284,7 +289,7 @@ async def counts(store: Store) -> tuple[int, int]:
 
 async def test_a_failed_import_leaves_nothing_behind(store: Store) -> None:
     broken = rows(2_500)
-    broken.messages[2_200]["role"] = "wizard"  # refused by the database, in the third batch
+    broken.messages[2_200]["role"] = "wizard"  # refused by the database, in a later batch
     with pytest.raises(Exception, match="role"):
         await store.import_conversation("alice", broken)
     assert await counts(store) == (0, 0)

@@ -34,9 +34,12 @@ from service.tables import conversation_table, message_table, turn_table, utcnow
 log = logging.getLogger("convstore")
 
 EXPORT_CONVERSATION_COLUMNS = (*CONVERSATION_COLUMNS, C.tenant)
-# Rows an import writes in one transaction (about 5 ms of the event loop's time, and tens of
-# milliseconds of SQLite's write lock with the text index).
-IMPORT_BATCH = 1_000
+# Rows an import writes in one transaction (a few ms of the event loop's time, and up to about
+# 60 ms of SQLite's write lock for long messages, with the text index).
+IMPORT_BATCH = 250
+# SQLite's write lock has no queue: a writer waiting for it retries after sleeps of up to 100 ms,
+# and an import that took the lock again at once would keep it from its turn for seconds.
+SQLITE_BATCH_PAUSE = 0.01
 # A conversation still being imported whose import wrote nothing for this long was left by a
 # process that stopped.
 ABANDONED_IMPORT = timedelta(hours=1)
@@ -137,10 +140,11 @@ class TranscriptStore(ConversationStore):
         is, and nothing is left if it fails.
 
         Its rows go in ``IMPORT_BATCH`` at a time, each batch in a short transaction of its own
-        (so that other writers, on SQLite, get the write lock between two, and the event loop
-        serves other requests while each is written), under the tenant ``IMPORTING``, which no
-        key has; a last short transaction gives the conversation to ``tenant``. If a batch
-        fails, what was written is deleted; if the process dies, the next import deletes it.
+        (the event loop serves other requests while each is written, and other writers get
+        SQLite's write lock between two: the import pauses for them), under the tenant
+        ``IMPORTING``, which no key has; a last short transaction gives the conversation to
+        ``tenant``. If a batch fails, what was written is deleted; if the process dies, the next
+        import deletes it.
         Raises ``Conflict`` (``already_imported``) if this tenant already imported
         ``source_id``.
         """
@@ -200,6 +204,8 @@ class TranscriptStore(ConversationStore):
                         .where(C.id == conversation_id)
                         .values(updated_at=utcnow())
                     )
+                if self.dialect == "sqlite":
+                    await anyio.sleep(SQLITE_BATCH_PAUSE)
             async with self._write() as conn:
                 await conn.execute(
                     update(conversation_table)
