@@ -154,7 +154,8 @@ async def test_a_full_sqlite_disk_fails_the_turn_with_503(
     try:
         async with serve(create_app(settings, engine=engine, retry_backoff=0.01)) as client:
             cid = await new_conversation(client, "", alice)
-            upstream.push_fault(Fault(kind="slow", delay=0.5))
+            # Time to cap the database while the model answers, even on a busy machine.
+            upstream.push_fault(Fault(kind="slow", delay=3))
             turn = asyncio.create_task(
                 client.post(
                     f"/v1/conversations/{cid}/turns", json={"messages": [big]}, headers=alice
