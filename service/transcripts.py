@@ -209,7 +209,9 @@ def to_rows(
     }
     messages = []
     for m in data["messages"]:
-        row = {"seq": m["seq"], "role": m["role"], "content": m.get("content")}
+        # Version 1 is a line: each message follows the one before it.
+        parent = m["seq"] - 1 if m["seq"] > 1 else None
+        row = {"id": m["seq"], "parent_id": parent, "role": m["role"], "content": m.get("content")}
         for field in MESSAGE_FIELDS:
             row[field] = m.get(field)
         row["turn_id"] = m.get("turn_id")

@@ -25,7 +25,14 @@ PG_ADMIN_URL = os.environ.get(
     "CONVSTORE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 UPSTREAM_KEY = "test-key"
-TABLES = ("message", "turn", "conversation", "api_key", "idempotency_key")  # not service_secret
+TABLES = (
+    "message",
+    "branch",
+    "turn",
+    "conversation",
+    "api_key",
+    "idempotency_key",
+)  # not service_secret
 
 
 def _in_ci() -> bool:

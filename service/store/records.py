@@ -16,6 +16,7 @@ from service.errors import BadRequest
 from service.schemas import ConversationOut, MessageOut, TurnOut
 from service.tables import (
     api_key_table,
+    branch_table,
     conversation_table,
     idempotency_table,
     message_table,
@@ -24,6 +25,7 @@ from service.tables import (
 
 C = conversation_table.c
 M = message_table.c
+B = branch_table.c
 T = turn_table.c
 K = api_key_table.c
 IK = idempotency_table.c
@@ -35,6 +37,7 @@ MESSAGE_COLUMNS = (
     M.role,
     M.content,
     M.created_at,
+    M.parent_id,
     M.name,
     M.tool_calls,
     M.tool_call_id,
@@ -53,6 +56,7 @@ CONVERSATION_COLUMNS = (
     C.message_count,
     C.created_at,
     C.updated_at,
+    C.head_id,
     C.source_id,
     C.forked_from_id,
     C.forked_through_seq,
@@ -70,6 +74,7 @@ TURN_COLUMNS = (
     T.created_at,
     T.completed_at,
     T.reply_seq,
+    T.reply_id,
 )
 
 
@@ -179,10 +184,21 @@ class Cursors:
         created, ident = self.decode(scope, cursor)
         return datetime.fromisoformat(created), uuid.UUID(ident)
 
-    def seq(self, scope: str, cursor: str) -> int:
-        """A position in a list of messages."""
-        (seq,) = self.decode(scope, cursor)
-        return int(seq)
+    def seq(self, scope: str, cursor: str) -> tuple[uuid.UUID, int]:
+        """A position in a path of messages: the path's last message, and a seq on it."""
+        try:
+            head, seq = self.decode(scope, cursor)
+            return uuid.UUID(head), int(seq)
+        except (ValueError, TypeError):  # signed before paths were, say, or for another list
+            raise BadRequest(NOT_A_CURSOR) from None
+
+    def ident(self, scope: str, cursor: str) -> uuid.UUID:
+        """A position in a list ordered by id."""
+        try:
+            (ident,) = self.decode(scope, cursor)
+            return uuid.UUID(ident)
+        except (ValueError, TypeError):
+            raise BadRequest(NOT_A_CURSOR) from None
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self.key, payload, hashlib.sha256).digest()[:16]

@@ -15,6 +15,14 @@ from service.errors import Conflict, NotFound, ValidationFailed
 from service.schemas import ConversationOut
 from service.store.admin import ConversationFilter
 from service.store.conversations import ConversationStore
+from service.store.messages import (
+    Place,
+    insert_messages,
+    insert_rows,
+    message_rows,
+    path,
+    place_after,
+)
 from service.store.records import (
     CONVERSATION_COLUMNS,
     MESSAGE_COLUMNS,
@@ -24,11 +32,13 @@ from service.store.records import (
     M,
     T,
 )
-from service.tables import conversation_table, message_table, turn_table, utcnow, uuid7
+from service.tables import conversation_table, turn_table, utcnow, uuid7
 
 EXPORT_CONVERSATION_COLUMNS = (*CONVERSATION_COLUMNS, C.tenant)
 COPIED_MESSAGE_COLUMNS = tuple(
-    c for c in MESSAGE_COLUMNS if c.key not in ("id", "conversation_id", "turn_id")
+    c
+    for c in MESSAGE_COLUMNS
+    if c.key not in ("id", "conversation_id", "parent_id", "seq", "turn_id")
 )
 
 
@@ -86,7 +96,7 @@ class TranscriptStore(ConversationStore):
         result = await conn.execute(
             select(*MESSAGE_COLUMNS)
             .where(M.conversation_id.in_(ids))
-            .order_by(M.conversation_id, M.seq)
+            .order_by(M.conversation_id, M.seq, M.id)
         )
         for m in result:
             messages[m.conversation_id].append(m)
@@ -110,20 +120,30 @@ class TranscriptStore(ConversationStore):
         conversation: dict[str, Any],
         messages: list[dict[str, Any]],
         turns: list[dict[str, Any]],
+        *,
+        head: str | None = None,
     ) -> ConversationOut:
         """Store an imported conversation in one transaction, with new ids.
 
-        ``conversation`` holds the stored columns (``source_id`` among them), ``messages`` and
-        ``turns`` the rows with their transcript ids, which are mapped to new ones. Raises
-        ``Conflict`` (``already_imported``) if this tenant already imported ``source_id``.
+        ``conversation`` holds the stored columns (``source_id`` among them); ``messages`` and
+        ``turns`` the rows with their transcript ids, which are mapped to new ones. Each
+        message names its parent by transcript id (``parent_id``, None for a first message),
+        and comes after its parent; ``head`` is the transcript id of the active path's last
+        message (default: the last message). Raises ``Conflict`` (``already_imported``) if this
+        tenant already imported ``source_id``.
         """
         now = utcnow()
         conversation_id = uuid7()
         turn_ids = {t["id"]: uuid7() for t in turns}
+        rows, branches = _tree_rows(conversation_id, messages, turn_ids, now)
+        by_id = {m["id"]: row for m, row in zip(messages, rows, strict=True)}
+        top = by_id.get(head) if head is not None else (rows[-1] if rows else None)
+        replies = {(row["turn_id"], row["seq"]): row["id"] for row in rows if row["turn_id"]}
         values = {
             "id": conversation_id,
             "tenant": tenant,
-            "message_count": len(messages),
+            "head_id": top["id"] if top else None,
+            "message_count": top["seq"] if top else 0,
             "created_at": now,
             "updated_at": now,
             **conversation,
@@ -139,24 +159,13 @@ class TranscriptStore(ConversationStore):
                                 **t,
                                 "id": turn_ids[t["id"]],
                                 "conversation_id": conversation_id,
+                                "reply_id": replies.get((turn_ids[t["id"]], t.get("reply_seq"))),
                                 "deadline_at": t.get("completed_at") or now,
                             }
                             for t in turns
                         ],
                     )
-                if messages:
-                    await conn.execute(
-                        insert(message_table),
-                        [
-                            {
-                                **m,
-                                "id": uuid7(),
-                                "conversation_id": conversation_id,
-                                "turn_id": turn_ids.get(m.get("turn_id")),
-                            }
-                            for m in messages
-                        ],
-                    )
+                await conn.run_sync(insert_rows, branches, rows)
         except IntegrityError:
             existing = await self.find_import(tenant, str(conversation.get("source_id")))
             if existing is None:
@@ -171,15 +180,16 @@ class TranscriptStore(ConversationStore):
     async def fork(
         self, tenant: str, conversation_id: uuid.UUID, through_seq: int | None
     ) -> ConversationOut:
-        """A new conversation holding a copy of messages 1..``through_seq`` (default: all)."""
+        """A new conversation holding a copy of messages 1..``through_seq`` (default: all) of
+        the active path."""
         now = utcnow()
         new_id = uuid7()
         async with self._write() as conn:
             source = (
                 await conn.execute(
-                    select(C.title, C.model, C.params, C["metadata"], C.message_count).where(
-                        C.id == conversation_id, C.tenant == tenant
-                    )
+                    select(
+                        C.title, C.model, C.params, C["metadata"], C.message_count, C.head_id
+                    ).where(C.id == conversation_id, C.tenant == tenant)
                 )
             ).first()
             if source is None:
@@ -190,6 +200,18 @@ class TranscriptStore(ConversationStore):
                     f"`through_seq` is {through_seq}, but the conversation has only "
                     f"{source.message_count} messages."
                 )
+            copied = []
+            if count and source.head_id is not None:
+                copied = [
+                    dict(row._mapping)
+                    for row in await conn.execute(
+                        path(source.head_id, *COPIED_MESSAGE_COLUMNS)
+                        .where(M.seq <= count)
+                        .order_by(M.seq)
+                    )
+                ]
+            place = place_after(new_id, None, continues=False, siblings=0)
+            rows = message_rows(place, copied, now)
             await conn.execute(
                 insert(conversation_table).values(
                     id=new_id,
@@ -198,6 +220,7 @@ class TranscriptStore(ConversationStore):
                     model=source.model,
                     params=source.params,
                     metadata=source.metadata,
+                    head_id=rows[-1]["id"] if rows else None,
                     message_count=count,
                     created_at=now,
                     updated_at=now,
@@ -205,14 +228,34 @@ class TranscriptStore(ConversationStore):
                     forked_through_seq=count,
                 )
             )
-            rows = [
-                {**row._mapping, "id": uuid7(), "conversation_id": new_id, "turn_id": None}
-                for row in await conn.execute(
-                    select(*COPIED_MESSAGE_COLUMNS)
-                    .where(M.conversation_id == conversation_id, M.seq <= count)
-                    .order_by(M.seq)
-                )
-            ]
-            if rows:
-                await conn.execute(insert(message_table), rows)
+            await conn.run_sync(insert_messages, place, rows)
         return await self.get_conversation(tenant, new_id)
+
+
+def _tree_rows(
+    conversation_id: uuid.UUID,
+    messages: list[dict[str, Any]],
+    turn_ids: dict[Any, uuid.UUID],
+    now: datetime,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The message and branch rows of an imported tree: each message placed after its parent
+    as a new message would be (on its parent's branch while that branch has no message after
+    the parent, else on a new branch), with a new id."""
+    placed: dict[Any, dict[str, Any]] = {}
+    taken: set[tuple[uuid.UUID, int]] = set()
+    rows: list[dict[str, Any]] = []
+    branches: list[dict[str, Any]] = []
+    for message in messages:
+        parent = placed.get(message.get("parent_id"))
+        anchor = (parent["id"], parent["branch_id"], parent["seq"]) if parent else None
+        continues = parent is not None and (parent["branch_id"], parent["seq"] + 1) not in taken
+        place: Place = place_after(conversation_id, anchor, continues=continues, siblings=0)
+        if place.fork is not None:
+            branches.append({"id": place.branch_id, **place.fork})
+        fields = {k: v for k, v in message.items() if k not in ("id", "parent_id", "seq")}
+        fields["turn_id"] = turn_ids.get(message.get("turn_id"))
+        (row,) = message_rows(place, [fields], now)
+        taken.add((place.branch_id, place.seq))
+        placed[message["id"]] = row
+        rows.append(row)
+    return rows, branches
