@@ -327,7 +327,8 @@ class ConversationStore(StoreBase):
 def newest_leaf(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Any:
     """The id and seq of the newest leaf below a message of the conversation (the message
     itself if nothing follows it): from the message, follow its newest reply down, as one
-    recursive query. No row if the conversation has no such message."""
+    recursive query (an index lookup a level; a reply's seq is one more than its parent's).
+    No row if the conversation has no such message."""
     child = message_table.alias("child")
     down = (
         select(M.id, M.seq)
@@ -341,7 +342,10 @@ def newest_leaf(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Any:
         .limit(1)
         .scalar_subquery()
     )
-    down = down.union_all(
-        select(M.id, M.seq).join_from(down, message_table, M.id == newest.correlate(down))
+    down = down.union_all(select(newest, down.c.seq + 1).where(down.c.id.is_not(None)))
+    return (
+        select(down.c.id, down.c.seq)
+        .where(down.c.id.is_not(None))
+        .order_by(down.c.seq.desc())
+        .limit(1)
     )
-    return select(down.c.id, down.c.seq).order_by(down.c.seq.desc()).limit(1)

@@ -290,15 +290,23 @@ def path(head_id: uuid.UUID | ColumnElement[Any], *columns: Any) -> Select[Any]:
         .cte("chain", recursive=True)
     )
     up = branch_table.alias("up")
+    # A parent branch forked before its child did, and every branch of a chain gives the path
+    # at least one message: both conditions always hold. They are written out for
+    # PostgreSQL's planner, which otherwise takes a recursive CTE for a hundred rows and
+    # would rather hash the whole message table than probe its index once per branch.
     chain = chain.union_all(
         select(up.c.id, up.c.parent_branch_id, up.c.fork_seq, chain.c.low).where(
-            up.c.id == chain.c.parent_branch_id
+            up.c.id == chain.c.parent_branch_id, up.c.fork_seq < chain.c.low
         )
     )
-    return select(*columns).join_from(
-        chain,
-        message_table,
-        and_(M.branch_id == chain.c.branch_id, M.seq > chain.c.low, M.seq <= chain.c.high),
+    return (
+        select(*columns)
+        .join_from(
+            chain,
+            message_table,
+            and_(M.branch_id == chain.c.branch_id, M.seq > chain.c.low, M.seq <= chain.c.high),
+        )
+        .where(chain.c.high > chain.c.low)
     )
 
 
