@@ -100,12 +100,15 @@ async def pair(
     target: Target,
     cid: str,
     history_before: list[dict[str, Any]],
-    question: dict[str, Any],
+    question: dict[str, Any] | None,
+    *,
+    parent_id: str | None = None,
 ) -> tuple[float, float, str]:
-    """A direct call with the history the turn will send, then the turn: both in ms, and the
-    reply's content."""
+    """A direct call with the history the turn will send, then the turn (with ``question``,
+    if any, after ``parent_id``, if given): both in ms, and the reply's content."""
+    asked = [question] if question else []
     # Encoded before the clock starts (the service encodes its own inside the measured turn).
-    body = msgspec.json.encode({"model": "grok-4", "messages": [*history_before, question]})
+    body = msgspec.json.encode({"model": "grok-4", "messages": [*history_before, *asked]})
     auth = {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}
     started = time.perf_counter()
     answer = await direct.post(f"{upstream}/chat/completions", content=body, headers=auth)
@@ -114,7 +117,7 @@ async def pair(
     started = time.perf_counter()
     turn = await client.post(
         f"{target.base}/v1/conversations/{cid}/turns",
-        json={"messages": [question]},
+        json={"messages": asked, **({"parent_id": parent_id} if parent_id else {})},
         headers=target.headers,
     )
     service_ms = (time.perf_counter() - started) * 1000
