@@ -47,7 +47,6 @@ from benchmarks.harness import (
     summary,
     table,
 )
-from service.app import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -193,9 +192,6 @@ def main() -> None:
         "--baseline", type=Path, help="another checkout whose code is measured alternately"
     )
     args = parser.parse_args()
-    # As the service does (CONVSTORE_MALLOC_KEEP_MB): the direct calls build and send whole
-    # histories from this process, and must not pay page faults the service no longer pays.
-    keep_freed_memory(64)
     sizes = [int(s) for s in args.sizes.split(",")]
     codes = [("this checkout", ROOT)]
     if args.baseline:
