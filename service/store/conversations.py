@@ -21,10 +21,10 @@ from service.store.messages import (
     insert_messages,
     lock_conversation,
     message_rows,
-    move_head,
     path,
     place_after,
     sibling_query,
+    touch,
     with_siblings,
 )
 from service.store.records import (
@@ -129,17 +129,18 @@ class ConversationStore(StoreBase):
         now = utcnow()
 
         def update_it(conn: Connection) -> Any:
+            values = {**changes, "updated_at": now}
             if head_id is not None:
-                lock_conversation(conn, tenant, conversation_id, now)
+                lock_conversation(conn, tenant, conversation_id)
                 check_no_running_turn(conn, conversation_id, now)
                 leaf = conn.execute(newest_leaf(conversation_id, head_id)).first()
                 if leaf is None:
                     raise NotFound(NO_SUCH_MESSAGE)
-                move_head(conn, conversation_id, leaf.id, leaf.seq)
+                values.update(head_id=leaf.id, message_count=leaf.seq)
             return conn.execute(
                 update(conversation_table)
                 .where(C.id == conversation_id, C.tenant == tenant)
-                .values(**changes, updated_at=now)
+                .values(**values)
                 .returning(*CONVERSATION_COLUMNS)
             ).first()
 
@@ -203,11 +204,11 @@ class ConversationStore(StoreBase):
                 raise NotFound(NO_SUCH_MESSAGE)
             if head is None:
                 return [], None
-            query = path(head, *MESSAGE_COLUMNS)
+            query = PATH_MESSAGES
             if after is not None:
                 query = query.where(M.seq < after if descending else M.seq > after)
             query = query.order_by(M.seq.desc() if descending else M.seq).limit(limit + 1)
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(query, {"head_id": head})).all()
             items = await self._with_siblings(conn, rows[:limit])
         next_cursor = cursors.encode(scope, head, items[-1].seq) if len(rows) > limit else None
         return items, next_cursor
@@ -273,7 +274,7 @@ class ConversationStore(StoreBase):
         now = utcnow()
 
         def run(conn: Connection) -> None:
-            conversation = lock_conversation(conn, tenant, conversation_id, now)
+            conversation = lock_conversation(conn, tenant, conversation_id)
             check_no_running_turn(conn, conversation_id, now)
             target = conn.execute(
                 select(M.parent_id, M.seq).where(
@@ -284,7 +285,9 @@ class ConversationStore(StoreBase):
                 raise NotFound(NO_SUCH_MESSAGE)
             # The head is below the message if the message is on the head's path.
             head_inside = conversation.head_id is not None and (
-                conn.execute(path(conversation.head_id, M.id).where(M.seq == target.seq)).scalar()
+                conn.execute(
+                    path(M.id).where(M.seq == target.seq), {"head_id": conversation.head_id}
+                ).scalar()
                 == message_id
             )
             below = select(M.id).where(M.id == message_id).cte("below", recursive=True)
@@ -297,8 +300,8 @@ class ConversationStore(StoreBase):
                     ~exists().where(M.branch_id == B.id),
                 )
             )
-            if head_inside:
-                move_head(conn, conversation_id, target.parent_id, target.seq - 1)
+            head = {"head_id": target.parent_id, "message_count": target.seq - 1}
+            touch(conn, conversation_id, now, **(head if head_inside else {}))
 
         async with self._write() as conn:
             await conn.run_sync(run)
@@ -320,8 +323,11 @@ class ConversationStore(StoreBase):
     async def _with_siblings(self, conn: AsyncConnection, rows: Sequence[Any]) -> list[MessageOut]:
         """Message rows as answered, with their sibling counts (one more query)."""
         query = sibling_query(rows)
-        counts = (await conn.execute(query)).all() if query is not None else []
+        counts = (await conn.execute(*query)).all() if query is not None else []
         return with_siblings(rows, counts)
+
+
+PATH_MESSAGES = path(*MESSAGE_COLUMNS)
 
 
 def newest_leaf(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Any:

@@ -21,17 +21,17 @@ from typing import Any
 from msgspec import UNSET
 from sqlalchemy import (
     Connection,
+    Executable,
     Select,
     and_,
+    bindparam,
     case,
-    exists,
     func,
     insert,
     select,
     union_all,
     update,
 )
-from sqlalchemy.sql.elements import ColumnElement
 
 from service.errors import NotFound, TurnInProgress
 from service.schemas import MessageOut, ParentId
@@ -87,29 +87,39 @@ def following(row: dict[str, Any]) -> Place:
     return Place(row["conversation_id"], row["id"], row["branch_id"], row["seq"] + 1)
 
 
+_child = message_table.alias("child")
+# The statements of a turn are built once: a recursive CTE takes longer to build than to run.
+_ROOTS = select(func.count()).where(
+    M.conversation_id == bindparam("conversation_id"), M.parent_id.is_(None)
+)
+_PARENT = (
+    select(
+        M.branch_id,
+        M.seq,
+        func.count(_child.c.id),
+        # A reply on the parent's own branch is the message after it there.
+        func.count(case((_child.c.branch_id == M.branch_id, 1))),
+    )
+    .outerjoin(_child, _child.c.parent_id == M.id)
+    .where(M.id == bindparam("parent_id"), M.conversation_id == bindparam("conversation_id"))
+    .group_by(M.branch_id, M.seq)
+)
+
+
 def locate(conn: Connection, conversation_id: uuid.UUID, parent_id: uuid.UUID | None) -> Place:
     """The place of a new message after ``parent_id`` (None: a new first message), read with
     one statement; raises ``NotFound`` if the conversation has no such message."""
     if parent_id is None:
-        roots = conn.execute(
-            select(func.count()).where(M.conversation_id == conversation_id, M.parent_id.is_(None))
-        ).scalar_one()
+        roots = conn.execute(_ROOTS, {"conversation_id": conversation_id}).scalar_one()
         return place_after(conversation_id, None, continues=False, siblings=roots)
-    after = message_table.alias("after")
-    child = message_table.alias("child")
     row = conn.execute(
-        select(
-            M.branch_id,
-            M.seq,
-            exists().where(after.c.branch_id == M.branch_id, after.c.seq == M.seq + 1),
-            select(func.count()).where(child.c.parent_id == M.id).scalar_subquery(),
-        ).where(M.id == parent_id, M.conversation_id == conversation_id)
+        _PARENT, {"parent_id": parent_id, "conversation_id": conversation_id}
     ).first()
     if row is None:
         raise NotFound(NO_SUCH_MESSAGE)
-    branch_id, seq, taken, children = row
+    branch_id, seq, children, followed = row
     return place_after(
-        conversation_id, (parent_id, branch_id, seq), continues=not taken, siblings=children
+        conversation_id, (parent_id, branch_id, seq), continues=not followed, siblings=children
     )
 
 
@@ -172,31 +182,29 @@ def insert_messages(conn: Connection, place: Place, rows: list[dict[str, Any]]) 
     ]
 
 
-def lock_conversation(
-    conn: Connection, tenant: str, conversation_id: uuid.UUID, now: datetime
-) -> Any:
-    """Lock the conversation's row (every writer to a conversation does this first, so writers
-    to one conversation go one at a time) and read its model, params and head; raises
-    ``NotFound`` if the tenant has no such conversation."""
-    row = conn.execute(
-        update(conversation_table)
-        .where(C.id == conversation_id, C.tenant == tenant)
-        .values(updated_at=now)
-        .returning(C.model, C.params, C.head_id, C.message_count)
-    ).first()
+_LOCK = (
+    select(C.model, C.params, C.head_id, C.message_count)
+    .where(C.id == bindparam("conversation_id"), C.tenant == bindparam("tenant"))
+    .with_for_update()
+)
+
+
+def lock_conversation(conn: Connection, tenant: str, conversation_id: uuid.UUID) -> Any:
+    """Lock the conversation's row, and read its model, params and head: every writer to a
+    conversation does this first, so writers to one conversation go one at a time (on SQLite
+    the write transaction holds the database's lock already). Raises ``NotFound`` if the
+    tenant has no such conversation."""
+    row = conn.execute(_LOCK, {"conversation_id": conversation_id, "tenant": tenant}).first()
     if row is None:
         raise NotFound("No conversation has this id.")
     return row
 
 
-def move_head(
-    conn: Connection, conversation_id: uuid.UUID, head_id: uuid.UUID | None, seq: int
-) -> None:
-    """Make ``head_id`` (at ``seq``) the end of the conversation's active path."""
+def touch(conn: Connection, conversation_id: uuid.UUID, now: datetime, **head: Any) -> None:
+    """Mark the conversation updated at ``now``; with ``head_id`` and ``message_count``, make
+    that message (at that seq) the end of its active path."""
     conn.execute(
-        update(conversation_table)
-        .where(C.id == conversation_id)
-        .values(head_id=head_id, message_count=seq)
+        update(conversation_table).where(C.id == conversation_id).values(updated_at=now, **head)
     )
 
 
@@ -257,26 +265,28 @@ def append(
     The conversation's row is locked first, and only then is the running turn checked and the
     tree read: on PostgreSQL a statement sees the database as it was when the statement began,
     so a check made before taking the lock could miss a turn committed while it waited."""
-    conversation = lock_conversation(conn, tenant, conversation_id, now)
+    conversation = lock_conversation(conn, tenant, conversation_id)
     check_no_running_turn(conn, conversation_id, now)
     parent = conversation.head_id if parent_id is UNSET else parent_id
     place = locate(conn, conversation_id, parent)
     if not messages:
+        touch(conn, conversation_id, now)
         return Appended(conversation.model, conversation.params, [], place)
     rows = message_rows(place, messages, now)
     stored = insert_messages(conn, place, rows)
-    move_head(conn, conversation_id, rows[-1]["id"], rows[-1]["seq"])
+    touch(conn, conversation_id, now, head_id=rows[-1]["id"], message_count=rows[-1]["seq"])
     return Appended(conversation.model, conversation.params, stored, following(rows[-1]))
 
 
 # ---- reading paths ------------------------------------------------------------------------
 
 
-def path(head_id: uuid.UUID | ColumnElement[Any], *columns: Any) -> Select[Any]:
-    """``columns`` of the messages on the path from the root down to ``head_id``, as one
-    statement: a recursive CTE climbs the head's chain of branches, each with the range of
-    seqs it gives the path (after its fork, up to where its child branch forked or the head),
-    and each range is read from the index on (branch_id, seq). Callers add the order."""
+def path(*columns: Any) -> Select[Any]:
+    """``columns`` of the messages on the path from the root down to the message given as the
+    ``head_id`` parameter, as one statement: a recursive CTE climbs the head's chain of
+    branches, each with the range of seqs it gives the path (after its fork, up to where its
+    child branch forked or the head), and each range is read from the index on (branch_id,
+    seq). Callers add the order."""
     head = message_table.alias("head")
     chain = (
         select(
@@ -286,7 +296,7 @@ def path(head_id: uuid.UUID | ColumnElement[Any], *columns: Any) -> Select[Any]:
             head.c.seq.label("high"),
         )
         .join_from(head, branch_table, B.id == head.c.branch_id)
-        .where(head.c.id == head_id)
+        .where(head.c.id == bindparam("head_id", type_=M.id.type))
         .cte("chain", recursive=True)
     )
     up = branch_table.alias("up")
@@ -310,12 +320,15 @@ def path(head_id: uuid.UUID | ColumnElement[Any], *columns: Any) -> Select[Any]:
     )
 
 
+_HISTORY = path(*HISTORY_COLUMNS).order_by(M.seq)
+
+
 def read_history(conn: Connection, head_id: uuid.UUID) -> list[dict[str, Any]]:
     """The path ending at ``head_id`` as the upstream receives it, in seq order. Each entry has
     ``role`` and ``content``, and the tool fields it has."""
     history: list[dict[str, Any]] = []
     for role, content, name, tool_calls, tool_call_id in conn.execute(
-        path(head_id, *HISTORY_COLUMNS).order_by(M.seq)
+        _HISTORY, {"head_id": head_id}
     ):
         entry: dict[str, Any] = {"role": role, "content": content}
         if name is not None:
@@ -328,38 +341,44 @@ def read_history(conn: Connection, head_id: uuid.UUID) -> list[dict[str, Any]]:
     return history
 
 
-def sibling_query(rows: Sequence[Any]) -> Select[Any] | None:
+_this, _other = message_table.alias("this"), message_table.alias("other")
+_COUNTED = (
+    _this.c.id,
+    func.count(),
+    func.count(case((_other.c.id <= _this.c.id, 1))),
+)
+_CHILD_SIBLINGS = (
+    select(*_COUNTED)
+    .join_from(_this, _other, _other.c.parent_id == _this.c.parent_id)
+    .where(_this.c.id.in_(bindparam("children", expanding=True)))
+    .group_by(_this.c.id)
+)
+_ROOT_SIBLINGS = (
+    select(*_COUNTED)
+    .join_from(
+        _this,
+        _other,
+        and_(_other.c.conversation_id == _this.c.conversation_id, _other.c.parent_id.is_(None)),
+    )
+    .where(_this.c.id.in_(bindparam("roots", expanding=True)))
+    .group_by(_this.c.id)
+)
+_SIBLINGS = union_all(_CHILD_SIBLINGS, _ROOT_SIBLINGS)
+
+
+def sibling_query(rows: Sequence[Any]) -> tuple[Executable, dict[str, Any]] | None:
     """For each of the messages ``rows`` (with ``id`` and ``parent_id``): how many messages
     share its parent and its place among them, by id (creation order), as one grouped query
-    over the rows' parents. None if there are no rows."""
-    if not rows:
-        return None
-    this, other = message_table.alias("this"), message_table.alias("other")
-    counted = (this.c.id, func.count(), func.count(case((other.c.id <= this.c.id, 1))))
-    parts = []
+    over the rows' parents, with its parameters. None if there are no rows."""
     children = [r.id for r in rows if r.parent_id is not None]
-    if children:
-        parts.append(
-            select(*counted)
-            .join_from(this, other, other.c.parent_id == this.c.parent_id)
-            .where(this.c.id.in_(children))
-            .group_by(this.c.id)
-        )
     roots = [r.id for r in rows if r.parent_id is None]
+    if children and roots:
+        return _SIBLINGS, {"children": children, "roots": roots}
+    if children:
+        return _CHILD_SIBLINGS, {"children": children}
     if roots:
-        parts.append(
-            select(*counted)
-            .join_from(
-                this,
-                other,
-                and_(
-                    other.c.conversation_id == this.c.conversation_id, other.c.parent_id.is_(None)
-                ),
-            )
-            .where(this.c.id.in_(roots))
-            .group_by(this.c.id)
-        )
-    return parts[0] if len(parts) == 1 else union_all(*parts)  # type: ignore[return-value]
+        return _ROOT_SIBLINGS, {"roots": roots}
+    return None
 
 
 def with_siblings(rows: Iterable[Any], counts: Iterable[Any]) -> list[MessageOut]:

@@ -205,9 +205,8 @@ class TranscriptStore(ConversationStore):
                 copied = [
                     dict(row._mapping)
                     for row in await conn.execute(
-                        path(source.head_id, *COPIED_MESSAGE_COLUMNS)
-                        .where(M.seq <= count)
-                        .order_by(M.seq)
+                        path(*COPIED_MESSAGE_COLUMNS).where(M.seq <= count).order_by(M.seq),
+                        {"head_id": source.head_id},
                     )
                 ]
             place = place_after(new_id, None, continues=False, siblings=0)
