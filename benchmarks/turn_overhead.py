@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
@@ -43,6 +43,7 @@ from benchmarks.harness import (
     fake_upstream,
     http_client,
     machine,
+    server_timing,
     service,
     summary,
     table,
@@ -92,6 +93,16 @@ async def seed(client: httpx.AsyncClient, target: Target, size: int) -> str:
     return cid
 
 
+class Pair(NamedTuple):
+    """A direct call and the turn after it, in ms; the reply; the turn's database time (its
+    Server-Timing ``db``: both transactions)."""
+
+    direct_ms: float
+    service_ms: float
+    reply: str
+    db_ms: float
+
+
 async def pair(
     client: httpx.AsyncClient,
     direct: httpx.AsyncClient,
@@ -102,9 +113,9 @@ async def pair(
     question: dict[str, Any] | None,
     *,
     parent_id: str | None = None,
-) -> tuple[float, float, str]:
+) -> Pair:
     """A direct call with the history the turn will send, then the turn (with ``question``,
-    if any, after ``parent_id``, if given): both in ms, and the reply's content."""
+    if any, after ``parent_id``, if given)."""
     asked = [question] if question else []
     # Encoded before the clock starts (the service encodes its own inside the measured turn).
     body = msgspec.json.encode({"model": "grok-4", "messages": [*history_before, *asked]})
@@ -121,7 +132,8 @@ async def pair(
     )
     service_ms = (time.perf_counter() - started) * 1000
     turn.raise_for_status()
-    return direct_ms, service_ms, turn.json()["reply"]["content"]
+    db_ms = server_timing(turn.headers.get("server-timing")).get("db", float("nan"))
+    return Pair(direct_ms, service_ms, turn.json()["reply"]["content"], db_ms)
 
 
 async def measure(
@@ -151,11 +163,11 @@ async def measure(
                 )
                 fork.raise_for_status()
                 cid = fork.json()["id"]
-                direct_ms, service_ms, reply = await pair(
+                direct_ms, service_ms, reply, _ = await pair(
                     client, direct, upstream, target, cid, stored, question
                 )
                 answered = [*stored, question, {"role": "assistant", "content": reply}]
-                direct2_ms, service2_ms, _ = await pair(
+                direct2_ms, service2_ms, _, _ = await pair(
                     client, direct, upstream, target, cid, answered, again
                 )
                 if number < 3:
