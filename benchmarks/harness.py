@@ -174,13 +174,13 @@ def service(
 
 
 def http_client(**kwargs: Any) -> httpx.AsyncClient:
-    """A client with the service's own upstream HTTP stack (httpx over service/netio.py), for
+    """A client with the service's upstream HTTP stack (httpx over aiohttp, httpx-aiohttp), for
     both the direct calls and the calls through the service: a comparison of the two then
     measures the service, not two different clients."""
-    from service.netio import UpstreamTransport
+    from httpx_aiohttp import HttpxAiohttpClient
 
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    return httpx.AsyncClient(transport=UpstreamTransport(limits=limits), timeout=120, **kwargs)
+    return HttpxAiohttpClient(limits=limits, timeout=120, **kwargs)
 
 
 def server_timing(header: str | None) -> dict[str, float]:

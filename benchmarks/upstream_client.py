@@ -1,7 +1,6 @@
-"""CPU per upstream call, the way the service makes it (``UpstreamClient.complete``), over
-three stacks: httpx over its default transport (httpcore, h11), httpx over the service's own
-transport (service/netio.py), and that transport's ``fetch`` without httpx's request and
-response objects (what the service uses for a non-streamed turn); against the fake upstream
+"""CPU per upstream call, the way the service makes it (``UpstreamClient.complete``), over two
+stacks: httpx over its default transport (httpcore, h11), and httpx over aiohttp
+(httpx-aiohttp, the client ``service.app.make_http_client`` builds); against the fake upstream
 running as its own process.
 
     .venv/bin/python benchmarks/upstream_client.py [--calls 1000] [--messages 100] [--rounds 2]
@@ -29,39 +28,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import UPSTREAM_KEY, fake_upstream, machine, table
 from benchmarks.turn_overhead import history
-from service.netio import UpstreamTransport
+from service.app import make_http_client
+from service.settings import Settings
 from service.upstream import UpstreamClient
 
-LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-# Each: the transport under the client, and whether the client calls it directly.
-STACKS: dict[str, tuple[Callable[[], httpx.AsyncBaseTransport], bool]] = {
-    "httpx, default transport (httpcore, h11)": (
-        lambda: httpx.AsyncHTTPTransport(limits=LIMITS),
-        False,
+# Each: how to build the client, as the service would (same limits and timeouts).
+STACKS: dict[str, Callable[[Settings], httpx.AsyncClient]] = {
+    "httpx, default transport (httpcore, h11)": lambda settings: httpx.AsyncClient(
+        timeout=httpx.Timeout(60, connect=settings.upstream_connect_timeout),
+        limits=httpx.Limits(max_connections=settings.upstream_max_connections),
     ),
-    "httpx, service/netio.py transport": (lambda: UpstreamTransport(limits=LIMITS), False),
-    "service/netio.py fetch (the service's)": (lambda: UpstreamTransport(limits=LIMITS), True),
+    "httpx over aiohttp (httpx-aiohttp, the service's)": make_http_client,
 }
 
 
 async def measure(
-    upstream: str,
-    make: Callable[[], httpx.AsyncBaseTransport],
-    direct: bool,
-    calls: int,
-    messages: int,
+    upstream: str, make: Callable[[Settings], httpx.AsyncClient], calls: int, messages: int
 ) -> tuple[float, float]:
     """(median ms, CPU ms per call) for ``calls`` sequential calls after a warm-up."""
     body = {"model": "grok-4", "messages": msgspec.Raw(msgspec.json.encode(history(messages)))}
-    transport = make()
-    async with httpx.AsyncClient(transport=transport, timeout=60) as http:
-        client = UpstreamClient(
-            http,
-            base_url=upstream,
-            api_key=UPSTREAM_KEY,
-            timeout=60,
-            direct=transport if direct and isinstance(transport, UpstreamTransport) else None,
-        )
+    settings = Settings(upstream_url=upstream, upstream_timeout=60)
+    async with make(settings) as http:
+        client = UpstreamClient(http, base_url=upstream, api_key=UPSTREAM_KEY, timeout=60)
         for _ in range(50):
             await client.complete(body, conversation_id="bench")
         latencies = []
@@ -87,10 +75,8 @@ def main() -> None:
     rows = []
     with fake_upstream() as upstream:
         for number in range(1, args.rounds + 1):
-            for name, (make, direct) in STACKS.items():
-                median, cpu = asyncio.run(
-                    measure(upstream, make, direct, args.calls, args.messages)
-                )
+            for name, make in STACKS.items():
+                median, cpu = asyncio.run(measure(upstream, make, args.calls, args.messages))
                 rows.append([number, name, median, cpu])
     print(table(["round", "stack", "median ms", "CPU ms per call"], rows))
 

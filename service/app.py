@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
@@ -18,16 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
 from service.events import KEEPALIVE_SECONDS
-from service.netio import UpstreamTransport
 from service.observability import ObservedLitestar, configure_logging
-from service.openapi import CompletedJsonRenderPlugin
+from service.openapi import schema_router
 from service.ratelimit import TurnRateLimit
 from service.routes.admin import AdminController
 from service.routes.conversations import ConversationController
 from service.routes.health import health, metrics, ready
 from service.routes.transcripts import TranscriptController
 from service.routes.turns import TurnController
-from service.settings import Settings
+from service.settings import Settings, check_upstream_proxy
 from service.store import Store, make_engine
 from service.turns import TurnRunner
 from service.upstream import UpstreamClient
@@ -37,22 +37,28 @@ __version__ = "0.1.0"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
-def make_http_client(
-    settings: Settings, *, max_connections: int = 200
-) -> tuple[httpx.AsyncClient, UpstreamTransport]:
-    """The one pooled client for the upstream (a short connect timeout, a long read timeout),
-    and the transport under it."""
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=60,
+def make_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one pooled client for the upstream: httpx's API, and its reading of the proxy and CA
+    variables (HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE…), over aiohttp's connections.
+
+    httpx-aiohttp gives aiohttp's connector ``max_connections`` as its limit (it has no cap of
+    its own on idle connections, so ``max_keepalive_connections`` is the same number) and
+    ``keepalive_expiry`` as its keep-alive timeout. Per request, the connect timeout bounds
+    each connection attempt, the read timeout each wait for data, and the pool timeout the
+    whole connect phase: waiting for a free connection, DNS, TCP, TLS and a proxy's tunnel.
+    Raises ``SettingsError`` for a proxy it cannot use (SOCKS).
+    """
+    check_upstream_proxy(settings.upstream_url, os.environ)
+    connections = settings.upstream_max_connections
+    connect = settings.upstream_connect_timeout
+    return HttpxAiohttpClient(
+        timeout=httpx.Timeout(settings.upstream_timeout, connect=connect, pool=connect),
+        limits=httpx.Limits(
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            keepalive_expiry=60,
+        ),
     )
-    transport = UpstreamTransport(limits=limits)
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
-        transport=transport,
-    )
-    return client, transport
 
 
 def create_app(
@@ -72,7 +78,7 @@ def create_app(
         own_engine = engine is None
         own_client = http_client is None
         db = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
-        client, direct = (http_client, None) if http_client else make_http_client(settings)
+        client = http_client or make_http_client(settings)
         store = Store(db)
         upstream = UpstreamClient(
             client,
@@ -82,7 +88,7 @@ def create_app(
             max_retries=settings.upstream_max_retries,
             retry_deadline=settings.upstream_retry_deadline,
             backoff=retry_backoff,
-            direct=direct,
+            max_reply_chars=settings.max_reply_chars,
         )
         app.state.settings = settings
         app.state.store = store
@@ -107,6 +113,7 @@ def create_app(
                 await db.dispose()
 
     configure_logging(settings.log_level)
+    openapi_router, render_plugins = schema_router()
     return ObservedLitestar(
         route_handlers=[
             ConversationController,
@@ -140,6 +147,7 @@ def create_app(
                 }
             ),
             security=[{"bearer": []}],
-            render_plugins=[CompletedJsonRenderPlugin(), SwaggerRenderPlugin(path="/")],
+            render_plugins=render_plugins,
+            openapi_router=openapi_router,
         ),
     )

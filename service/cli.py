@@ -17,17 +17,20 @@ from sqlalchemy.engine import make_url
 
 from service import importers, transcripts
 from service.errors import Conflict, ServiceError
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, check_upstream_proxy
 from service.store import ConversationFilter, KeyRecord, Store, make_engine
 
 _T = TypeVar("_T")
 
 
-def _settings() -> Settings:
+def _settings(*, calls_upstream: bool = False) -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        if calls_upstream:
+            check_upstream_proxy(settings.upstream_url, os.environ)
     except SettingsError as exc:
         sys.exit(f"convstore: bad setting: {exc}")
+    return settings
 
 
 def _where(settings: Settings) -> str:
@@ -73,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from service import server
 
-    settings = _settings()
+    settings = _settings(calls_upstream=True)
     _migrate(settings)
     print(f"convstore: database {_where(settings)} is at the newest schema", flush=True)
     print(

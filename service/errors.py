@@ -114,7 +114,7 @@ _HTTP_CODES = {
 
 def problem_response(error: ServiceError, request: Request[Any, Any, Any]) -> Response[Any]:
     return Response(
-        error.problem(instance=request.url.path),
+        error.problem(instance=request.scope["path"]),
         status_code=error.status,
         media_type=PROBLEM_JSON,
         headers=error.headers,
@@ -196,7 +196,9 @@ def database_unavailable(exc: BaseException) -> bool:
 def handle_too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """msgspec refuses to decode JSON nested past Python's recursion limit; the schemas refuse
     what nests past ``MAX_JSON_DEPTH`` (both before anything is stored)."""
-    log.warning("refused a JSON body nested too deeply on %s %s", request.method, request.url.path)
+    log.warning(
+        "refused a JSON body nested too deeply on %s %s", request.method, request.scope["path"]
+    )
     error = ValidationFailed(
         f"The JSON body nests arrays and objects too deeply; at most {MAX_JSON_DEPTH} levels are "
         "allowed inside params, metadata and content."
@@ -206,13 +208,15 @@ def handle_too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if database_unavailable(exc):
-        log.error("the database is unavailable on %s %s: %r", request.method, request.url.path, exc)
+        log.error(
+            "the database is unavailable on %s %s: %r", request.method, request.scope["path"], exc
+        )
         error: ServiceError = DatabaseUnavailable(
             "The database is unavailable or full; nothing was changed. Retry later.",
             headers={"retry-after": "5"},
         )
         return problem_response(error, request)
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    log.exception("unhandled error on %s %s", request.method, request.scope["path"])
     error = ServiceError("An unexpected error happened; it has been logged.")
     return problem_response(error, request)
 

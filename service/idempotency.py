@@ -32,7 +32,7 @@ def fingerprint(request: Request[Any, Any, Any], body: bytes) -> str:
         canonical = msgspec.json.encode(msgspec.json.decode(body), order="sorted")
     except msgspec.DecodeError:
         canonical = body
-    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode())
+    digest = hashlib.sha256(f"{request.method} {request.scope['path']}\n".encode())
     digest.update(canonical)
     return digest.hexdigest()
 
@@ -77,7 +77,10 @@ async def idempotent(
         except ServiceError as error:
             if acted(error):  # the turn ended: its answer is this key's from now on
                 await store.finish_idempotency_key(
-                    principal.tenant, key, error.status, error.problem(instance=request.url.path)
+                    principal.tenant,
+                    key,
+                    error.status,
+                    error.problem(instance=request.scope["path"]),
                 )
             error.headers["idempotent-replayed"] = "true"
             raise
@@ -97,7 +100,7 @@ async def idempotent(
     except ServiceError as error:
         if acted(error):
             await store.finish_idempotency_key(
-                principal.tenant, key, error.status, error.problem(instance=request.url.path)
+                principal.tenant, key, error.status, error.problem(instance=request.scope["path"])
             )
         else:
             await store.release_idempotency_key(principal.tenant, key)

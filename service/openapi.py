@@ -1,14 +1,24 @@
 """Completes the OpenAPI document Litestar generates: every status a route can answer (as
 problem+json, with an example), the real media types of exports and streams, the routes that
-need no key, strict request bodies, and the transcript's own JSON Schema for imports."""
+need no key, strict request bodies, and the transcript's own JSON Schema for imports.
+
+The completed document is the one served, both as ``/schema/openapi.json`` and inside the API
+explorer at ``/schema`` (Swagger UI, its files served from the swagger-ui-bundle package, so the
+page works offline, under a content security policy)."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import re
 from typing import Any
 
-from litestar import Request
-from litestar.openapi.plugins import JsonRenderPlugin
+from litestar import Request, Response, Router
+from litestar.datastructures import CacheControlHeader
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
 
 from service import transcripts
 
@@ -243,12 +253,101 @@ def _media_types(path: str, method: str, operation: dict[str, Any]) -> None:
                 parameter["schema"] = {"type": "string", "enum": ["chatgpt", "openwebui"]}
 
 
+class Completed:
+    """The completed document, made once from the one Litestar generates (which it also makes
+    once per app) and shared by every page that shows it."""
+
+    def __init__(self) -> None:
+        self._generated: dict[str, Any] | None = None
+        self._completed: dict[str, Any] = {}
+
+    def __call__(self, generated: dict[str, Any]) -> dict[str, Any]:
+        if generated is not self._generated:
+            self._completed = complete(generated)
+            self._generated = generated
+        return self._completed
+
+
 class CompletedJsonRenderPlugin(JsonRenderPlugin):
     """Serves the completed document at ``/schema/openapi.json``."""
 
-    _completed: bytes | None = None
+    def __init__(self, completed: Completed) -> None:
+        super().__init__()
+        self.completed = completed
+        self._page: bytes | None = None
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        if self._completed is None:
-            self._completed = self.render_json(request, complete(openapi_schema))
-        return self._completed
+        if self._page is None:
+            self._page = self.render_json(request, self.completed(openapi_schema))
+        return self._page
+
+
+# Swagger UI's files, from the swagger-ui-bundle package, under a path naming their version
+# (so that browsers may keep them for good).
+SWAGGER_UI_PATH = f"/schema/{swagger_ui_path.name}"
+_INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL)
+
+
+class SwaggerPage(SwaggerRenderPlugin):
+    """Litestar's Swagger UI page at ``/schema``, showing the completed document, with Swagger
+    UI's files served from this package instead of a CDN: it works offline, and nothing on it
+    loads from elsewhere (``schema_headers`` gives it a content security policy)."""
+
+    def __init__(self, completed: Completed) -> None:
+        super().__init__(
+            path="/",
+            js_url=f"{SWAGGER_UI_PATH}/swagger-ui-bundle.js",
+            css_url=f"{SWAGGER_UI_PATH}/swagger-ui.css",
+            standalone_preset_js_url=f"{SWAGGER_UI_PATH}/swagger-ui-standalone-preset.js",
+            favicon=f'<link rel="icon" href="{SWAGGER_UI_PATH}/favicon-32x32.png">',
+            style=f'<link rel="stylesheet" href="{SWAGGER_UI_PATH}/index.css">',
+        )
+        self.completed = completed
+        self._page: bytes | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self._page is None:
+            self._page = super().render(request, self.completed(openapi_schema))
+        return self._page
+
+    def receive_router(self, router: Router) -> None:
+        router.register(
+            create_static_files_router(
+                path=SWAGGER_UI_PATH.removeprefix(router.path),
+                directories=[swagger_ui_path],
+                name="swagger-ui",
+                cache_control=CacheControlHeader(max_age=31_536_000, public=True),
+            )
+        )
+
+
+async def schema_headers(response: Any) -> Any:
+    """An ``after_request`` hook for everything under ``/schema``. An HTML page gets a content
+    security policy allowing scripts and styles from this server only, and its own inline
+    scripts by their hashes (the Swagger UI page has one: it holds the document). Swagger UI's
+    files pass as they are."""
+    if not isinstance(response, Response):
+        return response
+    response.headers["x-content-type-options"] = "nosniff"
+    media_type = str(getattr(response.media_type, "value", response.media_type))
+    if isinstance(response.content, bytes) and media_type.startswith("text/html"):
+        hashes = "".join(
+            f" 'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
+            for script in _INLINE_SCRIPT.findall(response.content)
+        )
+        response.headers["content-security-policy"] = (
+            f"default-src 'none'; script-src 'self'{hashes}; style-src 'self'; "
+            "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        )
+    return response
+
+
+def schema_router() -> tuple[Router, list[OpenAPIRenderPlugin]]:
+    """The router serving ``/schema`` and the pages on it: the API explorer (Swagger UI) and
+    ``openapi.json``, both showing one completed document."""
+    completed = Completed()
+    router = Router(
+        "/schema", route_handlers=[], include_in_schema=False, after_request=schema_headers
+    )
+    return router, [CompletedJsonRenderPlugin(completed), SwaggerPage(completed)]

@@ -7,12 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # no stub
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./convstore.db"
 DEFAULT_UPSTREAM_URL = "https://api.x.ai/v1"
+# The upstream client (httpx over aiohttp) speaks to HTTP and HTTPS proxies only.
+PROXY_SCHEMES = ("http", "https")
 
 
 class SettingsError(ValueError):
@@ -31,10 +34,16 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     upstream_max_retries: int = 2
     upstream_retry_deadline: float = 60.0
+    # Connections to the upstream, in use and kept: each running turn holds one, a streamed
+    # turn of a reasoning model for minutes.
+    upstream_max_connections: int = 10_000
+    max_reply_chars: int = 2_000_000
     db_pool_size: int = 20
     turn_lease: float = 60.0
     key_cache_ttl: float = 5.0
     log_level: str = "INFO"
+    # The admin pages' session cookie without `Secure` over plain http (a trusted network only).
+    admin_insecure_cookies: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,10 +66,15 @@ class Settings:
             upstream_connect_timeout=_number(env, "CONVSTORE_UPSTREAM_CONNECT_TIMEOUT", 10.0),
             upstream_max_retries=int(_number(env, "CONVSTORE_UPSTREAM_MAX_RETRIES", 2, whole=True)),
             upstream_retry_deadline=_number(env, "CONVSTORE_UPSTREAM_RETRY_DEADLINE", 60.0),
+            upstream_max_connections=int(
+                _number(env, "CONVSTORE_UPSTREAM_MAX_CONNECTIONS", 10_000, whole=True)
+            ),
+            max_reply_chars=int(_number(env, "CONVSTORE_MAX_REPLY_CHARS", 2_000_000, whole=True)),
             db_pool_size=int(_number(env, "CONVSTORE_DB_POOL_SIZE", 20, whole=True)),
             turn_lease=_number(env, "CONVSTORE_TURN_LEASE", 60.0),
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
+            admin_insecure_cookies=_flag(env, "CONVSTORE_ADMIN_INSECURE_COOKIES"),
         )
         settings.validate()
         return settings
@@ -106,6 +120,10 @@ class Settings:
             raise SettingsError("CONVSTORE_KEY_CACHE_TTL must be 0 or more seconds")
         if self.turn_lease < 1:
             raise SettingsError("CONVSTORE_TURN_LEASE must be at least 1 second")
+        if self.upstream_max_connections < 1:
+            raise SettingsError("CONVSTORE_UPSTREAM_MAX_CONNECTIONS must be at least 1")
+        if self.max_reply_chars < 1:
+            raise SettingsError("CONVSTORE_MAX_REPLY_CHARS must be at least 1")
         if self.db_pool_size < 1:
             raise SettingsError("CONVSTORE_DB_POOL_SIZE must be at least 1")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -114,6 +132,41 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def check_upstream_proxy(upstream_url: str, environ: Mapping[str, str]) -> None:
+    """Raise ``SettingsError`` if the environment routes the upstream through a proxy the
+    upstream client cannot use (SOCKS): better at start-up than on every turn. Checked where
+    the upstream is called from (``convstore serve``, ``make_http_client``), not by every
+    command that reads the settings.
+
+    The variables are read as httpx reads them (``urllib.request.getproxies``): the scheme's
+    own (``HTTPS_PROXY`` for an https upstream), else ``ALL_PROXY``, a lower-case name before
+    an upper-case one; none for a host that ``NO_PROXY`` names."""
+    proxies: dict[str, tuple[str, str]] = {}
+    for lower_only in (False, True):
+        for name, value in environ.items():
+            if name.lower().endswith("_proxy") and (name[-6:] == "_proxy" or not lower_only):
+                if value:
+                    proxies[name[:-6].lower()] = (name, value)
+                elif lower_only:
+                    proxies.pop(name[:-6].lower(), None)
+    upstream = urlsplit(upstream_url)
+    chosen = proxies.get(upstream.scheme) or proxies.get("all")
+    no_proxy = proxies.get("no", ("", ""))[1]
+    if chosen is None or (
+        no_proxy and proxy_bypass_environment(upstream.hostname or "", {"no": no_proxy})
+    ):
+        return
+    name, value = chosen
+    proxy = urlsplit(value if "://" in value else f"http://{value}")
+    if proxy.scheme.lower() not in PROXY_SCHEMES:
+        where = f"{proxy.hostname}:{proxy.port}" if proxy.port else proxy.hostname
+        raise SettingsError(
+            f"{name} names a {proxy.scheme}:// proxy ({where}), which the upstream client "
+            "cannot use: only http:// and https:// proxies are supported, not SOCKS. Unset "
+            "it, give an HTTP proxy, or name the upstream's host in NO_PROXY."
+        )
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
@@ -128,3 +181,12 @@ def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = 
     if value != value or value in (float("inf"), float("-inf")):
         raise SettingsError(f"{name} must be a finite number, not {raw!r}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, not {env.get(name)!r}")

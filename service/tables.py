@@ -1,4 +1,5 @@
-"""The database schema: conversations, their messages (a tree of branches), turns and API keys.
+"""The database schema: conversations, their messages (a tree of branches), turns, API keys and
+the admin web pages' sign-in sessions.
 
 Every change here needs an Alembic revision (``tests/test_migrations.py`` fails otherwise).
 """
@@ -113,6 +114,22 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     # Turns a minute this key may start, in each server process; NULL for no limit.
     turns_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class AdminSession(Base):
+    """A sign-in to the admin web pages: the browser holds a random session id, the database
+    only its SHA-256 hash. It ends at sign-out, at ``expires_at``, or when its key is revoked."""
+
+    __tablename__ = "admin_session"
+    __table_args__ = (
+        Index("ix_admin_session_expires_at", "expires_at"),
+        Index("ix_admin_session_key_id", "key_id"),
+    )
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_key.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class Conversation(Base):
@@ -283,6 +300,7 @@ class ServiceSecret(Base):
 
 
 api_key_table = cast(Table, ApiKey.__table__)
+admin_session_table = cast(Table, AdminSession.__table__)
 conversation_table = cast(Table, Conversation.__table__)
 message_table = cast(Table, Message.__table__)
 branch_table = cast(Table, Branch.__table__)

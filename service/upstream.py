@@ -1,27 +1,46 @@
 """The xAI chat-completions client: one request with retries, errors mapped to a few classes.
 
-It knows nothing of the database. One long-lived ``httpx.AsyncClient`` is passed in and shared.
+It knows nothing of the database. One long-lived ``httpx.AsyncClient`` is passed in and shared:
+the service's is httpx over aiohttp's connections (``service.app.make_http_client``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
+import errno
+import logging
+import os
 import random
+import re
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import msgspec
 
-from service.netio import UpstreamTransport
 from service.schemas import Reply
+
+log = logging.getLogger("convstore.upstream")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BACKOFF = 8.0
+DEFAULT_MAX_REPLY_CHARS = 2_000_000
+MAX_ERROR_CHARS = 500  # of an error's text, as a turn keeps it (the log gets all of it)
+ERROR_BODY_BYTES = 64 * 1024  # of an error answer's body, read
+MAX_MODEL_CHARS = 200  # a reply's model, as stored (the message table's column)
+MAX_FINISH_REASON_CHARS = 32  # likewise
+# The most bytes of JSON a reply of N characters can take: a character outside the BMP escaped
+# as a surrogate pair (\ud83d\ude00) takes 12; plus room for the rest of the completion.
+JSON_BYTES_PER_CHAR = 12
+ENVELOPE_BYTES = 1024 * 1024
+# What a failed exchange raises: httpx's errors, and aiohttp's that httpx-aiohttp does not map
+# (a malformed answer, for one).
+TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError)
 
 
 class UpstreamError(Exception):
@@ -66,6 +85,12 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamBadResponse(UpstreamError):
     """A 2xx whose body is not a chat completion (not JSON, or the wrong shape)."""
+
+
+class UpstreamReplyTooLarge(UpstreamError):
+    """A reply longer than the service keeps (``max_reply_chars``); never retried."""
+
+    code = "reply_too_large"
 
 
 class UpstreamStreamCut(UpstreamError):
@@ -189,13 +214,9 @@ class UpstreamClient:
         max_retries: int = 2,
         retry_deadline: float = 60.0,
         backoff: float = 0.5,
-        direct: UpstreamTransport | None = None,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
     ) -> None:
-        """``direct`` is the transport under ``http`` when it is the service's own: a
-        non-streamed completion then goes to it without httpx's request and response objects
-        (``UpstreamTransport.fetch``), with the same headers, timeouts and connections."""
         self.http = http
-        self.direct = direct
         # Parsed once: httpx parses a URL given as text on every request (45 µs here).
         self.url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         self.api_key = api_key
@@ -203,6 +224,8 @@ class UpstreamClient:
         self.max_retries = max_retries
         self.retry_deadline = retry_deadline
         self.backoff = backoff
+        self.max_reply_chars = max_reply_chars
+        self.max_reply_bytes = max_reply_chars * JSON_BYTES_PER_CHAR + ENVELOPE_BYTES
 
     def headers(self, conversation_id: str) -> dict[str, str]:
         headers = {"content-type": "application/json", "x-grok-conv-id": conversation_id}
@@ -210,55 +233,26 @@ class UpstreamClient:
             headers["authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    @functools.cached_property
-    def _direct_headers(self) -> list[tuple[bytes, bytes]]:
-        """What ``http.post`` sends but the conversation id: the client's own headers (accept,
-        accept-encoding, user-agent…), then ours."""
-        merged = httpx.Headers(self.http.headers)
-        merged.update(self.headers(""))
-        return [(name, value) for name, value in merged.raw if name != b"x-grok-conv-id"]
-
     async def complete(self, body: dict[str, Any], *, conversation_id: str) -> Attempted:
         """One chat completion. Raises an ``UpstreamError`` subclass if none could be had."""
         content = _encoder.encode(body)
-        post = self._post if self.direct is None else self._fetch
+        headers = self.headers(conversation_id)
+        requested_model = str(body.get("model", ""))
 
         async def once() -> Reply:
             try:
-                status, headers, answer = await post(content, conversation_id)
-            except httpx.TimeoutException as exc:
-                raise _timeout_error(exc, self.timeout) from exc
-            except httpx.HTTPError as exc:
-                raise UpstreamUnavailable(f"Could not reach the model: {exc!r}") from exc
-            if status != 200:
-                raise error_for_response(status, headers or httpx.Headers(), answer)
-            return parse_completion(answer, body.get("model", ""))
+                response = await self._open(content, headers)
+                try:
+                    answer, cut = await read_at_most(response, self.max_reply_bytes)
+                finally:
+                    await response.aclose()
+            except TRANSPORT_ERRORS as exc:
+                raise self._failure(exc) from exc
+            if cut:
+                raise self._too_large()
+            return parse_completion(answer, requested_model, self.max_reply_chars)
 
         return await self.retrying(once)
-
-    async def _post(
-        self, content: bytes, conversation_id: str
-    ) -> tuple[int, httpx.Headers | None, bytes]:
-        response = await self.http.post(
-            self.url, content=content, headers=self.headers(conversation_id)
-        )
-        return response.status_code, response.headers, response.content
-
-    async def _fetch(
-        self, content: bytes, conversation_id: str
-    ) -> tuple[int, httpx.Headers | None, bytes]:
-        """As ``_post``, through ``direct``; the headers only when they are needed."""
-        assert self.direct is not None
-        headers = [*self._direct_headers, (b"x-grok-conv-id", conversation_id.encode())]
-        answer = await self.direct.fetch(b"POST", self.url, headers, content, self.http.timeout)
-        if answer.status == 200 and not any(
-            name.lower() == b"content-encoding" for name, _ in answer.headers
-        ):
-            return 200, None, answer.content
-        # An error (its Retry-After is read from the headers) or a compressed body (httpx's
-        # decoders decode it).
-        response = httpx.Response(answer.status, headers=answer.headers, content=answer.content)
-        return response.status_code, response.headers, response.content
 
     async def stream(
         self,
@@ -280,34 +274,28 @@ class UpstreamClient:
         requested_model = str(body.get("model", ""))
 
         async def once() -> Reply:
-            accumulator = StreamAccumulator(requested_model)
+            accumulator = StreamAccumulator(requested_model, self.max_reply_chars)
             try:
-                async with self.http.stream(
-                    "POST", self.url, content=content, headers=headers
-                ) as response:
-                    if response.status_code != 200:
-                        raise error_for_response(
-                            response.status_code, response.headers, await response.aread()
-                        )
-                    async for line in response.aiter_lines():
+                response = await self._open(content, headers)
+                try:
+                    async for line in sse_lines(response.aiter_bytes(), self.max_reply_bytes):
                         delta = accumulator.feed_line(line)
                         if delta:
                             await on_delta(delta)
                         if accumulator.done:
                             break
-            except httpx.TimeoutException as exc:
-                if accumulator.started:
-                    raise UpstreamStreamCut(
-                        f"The model's stream stalled for {self.timeout:g} s.",
-                        partial=accumulator.reply(),
-                    ) from exc
-                raise _timeout_error(exc, self.timeout) from exc
-            except httpx.HTTPError as exc:
-                if accumulator.started:
-                    raise UpstreamStreamCut(
-                        f"The model's stream broke off: {exc!r}", partial=accumulator.reply()
-                    ) from exc
-                raise UpstreamUnavailable(f"Could not reach the model: {exc!r}") from exc
+                finally:
+                    await response.aclose()
+            except TRANSPORT_ERRORS as exc:
+                if not accumulator.started:
+                    raise self._failure(exc) from exc
+                if _read_timed_out(exc):
+                    message = f"The model's stream stalled for {self.timeout:g} s."
+                else:
+                    message = f"The model's stream broke off: {self._describe(exc)}."
+                raise UpstreamStreamCut(message, partial=accumulator.reply()) from exc
+            except LineTooLong as exc:
+                raise self._too_large() from exc
             if not accumulator.done:
                 if not accumulator.started:
                     raise UpstreamBadResponse("The model's stream ended before any data.")
@@ -318,8 +306,46 @@ class UpstreamClient:
 
         return await self.retrying(once)
 
+    async def _open(self, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        """Send the request; its answer, the body still to read, if the status is 200. Any
+        other status raises its ``UpstreamError``, with up to 64 KiB of the body read."""
+        request = self.http.build_request("POST", self.url, content=content, headers=headers)
+        try:
+            response = await self.http.send(request, stream=True)
+        except TRANSPORT_ERRORS as exc:
+            if not closed_before_answering(exc):
+                raise
+            # Most likely a kept-alive connection the upstream had just closed: nothing was
+            # answered, so the request goes again at once, on another connection (aiohttp does
+            # this itself only for idempotent methods). Once: a second failure is a failure.
+            log.info("upstream connection closed before answering; sending again: %r", exc)
+            response = await self.http.send(request, stream=True)
+        if response.status_code == 200:
+            return response
+        try:
+            answer, _ = await read_at_most(response, ERROR_BODY_BYTES)
+        finally:
+            await response.aclose()
+        raise error_for_response(response.status_code, response.headers, answer)
+
+    def _failure(self, exc: Exception) -> UpstreamError:
+        """The error for an exchange that failed before anything of the reply arrived."""
+        if _read_timed_out(exc):
+            return UpstreamTimeout(f"The model did not answer within {self.timeout:g} s.")
+        return UpstreamUnavailable(f"Could not reach the model: {self._describe(exc)}.")
+
+    def _describe(self, exc: Exception) -> str:
+        connect = self.http.timeout.connect
+        return describe_failure(exc, connect_timeout=connect or self.timeout)
+
+    def _too_large(self) -> UpstreamReplyTooLarge:
+        return UpstreamReplyTooLarge(too_large_text(self.max_reply_chars))
+
     async def retrying(self, call: Callable[[], Awaitable[Reply]]) -> Attempted:
-        """Run ``call`` until it succeeds, retrying transient failures within the deadline."""
+        """Run ``call`` until it succeeds, retrying transient failures within the deadline.
+
+        Each failure's text is logged whole at WARNING (credentials redacted); the error
+        raised keeps at most ``MAX_ERROR_CHARS`` of it."""
         deadline = time.monotonic() + self.retry_deadline
         attempt = 0
         while True:
@@ -328,12 +354,27 @@ class UpstreamClient:
                 result = await call()
             except UpstreamError as exc:
                 exc.attempts = attempt
+                self._publish(exc)
                 delay = self._retry_delay(exc, attempt, deadline)
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
                 continue
             return Attempted(result, attempt)
+
+    def _publish(self, exc: UpstreamError) -> None:
+        # A key too short to be a real one (tests, demos) would blank out ordinary words.
+        secrets = [self.api_key] if self.api_key and len(self.api_key) >= 8 else []
+        text = redact(exc.message, secrets)
+        log.warning(
+            "upstream call failed (attempt %d, %s, status %s): %s",
+            exc.attempts,
+            exc.code,
+            exc.status,
+            text,
+        )
+        exc.message = bounded(text)
+        exc.args = (exc.message,)
 
     def _retry_delay(self, exc: UpstreamError, attempt: int, deadline: float) -> float | None:
         transient = isinstance(exc, UpstreamUnavailable | UpstreamRateLimited) or (
@@ -356,9 +397,11 @@ class StreamAccumulator:
     Follows the observed xAI order: role on the first delta, empty deltas while reasoning, no
     ``finish_reason`` key until the finish chunk, whole tool calls, a usage chunk with empty
     ``choices``, then ``[DONE]``. Comment lines (``: keepalive``) and other SSE fields are skipped.
+    A reply (content, reasoning and tool call arguments) past ``max_chars`` characters raises
+    ``UpstreamReplyTooLarge``.
     """
 
-    def __init__(self, requested_model: str) -> None:
+    def __init__(self, requested_model: str, max_chars: int = DEFAULT_MAX_REPLY_CHARS) -> None:
         self.model = requested_model
         self.content: list[str] = []
         self.reasoning: list[str] = []
@@ -367,13 +410,15 @@ class StreamAccumulator:
         self.usage: dict[str, Any] | None = None
         self.started = False
         self.done = False
+        self.chars_left = max_chars
+        self.max_chars = max_chars
 
-    def feed_line(self, line: str) -> dict[str, str] | None:
+    def feed_line(self, line: bytes) -> dict[str, str] | None:
         """Take one line; return the text delta it carried, if any."""
-        if not line.startswith("data:"):
+        if not line.startswith(b"data:"):
             return None
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
             self.done = True
             return None
         try:
@@ -402,14 +447,21 @@ class StreamAccumulator:
                 self.finish_reason = choice.finish_reason
             piece = choice.delta
             if piece.reasoning_content:
+                self._take(len(piece.reasoning_content))
                 self.reasoning.append(piece.reasoning_content)
                 delta["reasoning_content"] = piece.reasoning_content
             if piece.content:
+                self._take(len(piece.content))
                 self.content.append(piece.content)
                 delta["content"] = piece.content
             for call in piece.tool_calls or ():
                 self._merge_tool_call(call)
         return delta or None
+
+    def _take(self, chars: int) -> None:
+        self.chars_left -= chars
+        if self.chars_left < 0:
+            raise UpstreamReplyTooLarge(too_large_text(self.max_chars))
 
     def _merge_tool_call(self, call: _DeltaToolCall) -> None:
         # xAI sends each call whole; OpenAI-style streams send the arguments in pieces.
@@ -424,6 +476,7 @@ class StreamAccumulator:
             if call.function.name:
                 entry["function"]["name"] += call.function.name
             if call.function.arguments:
+                self._take(len(call.function.arguments))
                 entry["function"]["arguments"] += call.function.arguments
 
     def reply(self) -> Reply:
@@ -431,16 +484,175 @@ class StreamAccumulator:
             content=column_text("".join(self.content)),
             reasoning_content=column_text("".join(self.reasoning)) or None,
             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
-            finish_reason=column_text(self.finish_reason),
+            finish_reason=_bounded_column(self.finish_reason, MAX_FINISH_REASON_CHARS),
             usage=self.usage,
-            model=column_text(self.model) or "",
+            model=_bounded_column(self.model, MAX_MODEL_CHARS) or "",
         )
 
 
-def _timeout_error(exc: httpx.TimeoutException, timeout: float) -> UpstreamError:
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return UpstreamUnavailable(f"Could not connect to the model in time: {exc!r}")
-    return UpstreamTimeout(f"The model did not answer within {timeout:g} s.")
+class LineTooLong(Exception):
+    """A stream line longer than any reply within the limit could make."""
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+async def sse_lines(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    """The lines of an event stream, ended by CRLF, LF or CR as SSE has them (httpx's
+    ``aiter_lines`` also splits at U+2028 and other Unicode line breaks, which JSON holds
+    unescaped). A line past ``max_bytes`` raises ``LineTooLong``."""
+    parts: list[bytes] = []
+    size = 0
+    after_cr = False  # the last chunk ended with CR: an LF opening this one belongs to it
+    async for chunk in chunks:
+        start = 1 if after_cr and chunk.startswith(b"\n") else 0
+        after_cr = False
+        for end in _LINE_END.finditer(chunk, start):
+            parts.append(chunk[start : end.start()])
+            yield b"".join(parts) if len(parts) > 1 else parts[0]
+            parts.clear()
+            size = 0
+            start = end.end()
+            after_cr = start == len(chunk) and chunk.endswith(b"\r")
+        if start < len(chunk):
+            parts.append(chunk[start:])
+            size += len(chunk) - start
+            if size > max_bytes:
+                raise LineTooLong(f"a stream line passed {max_bytes} bytes")
+    if parts:
+        yield b"".join(parts)
+
+
+async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of ``response``'s (decoded) body, and whether there was more."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            return b"".join(parts)[:limit], True
+    return b"".join(parts), False
+
+
+def too_large_text(max_chars: int) -> str:
+    return (
+        f"The model's reply is longer than this service keeps ({max_chars:,} characters of "
+        "content, reasoning and tool call arguments); it was not stored."
+    )
+
+
+# ---- failures in words ---------------------------------------------------------------------
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors it was raised from, outermost first."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
+    """The aiohttp error under ``exc`` (httpx-aiohttp raises httpx's errors from aiohttp's)."""
+    return next((e for e in _causes(exc) if isinstance(e, aiohttp.ClientError)), None)
+
+
+def _read_timed_out(exc: BaseException) -> bool:
+    """Whether the upstream went quiet on a connection it had (rather than none was made)."""
+    cause = _aiohttp_cause(exc)
+    if cause is not None:
+        return isinstance(cause, aiohttp.SocketTimeoutError)
+    return isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout)
+
+
+def closed_before_answering(exc: BaseException) -> bool:
+    """Whether the upstream closed or reset a connection it had accepted before any of its
+    answer came (aiohttp: ``ServerDisconnectedError``, or a reset while the request was being
+    written): the request may go again as it is."""
+    causes = list(_causes(exc))
+    if any(isinstance(e, aiohttp.ClientConnectorError) for e in causes):
+        return False  # no connection was made: an ordinary failure, retried with backoff
+    return any(
+        isinstance(e, aiohttp.ServerDisconnectedError | ConnectionResetError | BrokenPipeError)
+        or (isinstance(e, OSError) and e.errno in (errno.ECONNRESET, errno.EPIPE))
+        for e in causes
+    )
+
+
+# What each of aiohttp's errors means, in words; the first class that fits is taken.
+_FAILURE_TEXTS: tuple[tuple[type[aiohttp.ClientError], str], ...] = (
+    (aiohttp.ClientConnectorDNSError, "could not resolve host {e.host}"),
+    (aiohttp.ClientProxyConnectionError, "could not connect to the proxy {e.host}:{e.port} ({os})"),
+    (
+        aiohttp.ClientConnectorCertificateError,
+        "the TLS certificate of {e.host} was not accepted ({e.certificate_error})",
+    ),
+    (aiohttp.ClientConnectorSSLError, "the TLS handshake with {e.host}:{e.port} failed ({os})"),
+    (aiohttp.ClientConnectorError, "could not connect to {e.host}:{e.port} ({os})"),
+    (aiohttp.ClientHttpProxyError, "the proxy refused to connect: {e.status} {e.message}"),
+    (aiohttp.ConnectionTimeoutError, "no connection within {connect:g} s (the connect timeout)"),
+    (aiohttp.SocketTimeoutError, "the connection went quiet past the read timeout"),
+    (aiohttp.ServerDisconnectedError, "the connection was closed before an answer"),
+    (aiohttp.ClientPayloadError, "the answer was cut off ({e})"),
+    (aiohttp.ClientOSError, "the connection failed ({os})"),
+    (aiohttp.ClientResponseError, "the answer was not valid HTTP ({e.message})"),
+)
+
+
+def describe_failure(exc: BaseException, *, connect_timeout: float) -> str:
+    """What went wrong with an exchange, in words, from its underlying cause:
+    httpx-aiohttp maps a failed DNS look-up, a refused connection and a closed one alike to
+    ``httpx.ConnectTimeout``."""
+    cause = _aiohttp_cause(exc)
+    if cause is None:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return f"no connection within {connect_timeout:g} s (the connect timeout)"
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if (
+        isinstance(cause, aiohttp.ClientConnectorError)
+        and not isinstance(cause, aiohttp.ClientProxyConnectionError)
+        and cause.os_error.errno == errno.ECONNREFUSED
+    ):
+        return f"connection refused by {cause.host}:{cause.port}"
+    for kind, text in _FAILURE_TEXTS:
+        if isinstance(cause, kind):
+            return text.format(e=cause, os=_os_text(cause), connect=connect_timeout)
+    return f"{type(cause).__name__}: {cause}"
+
+
+def _os_text(exc: BaseException) -> str:
+    """The operating system's words for an error (``Connection reset by peer``), if it is one."""
+    error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if not isinstance(error, OSError):
+        return ""
+    if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        return str(error)
+    if isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)  # asyncio's own text says only "Connect call failed"
+    return error.strerror or str(error) or type(error).__name__
+
+
+_BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"'<>,;]+")
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@\"'<>]+@")
+_XAI_KEY = re.compile(r"\bxai-[A-Za-z0-9_-]{16,}")
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without credentials: the given secrets (the API key), ``Bearer`` tokens, xAI
+    keys, and the user and password of URLs."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    text = _BEARER.sub(f"Bearer {REDACTED}", text)
+    text = _XAI_KEY.sub(REDACTED, text)
+    return _URL_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -465,8 +677,7 @@ def upstream_message(content: bytes) -> str:
     try:
         data = msgspec.json.decode(content)
     except msgspec.DecodeError:
-        text = content.decode("utf-8", "replace").strip()
-        return text[:500] or "(empty body)"
+        return content.decode("utf-8", "replace").strip() or "(empty body)"
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, str):
@@ -475,7 +686,7 @@ def upstream_message(content: bytes) -> str:
             return str(error["message"])
         if isinstance(data.get("message"), str):
             return str(data["message"])
-    return content.decode("utf-8", "replace")[:500]
+    return content.decode("utf-8", "replace")
 
 
 def error_for_response(status: int, headers: httpx.Headers, content: bytes) -> UpstreamError:
@@ -492,8 +703,11 @@ def error_for_response(status: int, headers: httpx.Headers, content: bytes) -> U
     return UpstreamRejected(message, status=status)
 
 
-def parse_completion(content: bytes, requested_model: str) -> Reply:
-    """A stored reply from a non-streamed chat-completion body."""
+def parse_completion(
+    content: bytes, requested_model: str, max_chars: int = DEFAULT_MAX_REPLY_CHARS
+) -> Reply:
+    """A stored reply from a non-streamed chat-completion body; ``UpstreamReplyTooLarge`` if
+    its content, reasoning and tool call arguments pass ``max_chars`` characters."""
     try:
         completion = _completion_decoder.decode(content)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -502,13 +716,25 @@ def parse_completion(content: bytes, requested_model: str) -> Reply:
         raise UpstreamBadResponse("The model's answer had no choices.")
     choice = completion.choices[0]
     message = choice.message
+    text = message.content
+    # Content given as parts is counted by its JSON: close enough for a limit.
+    chars = len(text) if isinstance(text, str) else len(_encoder.encode(text)) if text else 0
+    chars += len(message.reasoning_content or "")
+    chars += sum(len(call.function.arguments) for call in message.tool_calls or ())
+    if chars > max_chars:
+        raise UpstreamReplyTooLarge(too_large_text(max_chars))
     return Reply(
-        content=column_text(message.content)
-        if isinstance(message.content, str)
-        else message.content,
+        content=column_text(text) if isinstance(text, str) else text,
         reasoning_content=column_text(message.reasoning_content),
         tool_calls=tool_call_dicts(message.tool_calls),
-        finish_reason=column_text(choice.finish_reason),
+        finish_reason=_bounded_column(choice.finish_reason, MAX_FINISH_REASON_CHARS),
         usage=completion.usage,
-        model=column_text(completion.model) or requested_model,
+        model=_bounded_column(completion.model, MAX_MODEL_CHARS) or requested_model,
     )
+
+
+def _bounded_column(value: str | None, limit: int) -> str | None:
+    """A short text from the upstream (the model's name, a finish reason) as its column holds
+    it: a longer one is cut, so that it is neither refused by the database nor kept whole."""
+    text = column_text(value)
+    return text[:limit] if text else text

@@ -2,43 +2,58 @@
 every tenant's conversations, download their transcripts and see usage stats.
 
 The pages are server-rendered Jinja templates with autoescaping on: message content is user data
-and is only ever rendered as text, never as HTML. They authenticate with a cookie holding the
-admin key, set by the sign-in form (``HttpOnly``, ``Secure``, ``SameSite=Strict``,
-``Path=/admin``); the JSON admin API beside them keeps using ``Authorization: Bearer``.
-None of these routes is part of the OpenAPI document.
+and is only ever rendered as text, never as HTML. Signing in with an admin key starts a session
+kept in the database (``admin_session``, only a hash of its id): the cookie holds the random
+session id (``HttpOnly``, ``SameSite=Strict``, ``Path=/admin``, ``Secure`` wherever a browser
+keeps it), never the key, and the id is no API key. Sessions end at sign-out, 12 hours after
+signing in, or when their key is revoked. Every form POST must come from these pages: its
+``Origin`` (or ``Referer``) names this host, and it carries a token (the sign-in form's in a
+cookie of its own, every other form's derived from the session id). The JSON admin API beside
+them keeps using ``Authorization: Bearer``. None of these routes is part of the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import hmac
+import ipaddress
 import math
 import re
+import secrets
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeAlias
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, State
 from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
+from litestar.handlers import BaseRouteHandler
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from service import transcripts
-from service.auth import KeyCache
-from service.errors import NotFound, ServiceError
+from service.errors import Forbidden, NotFound, ServiceError
 from service.routes.transcripts import attachment
+from service.settings import Settings
 from service.store import ConversationFilter, Principal, Store
 
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
 
-COOKIE = "convstore_admin"
+COOKIE = "convstore_admin"  # the session id
 COOKIE_PATH = "/admin"
+CSRF_COOKIE = "convstore_admin_csrf"  # the sign-in form's token, sent back in a hidden field
+# Sessions end this long after signing in, whatever is done meanwhile (not renewed by use).
+SESSION_LIFETIME = timedelta(hours=12)
+MAX_SESSION_CHARS = 100  # session ids are 43 characters
+TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 LOGIN_PATH = "/admin/login"
 HOME_PATH = "/admin/"
 PAGE_SIZE = 25
@@ -49,6 +64,13 @@ MAX_NAME_CHARS = 200
 STATUSES = ("running", "completed", "failed")
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 STAT_DAYS = (7, 30, 90)
+# A page shows this much of one JSON value (a content part, tool-call arguments, an error) and
+# of one message, then says how much more there is and links to all of it: a page grows with
+# what is stored, and no more than this a message.
+JSON_SHOWN_CHARS = 20_000
+MESSAGE_SHOWN_CHARS = 100_000
+INDENTED_LEVELS = 4  # JSON nested deeper than this is shown compact
+MAX_SEQ = 2**31 - 1  # message numbers are 32-bit integers in the database
 # Raster images only: an inline SVG could hold links, and a remote URL is not fetched (below).
 INLINE_IMAGE = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,", re.IGNORECASE)
 
@@ -58,14 +80,15 @@ STYLESHEET = (STATIC / "admin.css").read_bytes()
 STYLESHEET_URL = f"/admin/static/admin.css?v={hashlib.sha256(STYLESHEET).hexdigest()[:12]}"
 
 # Message content is untrusted: no script runs on these pages, nothing loads from elsewhere,
-# and no other site may frame them or learn their URLs.
+# and no other site may frame them or learn their URLs. (``same-origin``, not ``no-referrer``:
+# with ``no-referrer`` browsers send ``Origin: null`` on the pages' own form POSTs.)
 PAGE_HEADERS = {
     "content-security-policy": (
         "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 
@@ -73,8 +96,22 @@ PAGE_HEADERS = {
 # ---- authentication -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class PageSession:
+    """A signed-in admin: the key behind the session, and the session id from the cookie."""
+
+    principal: Principal
+    session_id: str
+
+    @property
+    def csrf(self) -> str:
+        """The token every form of a signed-in page carries: derived from the session id, which
+        only this browser holds (in an HttpOnly cookie), so no other site can know it."""
+        return hmac.new(self.session_id.encode(), b"convstore admin form", "sha256").hexdigest()
+
+
 class SignInRequired(Exception):
-    """The request carries no admin cookie that still holds a valid admin key."""
+    """The request carries no cookie of a session that is still valid."""
 
     def __init__(self, next_path: str | None, *, had_cookie: bool) -> None:
         super().__init__("sign in with an admin key")
@@ -82,24 +119,35 @@ class SignInRequired(Exception):
         self.had_cookie = had_cookie
 
 
-async def provide_page_admin(request: Request[Any, Any, Any], state: State) -> Principal:
-    """The admin behind the request's cookie, looked up like a bearer key (through the key
-    cache, so a revoked key stops working within seconds); else ``SignInRequired``."""
-    key = request.cookies.get(COOKIE)
-    cache: KeyCache = state.key_cache
-    principal = None
-    if key and len(key) <= MAX_KEY_CHARS:
-        principal = await cache.principal(state.store, key)
-    if principal is None or not principal.is_admin:
+async def signed_in(request: Request[Any, Any, Any], store: Store) -> PageSession | None:
+    """The session named by the request's cookie, if it is still valid (not signed out, not
+    expired, its key not revoked); it is also kept on ``request.state`` for error pages."""
+    session_id = request.cookies.get(COOKIE)
+    if not session_id or len(session_id) > MAX_SESSION_CHARS:
+        return None
+    principal = await store.admin_session(session_id)
+    if principal is None:
+        return None
+    session = PageSession(principal, session_id)
+    request.state.admin_session = session
+    return session
+
+
+async def provide_page_admin(request: Request[Any, Any, Any], state: State) -> PageSession:
+    """The admin signed in on this browser; else ``SignInRequired``."""
+    session = await signed_in(request, state.store)
+    if session is None:
         # Only a page the browser can simply open again is worth coming back to.
         next_path = None
         if request.method == "GET":
-            next_path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise SignInRequired(next_path, had_cookie=key is not None)
-    return principal
+            # From the scope: ``request.url`` refuses a Host header with a bad port (500).
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            next_path = request.scope["path"] + (f"?{query}" if query else "")
+        raise SignInRequired(next_path, had_cookie=COOKIE in request.cookies)
+    return session
 
 
-PageAdmin: TypeAlias = NamedDependency[Principal]
+PageAdmin: TypeAlias = NamedDependency[PageSession]
 
 
 def safe_next(value: str | None) -> str | None:
@@ -114,27 +162,86 @@ def safe_next(value: str | None) -> str | None:
     return value
 
 
-def session_cookie(key: str) -> Cookie:
-    # A browser-session cookie: it goes when the browser closes, or on sign-out.
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine, where browsers keep ``Secure`` cookies over plain
+    http too (they count loopback origins as potentially trustworthy)."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def request_host(request: Request[Any, Any, Any]) -> str | None:
+    """The host name the request was sent to (its ``Host`` header without the port), or None
+    if that is no host name."""
+    try:
+        return urlsplit("//" + request.headers.get("host", "")).hostname
+    except ValueError:
+        return None
+
+
+def cookie_secure(request: Request[Any, Any, Any], settings: Settings) -> bool | None:
+    """Whether the cookies of these pages are marked ``Secure`` for this request, or None when
+    a browser would drop them: plain http to another host than this machine, unless the
+    operator allowed cookies without ``Secure`` there. The scheme is the connection's, or a
+    trusted proxy's ``X-Forwarded-Proto`` (uvicorn's ``--forwarded-allow-ips``)."""
+    if request.scope.get("scheme") == "https" or is_loopback(request_host(request)):
+        return True
+    return False if settings.admin_insecure_cookies else None
+
+
+def _cookie(name: str, value: str, path: str, *, secure: bool, expire: bool = False) -> Cookie:
+    # Browser-session cookies: they go when the browser closes, or on sign-out.
     return Cookie(
-        key=COOKIE,
-        value=key,
-        path=COOKIE_PATH,
+        key=name,
+        value=value,
+        path=path,
+        max_age=0 if expire else None,
         httponly=True,
-        secure=True,
+        secure=secure,
         samesite="strict",
     )
 
 
+def session_cookie(session_id: str, *, secure: bool) -> Cookie:
+    return _cookie(COOKIE, session_id, COOKIE_PATH, secure=secure)
+
+
 def expired_cookie() -> Cookie:
-    return Cookie(
-        key=COOKIE,
-        value="",
-        path=COOKIE_PATH,
-        max_age=0,
-        httponly=True,
-        secure=True,
-        samesite="strict",
+    return _cookie(COOKIE, "", COOKIE_PATH, secure=False, expire=True)
+
+
+def _host_key(host: str, scheme: str) -> str:
+    """``host[:port]`` as a browser names it, without the scheme's default port."""
+    return host.lower().removesuffix(":443" if scheme == "https" else ":80")
+
+
+def same_origin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard for every form POST: the browser's ``Origin`` (or, failing that, ``Referer``)
+    must name the host the request was sent to. A form another site makes a browser send
+    answers 403. (Browsers send ``Origin`` with every POST; ``Origin: null`` is refused.)"""
+    headers = connection.headers
+    source = headers.get("origin") or headers.get("referer") or ""
+    host = headers.get("host")
+    try:
+        parts = urlsplit(source)
+    except ValueError:  # not a URL at all
+        parts = None
+    if (
+        parts
+        and parts.scheme in ("http", "https")
+        and host
+        and _host_key(parts.netloc, parts.scheme) == _host_key(host, parts.scheme)
+    ):
+        return
+    raise Forbidden(
+        "This form was sent from another site, or without saying where from (no Origin or "
+        "Referer header naming this host). Open the page on this host and send it again."
     )
 
 
@@ -154,18 +261,29 @@ def redirect_to_sign_in(request: Request[Any, Any, Any], exc: Exception) -> Resp
 
 
 def error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """A service error (a missing conversation, a bad cursor) as an HTML page, not JSON."""
+    """A service error (a missing conversation, a bad cursor, a form from another site) as an
+    HTML page, not JSON."""
     assert isinstance(exc, ServiceError)
     return Template(
         "error.html",
-        context=base_context(signed_in=True, status=exc.status, title=exc.title, detail=exc.detail),
+        context=base_context(
+            request.state.get("admin_session"),
+            status=exc.status,
+            title=exc.title,
+            detail=exc.detail,
+        ),
         status_code=exc.status,
         headers=PAGE_HEADERS,
     )
 
 
-def base_context(*, signed_in: bool, **context: Any) -> dict[str, Any]:
-    return {"stylesheet": STYLESHEET_URL, "signed_in": signed_in, **context}
+def base_context(session: PageSession | None, **context: Any) -> dict[str, Any]:
+    return {
+        "stylesheet": STYLESHEET_URL,
+        "signed_in": session is not None,
+        "csrf": session.csrf if session else None,
+        **context,
+    }
 
 
 # ---- formatting -----------------------------------------------------------------------------
@@ -179,24 +297,114 @@ def when(value: Any) -> dict[str, str] | None:
     return {"iso": moment.isoformat(), "text": moment.strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """The part of a long text or JSON value that a page shows, and how much it leaves out."""
+
+    text: str
+    more: int = 0  # characters left out
+
+    @property
+    def more_kb(self) -> int:
+        return max(1, round(self.more / 1024))
 
 
-def pretty_arguments(arguments: Any) -> str:
-    """Tool-call arguments (a JSON string, by the API's contract) indented; as given if not JSON."""
-    if isinstance(arguments, str):
-        try:
-            return pretty_json(json.loads(arguments))
-        except ValueError:
-            return arguments
-    return pretty_json(arguments)
+def json_pieces(value: Any) -> Iterator[str]:
+    """``value`` as JSON text, in pieces: indented by two spaces for its first
+    ``INDENTED_LEVELS`` levels and compact below, so that the text stays within a few times
+    the size of the value however deep it is nested (indenting every level makes a value
+    nested ``n`` deep take ``n²`` spaces). Keys keep their stored order.
+
+    Written with a stack rather than by recursion, and each compact subtree is encoded by
+    msgspec, so no nesting depth raises ``RecursionError``."""
+    # What is left to write, last first: (depth, value) to encode, or (-1, text) to copy.
+    todo: list[tuple[int, Any]] = [(0, value)]
+    while todo:
+        depth, node = todo.pop()
+        if depth < 0:
+            yield node
+            continue
+        if not isinstance(node, dict | list) or not node:
+            yield _compact(node)
+            continue
+        if depth >= INDENTED_LEVELS:
+            try:
+                yield _compact(node)
+                continue
+            except RecursionError:  # deeper than msgspec goes from here: take it apart
+                pass
+        indented = depth < INDENTED_LEVELS
+        inner = "\n" + "  " * (depth + 1) if indented else ""
+        entries = node.items() if isinstance(node, dict) else ((None, v) for v in node)
+        later: list[tuple[int, Any]] = []
+        for i, (key, child) in enumerate(entries):
+            label = "" if key is None else _compact(str(key)) + (": " if indented else ":")
+            later += [(-1, ("," if i else "") + inner + label), (depth + 1, child)]
+        close = "}" if isinstance(node, dict) else "]"
+        later.append((-1, ("\n" + "  " * depth if indented else "") + close))
+        yield "{" if isinstance(node, dict) else "["
+        todo.extend(reversed(later))
+
+
+def _compact(value: Any) -> str:
+    return msgspec.json.encode(value, enc_hook=str).decode()
+
+
+def show_json(value: Any, limit: int = JSON_SHOWN_CHARS) -> Shown:
+    """``value`` as JSON (``json_pieces``), at most ``limit`` characters of it."""
+    kept: list[str] = []
+    size = more = 0
+    for piece in json_pieces(value):
+        room = max(0, limit - size)
+        if room:
+            kept.append(piece[:room])
+            size += min(room, len(piece))
+        more += max(0, len(piece) - room)
+    return Shown("".join(kept), more)
+
+
+def show_text(value: str, limit: int) -> Shown:
+    return Shown(value[:limit], max(0, len(value) - limit))
+
+
+class MessageBudget:
+    """How much of one message a page still shows: its text and JSON share
+    ``MESSAGE_SHOWN_CHARS``, and one JSON value gets ``JSON_SHOWN_CHARS`` at most."""
+
+    def __init__(self) -> None:
+        self.left = MESSAGE_SHOWN_CHARS
+
+    def text(self, value: str) -> Shown:
+        return self._spend(show_text(value, self.left))
+
+    def json(self, value: Any) -> Shown:
+        return self._spend(show_json(value, min(self.left, JSON_SHOWN_CHARS)))
+
+    def arguments(self, arguments: Any) -> Shown:
+        """Tool-call arguments (a JSON string, by the API's contract) as JSON; as given if
+        they are not JSON."""
+        if isinstance(arguments, str):
+            try:
+                arguments = msgspec.json.decode(arguments)
+            except (msgspec.DecodeError, RecursionError):
+                return self.text(arguments)
+        return self.json(arguments)
+
+    def _spend(self, shown: Shown) -> Shown:
+        self.left -= len(shown.text)
+        return shown
+
+
+def short_json(value: Any) -> str:
+    """A small JSON value on one line (usage and the like), cut short if it is not small."""
+    shown = show_json(value, JSON_SHOWN_CHARS)
+    return shown.text + (" …" if shown.more else "")
 
 
 def usage_text(usage: Any) -> str | None:
     """Token usage in a few words: prompt, completion (with reasoning), total."""
     if not isinstance(usage, dict):
-        return None if usage is None else pretty_json(usage)
+        return None if usage is None else short_json(usage)
     words = []
     for field, label in (("prompt_tokens", "prompt"), ("completion_tokens", "completion")):
         if isinstance(usage.get(field), int):
@@ -207,7 +415,7 @@ def usage_text(usage: Any) -> str | None:
         words.append(f"{reasoning:,} reasoning")
     if isinstance(usage.get("total_tokens"), int):
         words.append(f"{usage['total_tokens']:,} total")
-    return " · ".join(words) if words else pretty_json(usage)
+    return " · ".join(words) if words else short_json(usage)
 
 
 def latency_text(ms: Any) -> str | None:
@@ -216,7 +424,7 @@ def latency_text(ms: Any) -> str | None:
     return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
-def content_parts(content: Any) -> list[dict[str, Any]]:
+def content_parts(content: Any, budget: MessageBudget) -> list[dict[str, Any]]:
     """A message's content as parts to show: text as text, images, anything else as JSON.
 
     Only ``data:`` images are shown inline; a remote image is a link, because loading it would
@@ -224,14 +432,14 @@ def content_parts(content: Any) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [{"kind": "text", "text": content}]
+        return [{"kind": "text", "text": budget.text(content)}]
     if not isinstance(content, list):
-        return [{"kind": "other", "type": type(content).__name__, "json": pretty_json(content)}]
+        return [{"kind": "other", "type": type(content).__name__, "json": budget.json(content)}]
     parts: list[dict[str, Any]] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
-            parts.append({"kind": "text", "text": part["text"]})
+            parts.append({"kind": "text", "text": budget.text(part["text"])})
             continue
         if kind == "image_url" and isinstance(part.get("image_url"), dict):
             url = part["image_url"].get("url")
@@ -241,12 +449,16 @@ def content_parts(content: Any) -> list[dict[str, Any]]:
             if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
                 parts.append({"kind": "link", "url": url})
                 continue
-        parts.append({"kind": "other", "type": str(kind or "part"), "json": pretty_json(part)})
+        parts.append({"kind": "other", "type": str(kind or "part"), "json": budget.json(part)})
     return parts
 
 
 def message_view(m: Any) -> dict[str, Any]:
-    """One stored message, ready for the template."""
+    """One stored message, ready for the template. Its text and JSON are cut short past
+    ``MessageBudget``'s share, with a link to the whole message as JSON."""
+    budget = MessageBudget()
+    reasoning = budget.text(m.reasoning_content) if m.reasoning_content else None
+    parts = content_parts(m.content, budget)
     calls = []
     for call in m.tool_calls if isinstance(m.tool_calls, list) else []:
         function = call.get("function") if isinstance(call, dict) else None
@@ -255,7 +467,7 @@ def message_view(m: Any) -> dict[str, Any]:
             {
                 "id": call.get("id") if isinstance(call, dict) else None,
                 "name": function.get("name") or "(unnamed)",
-                "arguments": pretty_arguments(function.get("arguments", "")),
+                "arguments": budget.arguments(function.get("arguments", "")),
             }
         )
     is_reply = m.turn_id is not None or m.model is not None or m.usage is not None
@@ -265,10 +477,11 @@ def message_view(m: Any) -> dict[str, Any]:
         "role_class": m.role if m.role in ROLES else "other",
         "name": m.name,
         "created": when(m.created_at),
-        "parts": content_parts(m.content),
+        "parts": parts,
         "tool_calls": calls,
         "tool_call_id": m.tool_call_id,
-        "reasoning": m.reasoning_content,
+        "reasoning": reasoning,
+        "raw_url": f"/admin/c/{m.conversation_id}/m/{m.seq}",
         "reply": (
             {
                 "model": m.model,
@@ -298,7 +511,7 @@ def turn_view(t: Any) -> dict[str, Any]:
                 "code": error.get("code"),
                 "detail": error.get("detail"),
                 "upstream_status": error.get("upstream_status"),
-                "json": pretty_json(error),
+                "json": show_json(error),
             }
             if error
             else None
@@ -315,8 +528,8 @@ def conversation_view(c: Any) -> dict[str, Any]:
         "message_count": c.message_count,
         "created": when(c.created_at),
         "updated": when(c.updated_at),
-        "params": pretty_json(c.params) if c.params else None,
-        "metadata": pretty_json(c.metadata) if c.metadata else None,
+        "params": show_json(c.params) if c.params else None,
+        "metadata": show_json(c.metadata) if c.metadata else None,
         "source_id": getattr(c, "source_id", None),
         "forked_from_id": str(c.forked_from_id) if getattr(c, "forked_from_id", None) else None,
         "url": f"/admin/c/{c.id}",
@@ -478,10 +691,18 @@ def chart_days(by_day: list[dict[str, Any]], days: int, today: date) -> list[str
 
 @dataclass
 class SignInForm:
-    """The sign-in form's fields: the key, and the page to go on to."""
+    """The sign-in form's fields: the key, the page to go on to, and the form's token."""
 
     key: str = ""
     next: str = ""
+    csrf: str = ""
+
+
+@dataclass
+class SignOutForm:
+    """The sign-out form's one field: the session's form token."""
+
+    csrf: str = ""
 
 
 NextPath = Annotated[str | None, QueryParameter(name="next")]
@@ -517,48 +738,67 @@ class AdminPages(Controller):
         self, request: Request[Any, Any, Any], state: State, next_path: NextPath = None
     ) -> Response[Any]:
         """The sign-in form; an admin already signed in goes straight on."""
-        key = request.cookies.get(COOKIE)
-        cache: KeyCache = state.key_cache
-        if key and len(key) <= MAX_KEY_CHARS:
-            principal = await cache.principal(state.store, key)
-            if principal is not None and principal.is_admin:
-                return Redirect(safe_next(next_path) or HOME_PATH, status_code=303)
-        return login_page(next_path=safe_next(next_path))
+        if await signed_in(request, state.store) is not None:
+            return Redirect(safe_next(next_path) or HOME_PATH, status_code=303)
+        return login_page(request, state.settings, next_path=safe_next(next_path))
 
-    @post("/login", status_code=303)
+    @post("/login", status_code=303, guards=[same_origin])
     async def login(
         self,
+        request: Request[Any, Any, Any],
         state: State,
         data: Annotated[SignInForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Response[Any]:
-        """Check the key (it must be an admin key) and set the session cookie; a tenant key
-        answers 403 and an unknown or revoked one 401, with the form shown again."""
-        key = data.key.strip()
+        """Check the key (it must be an admin key), start a session and set its cookie; a
+        tenant key answers 403 and an unknown or revoked one 401, with the form shown again.
+        The form must carry the token its page set in a cookie (403 otherwise)."""
+        settings: Settings = state.settings
         next_path = safe_next(data.next)
+
+        def again(error: str | None, status: int) -> Template:
+            return login_page(request, settings, next_path=next_path, error=error, status=status)
+
+        secure = cookie_secure(request, settings)
+        if secure is None:
+            return again(None, 403)  # the page says why, and what the operator can do
+        if not same_token(data.csrf, request.cookies.get(CSRF_COOKIE)):
+            return again("This sign-in form had expired. Enter the key again.", 403)
+        key = data.key.strip()
         if not key:
-            return login_page(next_path=next_path, error="Enter an admin key.", status=401)
+            return again("Enter an admin key.", 401)
         store: Store = state.store
         principal = await store.authenticate(key) if len(key) <= MAX_KEY_CHARS else None
         if principal is None:
-            return login_page(
-                next_path=next_path, error="This key is unknown or revoked.", status=401
-            )
+            return again("This key is unknown or revoked.", 401)
         if not principal.is_admin:
-            return login_page(
-                next_path=next_path,
-                error="This is a tenant key. These pages need an admin key.",
-                status=403,
-            )
+            return again("This is a tenant key. These pages need an admin key.", 403)
+        session_id = await store.create_admin_session(principal.key_id, lifetime=SESSION_LIFETIME)
         return Redirect(
             next_path or HOME_PATH,
             status_code=303,
-            cookies=[session_cookie(key)],
+            cookies=[
+                session_cookie(session_id, secure=secure),
+                _cookie(CSRF_COOKIE, "", LOGIN_PATH, secure=secure, expire=True),
+            ],
             headers={"cache-control": "no-store"},
         )
 
-    @post("/logout", status_code=303)
-    async def logout(self) -> Response[Any]:
-        """Clear the session cookie and show the sign-in form."""
+    @post("/logout", status_code=303, guards=[same_origin])
+    async def logout(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        data: Annotated[SignOutForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Response[Any]:
+        """End the session (its id stops working at once), clear its cookie and show the
+        sign-in form. The form must carry its page's token (403 otherwise)."""
+        session = await signed_in(request, state.store)
+        if session is not None:
+            if not same_token(data.csrf, session.csrf):
+                raise Forbidden(
+                    "This sign-out form did not come from these pages. Sign out from a page."
+                )
+            await state.store.end_admin_session(session.session_id)
         return Redirect(
             LOGIN_PATH,
             status_code=303,
@@ -596,20 +836,22 @@ class AdminPages(Controller):
         filters, page_size, errors = parse_filters(form, store.dialect)
         rows: list[Any] = []
         next_cursor = None
+        failed: set[uuid.UUID] = set()
         if filters is not None:
             rows, next_cursor = await store.admin_list(
                 filters, limit=page_size, cursor=blank_to_none(cursor)
             )
+            failed = await store.with_failed_turns([r.id for r in rows])
         return Template(
             "conversations.html",
             context=base_context(
-                signed_in=True,
+                page_admin,
                 form=form,
                 statuses=STATUSES,
                 page_sizes=sorted({*PAGE_SIZES, page_size}),
                 page_size=page_size,
                 errors=errors,
-                rows=[conversation_view(r) for r in rows],
+                rows=[conversation_view(r) | {"has_failed": r.id in failed} for r in rows],
                 filtered=form.filtered,
                 paged=bool(blank_to_none(cursor)),
                 first_url=f"{HOME_PATH}?{form.query()}",
@@ -629,13 +871,30 @@ class AdminPages(Controller):
         return Template(
             "conversation.html",
             context=base_context(
-                signed_in=True,
+                page_admin,
                 conversation=conversation_view(rows.conversation),
                 messages=[message_view(m) for m in rows.messages],
                 turns=turns,
                 failed_turns=sum(1 for t in turns if t["status"] == "failed"),
             ),
         )
+
+    @get("/c/{conversation_id:str}/m/{seq:int}")
+    async def message_json(
+        self,
+        page_admin: PageAdmin,
+        state: State,
+        conversation_id: FromPath[str],
+        seq: FromPath[int],
+    ) -> Response[bytes]:
+        """One message as stored, as JSON (what the admin API gives for each message): all of
+        what the conversation page cuts short."""
+        cid = conversation_uuid(conversation_id)
+        # A number past any seq would overflow the database's integer: it names no message.
+        message = await state.store.message_at(cid, seq) if 1 <= seq <= MAX_SEQ else None
+        if message is None:
+            raise NotFound("This conversation has no message with this number.")
+        return Response(msgspec.json.encode(message), media_type="application/json")
 
     @get("/c/{conversation_id:str}/download")
     async def download(
@@ -663,7 +922,7 @@ class AdminPages(Controller):
         return Template(
             "stats.html",
             context=base_context(
-                signed_in=True,
+                page_admin,
                 stats=stats,
                 days=period_days,
                 day_choices=STAT_DAYS,
@@ -677,12 +936,40 @@ class AdminPages(Controller):
         )
 
 
-def login_page(*, next_path: str | None, error: str | None = None, status: int = 200) -> Template:
+def login_page(
+    request: Request[Any, Any, Any],
+    settings: Settings,
+    *,
+    next_path: str | None,
+    error: str | None = None,
+    status: int = 200,
+) -> Template:
+    """The sign-in form, with the token it must send back set in a cookie of its own; or, where
+    a browser would not keep the session cookie, why signing in cannot work here."""
+    secure = cookie_secure(request, settings)
+    token = request.cookies.get(CSRF_COOKIE) or ""
+    if not TOKEN.fullmatch(token):
+        token = secrets.token_urlsafe(32)
     return Template(
         "login.html",
-        context=base_context(signed_in=False, next=next_path, error=error),
+        context=base_context(
+            None,
+            next=next_path,
+            error=error,
+            form_token=token,
+            blocked=secure is None,
+            host=request_host(request),
+        ),
         status_code=status,
+        cookies=[] if secure is None else [_cookie(CSRF_COOKIE, token, LOGIN_PATH, secure=secure)],
     )
+
+
+def same_token(sent: str | None, expected: str | None) -> bool:
+    """Whether a form's token is the expected one (compared in constant time)."""
+    if not sent or not expected:
+        return False
+    return hmac.compare_digest(sent.encode(), expected.encode())
 
 
 def conversation_uuid(value: str) -> uuid.UUID:

@@ -25,14 +25,16 @@ PG_ADMIN_URL = os.environ.get(
     "CONVSTORE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 UPSTREAM_KEY = "test-key"
+# Every table a test may write to (not service_secret: the migration's key stays).
 TABLES = (
     "message",
     "branch",
     "turn",
     "conversation",
+    "admin_session",
     "api_key",
     "idempotency_key",
-)  # not service_secret
+)
 
 
 def _in_ci() -> bool:

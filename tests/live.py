@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,32 @@ async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     with LiveServer(app) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             yield http
+
+
+@contextlib.asynccontextmanager
+async def loopback_server(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    **options: object,
+) -> AsyncIterator[int]:
+    """An asyncio server on 127.0.0.1 calling ``handle`` for each connection (``options`` go to
+    ``asyncio.start_server``, ``ssl=`` for one); yields its port. On exit it stops listening and
+    cancels the handlers still running."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        await handle(reader, writer)
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0, **options)  # type: ignore[arg-type]
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
 
 def free_port() -> int:

@@ -112,7 +112,11 @@ def test_serve_on_a_port_in_use_says_so_before_anything_else(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("CONVSTORE_DATABASE_URL", "mysql://nope"), ("CONVSTORE_UPSTREAM_TIMEOUT", "forever")],
+    [
+        ("CONVSTORE_DATABASE_URL", "mysql://nope"),
+        ("CONVSTORE_UPSTREAM_TIMEOUT", "forever"),
+        ("ALL_PROXY", "socks5://127.0.0.1:1080"),
+    ],
 )
 def test_bad_setting_stops_start_up_with_a_clear_message(
     tmp_path: Path, name: str, value: str
@@ -121,6 +125,13 @@ def test_bad_setting_stops_start_up_with_a_clear_message(
     assert result.returncode != 0
     assert "bad setting" in result.stderr
     assert name in result.stderr
+
+
+def test_commands_that_do_not_call_the_upstream_ignore_its_proxy(tmp_path: Path) -> None:
+    created = run(
+        ["keys", "create", "--tenant", "acme"], tmp_path, env={"ALL_PROXY": "socks5://h:1080"}
+    )
+    assert created.stdout.strip().splitlines()[-1].startswith("cs_")
 
 
 def test_serve_on_a_fresh_machine(tmp_path: Path) -> None:

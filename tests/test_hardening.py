@@ -303,3 +303,10 @@ async def test_admin_filters_out_of_range_are_400(client: Client, admin: dict[st
         for path in ("/admin/conversations", "/admin/export"):
             answer = await client.get(path, params=params, headers=admin)
             assert_problem(answer, 400, code)
+
+
+async def test_a_bad_host_header_is_never_a_500(client: Client, alice: dict[str, str]) -> None:
+    for host in ("x:abc", ":::", "x:99999"):
+        for path in ("/v1/conversations/nope", "/v1/nothing", "/v1/conversations"):
+            answer = await client.get(path, headers={**alice, "host": host})
+            assert answer.status_code < 500, (host, path, answer.text)

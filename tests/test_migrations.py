@@ -192,7 +192,7 @@ def test_stored_lines_become_one_branch_each(database_url: str) -> None:
     _run(database_url, cleanup)
 
 
-_BEFORE_BRANCHES = "e5a8b3c1d702"
+_BEFORE_BRANCHES = "75deb8b81ab5"
 
 
 def _message_id(cid: uuid.UUID, seq: int) -> uuid.UUID:

@@ -103,6 +103,21 @@ async def test_streamed_turn_is_relayed_and_stored_exactly(
     assert stored[-1]["finish_reason"] == "stop"
 
 
+async def test_unicode_line_separators_in_a_stream_are_text_not_line_ends(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    # JSON leaves U+2028, U+2029 and U+0085 unescaped; an SSE line ends only at CR or LF.
+    text = "one\u2028two\u2029three\x85four"
+    cid = await new_conversation(client, alice)
+    _, events = await streamed_turn(
+        client, alice, cid, messages=[{"role": "user", "content": text}]
+    )
+    assert events[-1][0] == "turn.completed", events[-1]
+    expected = expected_reply([{"role": "user", "content": text}])
+    assert events[-1][1]["reply"]["content"] == expected
+    assert "".join(d.get("content", "") for n, d in events if n == "message.delta") == expected
+
+
 async def test_streamed_tool_call_is_stored_whole(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:

@@ -292,11 +292,11 @@ async def test_turn_overrides_model_and_params(
 async def test_turn_params_are_merged_exactly_whatever_they_hold(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
-    # Strings PostgreSQL's jsonb refuses (NUL) or that need escaping, in keys and values; the
+    # Strings that need escaping, in keys and values (NUL is refused: see test_hardening); the
     # conversation's params change between turns.
-    cid = await new_conversation(client, alice, params={"user": "a\u0000b", "z\u0000": 1})
+    cid = await new_conversation(client, alice, params={"user": 'a\u0001b"', "z\u001f": 1})
     for round_ in range(2):
-        params = {"seed": round_, "k\u0000\U0001f600\\": {"nested": [None, 1.5, "\n"]}}
+        params = {"seed": round_, "k\u2028\U0001f600\\": {"nested": [None, 1.5, "\n"]}}
         response = await turn(
             client, alice, cid, params=params, messages=[{"role": "user", "content": "hi"}]
         )

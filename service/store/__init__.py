@@ -6,7 +6,7 @@ The store speaks in plain values and response Structs; it knows nothing of HTTP 
 from __future__ import annotations
 
 from service.schemas import Reply
-from service.store.admin import AdminStore, ConversationFilter
+from service.store.admin import AdminSessionStore, AdminStore, ConversationFilter
 from service.store.engine import StoreBase, make_engine
 from service.store.idempotency import IdempotencyStore
 from service.store.keys import KeyStore
@@ -21,7 +21,7 @@ from service.store.transcripts import TranscriptStore
 from service.store.turns import TurnStart, TurnStore
 
 
-class Store(KeyStore, TranscriptStore, TurnStore, AdminStore, IdempotencyStore):
+class Store(KeyStore, TranscriptStore, TurnStore, AdminStore, AdminSessionStore, IdempotencyStore):
     """The conversation store over one SQLAlchemy async engine."""
 
 

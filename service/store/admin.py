@@ -1,7 +1,11 @@
-"""Reads across every tenant, for admins: filtered lists, text search and stats."""
+"""Reads across every tenant, for admins: filtered lists, text search and stats; and the admin
+web pages' sign-in sessions."""
 
 from __future__ import annotations
 
+import secrets
+import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,7 +14,9 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     column,
+    delete,
     func,
+    insert,
     literal_column,
     select,
     table,
@@ -20,8 +26,14 @@ from sqlalchemy import (
 )
 
 from service.store.engine import StoreBase
-from service.store.records import CONVERSATION_COLUMNS, C, M, T
-from service.tables import conversation_table, turn_table, utcnow
+from service.store.records import AS, CONVERSATION_COLUMNS, C, K, M, Principal, T, hash_key
+from service.tables import (
+    admin_session_table,
+    api_key_table,
+    conversation_table,
+    turn_table,
+    utcnow,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +115,18 @@ class AdminStore(StoreBase):
             next_cursor = cursors.encode("admin", rows[-1].created_at, rows[-1].id)
         return list(rows), next_cursor
 
+    async def with_failed_turns(self, conversation_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these conversations have a failed turn (the list page marks them)."""
+        if not conversation_ids:
+            return set()
+        query = (
+            select(T.conversation_id)
+            .where(T.status == "failed", T.conversation_id.in_(list(conversation_ids)))
+            .distinct()
+        )
+        async with self._read() as conn:
+            return set((await conn.scalars(query)).all())
+
     async def stats(self, *, days: int = 30) -> dict[str, Any]:
         """Counts of conversations, messages and turns by status; tokens by model, tenant, day."""
         tokens = func.coalesce(func.sum(T.usage["total_tokens"].as_integer()), 0)
@@ -151,3 +175,49 @@ class AdminStore(StoreBase):
             ],
             "by_day": [{"day": str(d), "turns": n, "total_tokens": int(t)} for d, n, t in by_day],
         }
+
+
+class AdminSessionStore(StoreBase):
+    """Sign-ins to the admin web pages. The session id is random and shown only to the browser;
+    the database keeps its SHA-256 hash, as it does for API keys."""
+
+    async def create_admin_session(self, key_id: uuid.UUID, *, lifetime: timedelta) -> str:
+        """A new session for the key, valid for ``lifetime``; returns the session id. Sessions
+        past their end are deleted on the way (an indexed range, so it stays cheap)."""
+        session_id = secrets.token_urlsafe(32)
+        now = utcnow()
+        async with self._write() as conn:
+            await conn.execute(delete(admin_session_table).where(AS.expires_at <= now))
+            await conn.execute(
+                insert(admin_session_table).values(
+                    token_hash=hash_key(session_id),
+                    key_id=key_id,
+                    created_at=now,
+                    expires_at=now + lifetime,
+                )
+            )
+        return session_id
+
+    async def admin_session(self, session_id: str) -> Principal | None:
+        """The admin signed in with this session id, or None if there is no such session, it
+        has ended, or its key has been revoked since."""
+        query = (
+            select(K.id, K.tenant, K.is_admin)
+            .select_from(admin_session_table.join(api_key_table, K.id == AS.key_id))
+            .where(
+                AS.token_hash == hash_key(session_id),
+                AS.expires_at > utcnow(),
+                K.revoked_at.is_(None),
+                K.is_admin.is_(True),
+            )
+        )
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first()
+        return Principal(row[0], row[1], row[2]) if row else None
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Sign out: the session is deleted, so its id no longer works anywhere."""
+        async with self._write() as conn:
+            await conn.execute(
+                delete(admin_session_table).where(AS.token_hash == hash_key(session_id))
+            )

@@ -320,6 +320,28 @@ class ConversationStore(StoreBase):
             items = await self._with_siblings(conn, rows)
         return items[0] if items else None
 
+    async def message_at(
+        self, conversation_id: uuid.UUID, seq: int, *, through: uuid.UUID | None = None
+    ) -> MessageOut | None:
+        """The message at ``seq`` on the conversation's active path, or on the path through
+        ``through`` and down its newest replies (any tenant's: for admins); None if there is
+        none."""
+        async with self._read() as conn:
+            if through is None:
+                head = (
+                    await conn.execute(select(C.head_id).where(C.id == conversation_id))
+                ).scalar()
+            else:
+                leaf = (await conn.execute(newest_leaf(conversation_id, through))).first()
+                head = leaf.id if leaf else None
+            if head is None:
+                return None
+            rows = (
+                await conn.execute(PATH_MESSAGES.where(M.seq == seq), {"head_id": head})
+            ).all()
+            items = await self._with_siblings(conn, rows)
+        return items[0] if items else None
+
     async def _with_siblings(self, conn: AsyncConnection, rows: Sequence[Any]) -> list[MessageOut]:
         """Message rows as answered, with their sibling counts (one more query)."""
         query = sibling_query(rows)

@@ -15,6 +15,7 @@ import msgspec
 from service.errors import BadRequest
 from service.schemas import ConversationOut, MessageOut, TurnOut
 from service.tables import (
+    admin_session_table,
     api_key_table,
     branch_table,
     conversation_table,
@@ -28,6 +29,7 @@ M = message_table.c
 B = branch_table.c
 T = turn_table.c
 K = api_key_table.c
+AS = admin_session_table.c
 IK = idempotency_table.c
 
 MESSAGE_COLUMNS = (

@@ -1,8 +1,8 @@
 """Branches: a conversation's messages form a tree with one active path.
 
 Revision ID: a3f1c7e2b9d4
-Revises: e5a8b3c1d702
-Create Date: 2026-12-08 09:00:00+00:00
+Revises: 75deb8b81ab5
+Create Date: 2026-12-06 22:00:00+00:00
 
 ``message.id`` becomes the primary key; a message has ``parent_id`` and lies on a ``branch``
 (its seq is its position on its path), the conversation knows its ``head_id`` (the last message
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "a3f1c7e2b9d4"
-down_revision: str | None = "e5a8b3c1d702"
+down_revision: str | None = "75deb8b81ab5"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
