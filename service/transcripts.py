@@ -1,7 +1,13 @@
-"""The JSON transcript (``convstore.transcript``, version 1): build, validate, import, render.
+"""The JSON transcript (``convstore.transcript``): build, validate, import, render.
 
 A transcript holds a conversation, every message with every stored field, and its turns. Import
 of an export and export again give the same messages and conversation fields; only ids are new.
+
+Version 2 is a tree: every message has its ``id`` and its ``parent_id`` (null for a first
+message), and the conversation its ``head_id``, the end of the active path; messages come after
+their parents, and ``seq`` is a message's position on its path. Version 1 is a line (``seq``
+1, 2, 3, ...) and still imports. A conversation that never branched exports as version 1, as
+it always has; one with branches exports as version 2.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from service.schemas import ConversationOut, holds_nul
 from service.store import ExportRows, Store
 
 FORMAT = "convstore.transcript"
-VERSION = 1
+LINE, TREE = 1, 2  # the versions: a line of messages, and a tree
 MESSAGE_FIELDS = (
     "name",
     "tool_calls",
@@ -74,9 +80,18 @@ def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str,
             "conversation_id": str(c.forked_from_id),
             "through_seq": c.forked_through_seq,
         }
+    # Every message on the active path: the conversation never branched (or its branches are
+    # gone), and its transcript is a line, as before branches.
+    tree = c.message_count != len(rows.messages)
+    if tree:
+        conversation["head_id"] = str(c.head_id) if c.head_id else None
     messages = []
     for m in rows.messages:
-        message: dict[str, Any] = {"seq": m.seq, "role": m.role, "content": m.content}
+        message: dict[str, Any] = {}
+        if tree:
+            message["id"] = str(m.id)
+            message["parent_id"] = str(m.parent_id) if m.parent_id else None
+        message.update(seq=m.seq, role=m.role, content=m.content)
         for field in MESSAGE_FIELDS:
             value = getattr(m, field)
             if value is not None:
@@ -95,7 +110,7 @@ def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str,
         turns.append(turn)
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": TREE if tree else LINE,
         "exported_at": exported_at or datetime.now(UTC),
         "conversation": conversation,
         "messages": messages,
@@ -123,16 +138,7 @@ def problems(data: Any) -> list[dict[str, str]]:
             found.append(
                 {"path": f"$.messages[{index}].content", "message": "holds a NUL character"}
             )
-    for index, message in enumerate(messages):
-        if message["seq"] != index + 1:
-            found.append(
-                {
-                    "path": f"$.messages[{index}].seq",
-                    "message": f"seq must be {index + 1} here: messages are numbered 1, 2, 3, … "
-                    f"in order, without gaps or repeats (found {message['seq']})",
-                }
-            )
-            break
+    found += _misplaced(data)
     turn_ids = [t["id"] for t in data.get("turns", [])]
     if len(set(turn_ids)) != len(turn_ids):
         found.append({"path": "$.turns", "message": "turn ids must be unique"})
@@ -146,6 +152,41 @@ def problems(data: Any) -> list[dict[str, str]]:
                 }
             )
     return found
+
+
+def _misplaced(data: dict[str, Any]) -> list[dict[str, str]]:
+    """Messages out of place: in version 1, seqs that are not 1, 2, 3, ...; in version 2, a
+    message before its parent, a repeated id, a seq that is not one more than its parent's (1
+    for a first message), or a head that is no message."""
+    messages = data["messages"]
+    if data["version"] == LINE:
+        for index, message in enumerate(messages):
+            if message["seq"] != index + 1:
+                return [
+                    {
+                        "path": f"$.messages[{index}].seq",
+                        "message": f"seq must be {index + 1} here: messages are numbered 1, 2, "
+                        f"3, … in order, without gaps or repeats (found {message['seq']})",
+                    }
+                ]
+        return []
+    seqs: dict[str, int] = {}
+    for index, message in enumerate(messages):
+        where, parent = f"$.messages[{index}]", message["parent_id"]
+        if message["id"] in seqs:
+            return [{"path": f"{where}.id", "message": "ids must be unique"}]
+        if parent is not None and parent not in seqs:
+            problem = "names no message before this one: parents come first"
+            return [{"path": f"{where}.parent_id", "message": problem}]
+        expected = 1 if parent is None else seqs[parent] + 1
+        if message["seq"] != expected:
+            problem = f"seq must be {expected}: one more than the parent's (1 for a first message)"
+            return [{"path": f"{where}.seq", "message": problem}]
+        seqs[message["id"]] = expected
+    head = data["conversation"].get("head_id")
+    if head is not None and head not in seqs:
+        return [{"path": "$.conversation.head_id", "message": "names no message"}]
+    return []
 
 
 def _bad_timestamps(data: dict[str, Any]) -> list[dict[str, str]]:
@@ -193,8 +234,9 @@ def _timestamp(value: str | None, default: datetime) -> datetime:
 
 def to_rows(
     data: dict[str, Any], *, default_model: str
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows an import stores for a validated transcript: conversation, messages, turns."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Any]:
+    """The rows an import stores for a validated transcript: conversation, messages (each with
+    its transcript ``id`` and ``parent_id``), turns, and the transcript id of the head."""
     now = datetime.now(UTC)
     c = data["conversation"]
     created = _timestamp(c.get("created_at"), now)
@@ -207,16 +249,19 @@ def to_rows(
         "updated_at": _timestamp(c.get("updated_at"), created),
         "source_id": c["id"],
     }
+    tree = data["version"] == TREE
     messages = []
     for m in data["messages"]:
         # Version 1 is a line: each message follows the one before it.
-        parent = m["seq"] - 1 if m["seq"] > 1 else None
-        row = {"id": m["seq"], "parent_id": parent, "role": m["role"], "content": m.get("content")}
+        line_parent = m["seq"] - 1 if m["seq"] > 1 else None
+        ident, parent = (m["id"], m["parent_id"]) if tree else (m["seq"], line_parent)
+        row = {"id": ident, "parent_id": parent, "role": m["role"], "content": m.get("content")}
         for field in MESSAGE_FIELDS:
             row[field] = m.get(field)
         row["turn_id"] = m.get("turn_id")
         row["created_at"] = _timestamp(m.get("created_at"), created)
         messages.append(row)
+    head = c.get("head_id") if tree else None
     turns = []
     for t in data.get("turns", []):
         status = t["status"]
@@ -245,7 +290,7 @@ def to_rows(
                 else (turn_created if status != "completed" else None),
             }
         )
-    return conversation, messages, turns
+    return conversation, messages, turns, head
 
 
 async def store_transcript(
@@ -255,20 +300,39 @@ async def store_transcript(
     transaction. Raises 422 ``invalid_transcript``, or 409 ``already_imported`` (naming the
     conversation) if this tenant imported the same source before."""
     validate(data)
-    conversation, messages, turns = to_rows(data, default_model=default_model)
-    return await store.import_conversation(tenant, conversation, messages, turns)
+    conversation, messages, turns, head = to_rows(data, default_model=default_model)
+    return await store.import_conversation(tenant, conversation, messages, turns, head=head)
+
+
+def active_path(transcript: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages of a built transcript's active path, first to last (all of a version 1
+    transcript's)."""
+    messages: list[dict[str, Any]] = transcript["messages"]
+    if transcript["version"] == LINE:
+        return messages
+    by_id = {m["id"]: m for m in messages}
+    path = []
+    ident = transcript["conversation"].get("head_id")
+    while ident is not None:
+        path.append(by_id[ident])
+        ident = by_id[ident]["parent_id"]
+    return path[::-1]
 
 
 def markdown(transcript: dict[str, Any]) -> str:
-    """A readable rendering of a transcript, for people."""
+    """A readable rendering of a transcript, for people: its active path."""
     c = transcript["conversation"]
+    path = active_path(transcript)
     lines = [f"# {c.get('title') or 'Untitled conversation'}", ""]
     lines.append(f"- conversation: `{c['id']}`")
     lines.append(f"- model: `{c.get('model')}`")
     lines.append(f"- created: {_text_time(c.get('created_at'))}")
-    lines.append(f"- messages: {len(transcript['messages'])}")
+    lines.append(f"- messages: {len(path)}")
+    others = len(transcript["messages"]) - len(path)
+    if others:
+        lines.append(f"- on other branches: {others} messages (in the JSON transcript)")
     lines.append("")
-    for m in transcript["messages"]:
+    for m in path:
         who = m["role"] + (f" ({m['name']})" if m.get("name") else "")
         lines.append(f"## {m['seq']}. {who}")
         lines.append("")

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 from test_hardening import assert_problem
+from test_transcripts import shape
 from test_turn_endings import events_of, wait_for_call
 
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
@@ -176,6 +177,17 @@ async def test_a_frontends_session(
     ).json()
     assert [m["id"] for m in siblings["data"]] == [r1["id"], r3["id"]]
     assert pagers(siblings["data"]) == [(1, 2), (2, 2)]
+
+    # Export, import, export again: the same tree, the same active path and pagers.
+    exported = (await client.get(f"/v1/conversations/{cid}/export", headers=alice)).json()
+    assert exported["version"] == 2
+    imported = await client.post("/v1/conversations/import", json=exported, headers=alice)
+    assert imported.status_code == 201, imported.text
+    copy = imported.json()["id"]
+    again = (await client.get(f"/v1/conversations/{copy}/export", headers=alice)).json()
+    assert shape(again)[1:] == shape(exported)[1:]
+    for field in (contents, pagers):
+        assert field(await listed(client, alice, copy)) == field(await listed(client, alice, cid))
 
     # A branch stores only its own messages: 1 system, 2 user + 1 edited, 4 replies, 1 more.
     async with store.engine.connect() as conn:

@@ -336,9 +336,7 @@ class ConversationStore(StoreBase):
                 head = leaf.id if leaf else None
             if head is None:
                 return None
-            rows = (
-                await conn.execute(PATH_MESSAGES.where(M.seq == seq), {"head_id": head})
-            ).all()
+            rows = (await conn.execute(PATH_MESSAGES.where(M.seq == seq), {"head_id": head})).all()
             items = await self._with_siblings(conn, rows)
         return items[0] if items else None
 
