@@ -163,6 +163,11 @@ def _transcript(messages: list[dict[str, Any]], **conversation: Any) -> dict[str
 
 
 GOOD = {"seq": 1, "role": "user", "content": "hi"}
+TREE = {"id": "a", "parent_id": None, "seq": 1, "role": "user", "content": "hi"}
+
+
+def _tree(messages: list[dict[str, Any]], **conversation: Any) -> dict[str, Any]:
+    return {**_transcript(messages, **conversation), "version": 2}
 
 
 @pytest.mark.parametrize(
@@ -181,6 +186,17 @@ GOOD = {"seq": 1, "role": "user", "content": "hi"}
         (_transcript([GOOD], title=7), "$.conversation.title"),
         ({"format": "convstore.transcript", "version": 1}, "$"),
         ([1, 2], "$"),
+        # Version 2: trees.
+        (_tree([GOOD]), "$.version"),
+        (_tree([TREE, GOOD]), "$.version"),
+        (_transcript([{**GOOD, "parent_id": None}]), "$.messages[0]"),
+        (_transcript([GOOD], head_id="a"), "$.conversation"),
+        (_tree([TREE, TREE]), "$.messages[1].id"),
+        (_tree([{**TREE, "id": "b", "parent_id": "a", "seq": 2}, TREE]), "$.messages[0].parent_id"),
+        (_tree([TREE, {**TREE, "id": "b", "parent_id": "a"}]), "$.messages[1].seq"),
+        (_tree([{**TREE, "seq": 2}]), "$.messages[0].seq"),
+        (_tree([TREE], head_id="zz"), "$.conversation.head_id"),
+        (_tree([{**TREE, "id": ""}]), "$.messages[0].id"),
     ],
 )
 async def test_invalid_transcripts_say_what_and_where_and_store_nothing(
@@ -407,39 +423,6 @@ async def test_tree_round_trip_property(
     assert [m["created_at"] for m in second["messages"]] == [
         m["created_at"] for m in first["messages"]
     ]
-
-
-TREE = {"id": "a", "parent_id": None, "seq": 1, "role": "user", "content": "hi"}
-
-
-def _tree(messages: list[dict[str, Any]], **conversation: Any) -> dict[str, Any]:
-    return {**_transcript(messages, **conversation), "version": 2}
-
-
-@pytest.mark.parametrize(
-    ("transcript", "where"),
-    [
-        (_tree([GOOD]), "$.version"),
-        (_tree([TREE, GOOD]), "$.version"),
-        (_transcript([{**GOOD, "parent_id": None}]), "$.messages[0]"),
-        (_transcript([GOOD], head_id="a"), "$.conversation"),
-        (_tree([TREE, TREE]), "$.messages[1].id"),
-        (_tree([{**TREE, "id": "b", "parent_id": "a", "seq": 2}, TREE]), "$.messages[0].parent_id"),
-        (_tree([TREE, {**TREE, "id": "b", "parent_id": "a"}]), "$.messages[1].seq"),
-        (_tree([{**TREE, "seq": 2}]), "$.messages[0].seq"),
-        (_tree([TREE], head_id="zz"), "$.conversation.head_id"),
-        (_tree([{**TREE, "id": ""}]), "$.messages[0].id"),
-    ],
-)
-async def test_invalid_trees_say_what_and_where_and_store_nothing(
-    client: Client, alice: dict[str, str], transcript: Any, where: str
-) -> None:
-    response = await client.post("/v1/conversations/import", json=transcript, headers=alice)
-    assert response.status_code == 422, response.text
-    problem = response.json()
-    assert problem["code"] == "invalid_transcript"
-    assert any(e["path"].startswith(where) for e in problem["errors"]), problem["errors"]
-    assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
 
 
 async def test_a_branched_conversation_exports_as_a_tree(
