@@ -333,6 +333,7 @@ async def test_import_from_other_tools_over_the_api(
     for source, sample in (
         ("chatgpt", "chatgpt_conversations.json"),
         ("openwebui", "openwebui_export.json"),
+        ("librechat", "librechat_export.json"),
     ):
         data = json.loads((project_root / "tests" / "samples" / sample).read_text())
         first = await client.post(f"/v1/conversations/import/{source}", json=data, headers=alice)
@@ -458,3 +459,35 @@ async def test_a_branched_conversation_exports_as_a_tree(
     assert line["version"] == 1
     assert "head_id" not in line["conversation"]
     assert all("id" not in m and "parent_id" not in m for m in line["messages"])
+
+
+async def test_imported_trees_keep_every_branch_with_the_current_one_as_head(
+    client: Client, alice: dict[str, str], project_root: Any
+) -> None:
+    for source, sample, last in (
+        ("chatgpt", "chatgpt_conversations.json", "Currently about 18 \u00b0C with clear skies."),
+        (
+            "openwebui",
+            "openwebui_export.json",
+            "Once a day at room temperature, or weekly if it lives in the fridge.",
+        ),
+        (
+            "librechat",
+            "librechat_export.json",
+            "Start at 60 to 62 % and add a spoonful more if the dough feels stiff.",
+        ),
+    ):
+        data = json.loads((project_root / "tests" / "samples" / sample).read_text())
+        created = await client.post(f"/v1/conversations/import/{source}", json=data, headers=alice)
+        assert created.status_code == 201, created.text
+        cid = created.json()["data"][0]["id"]
+        path = (await client.get(f"/v1/conversations/{cid}/messages", headers=alice)).json()
+        assert path["data"][-1]["content"] == last
+        assert (path["data"][-1]["sibling_index"], path["data"][-1]["sibling_count"]) == (2, 2)
+        siblings = await client.get(
+            f"/v1/conversations/{cid}/messages/{path['data'][-1]['id']}/siblings", headers=alice
+        )
+        assert len(siblings.json()["data"]) == 2
+        exported = await export(client, alice, cid)
+        assert exported["version"] == 2
+        assert exported["conversation"]["head_id"] == path["data"][-1]["id"]

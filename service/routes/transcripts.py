@@ -91,15 +91,16 @@ class TranscriptController(Controller):
     @post(
         "/conversations/import/{source:str}",
         status_code=201,
-        summary="Import conversations exported by ChatGPT or Open WebUI",
+        summary="Import conversations exported by ChatGPT, Open WebUI or LibreChat",
         request_max_body_size=MAX_IMPORT_BYTES,
     )
     async def import_other(
         self, source: FromPath[str], data: JSONBody[Any], principal: Caller, state: State
     ) -> dict[str, Any]:
-        """``source`` is ``chatgpt`` (its ``conversations.json``) or ``openwebui`` (its JSON
-        chat export). Each conversation's current branch becomes a new conversation;
-        conversations imported before are skipped, so the same file can be sent again."""
+        """``source`` is ``chatgpt`` (its ``conversations.json``), ``openwebui`` (its JSON chat
+        export) or ``librechat`` (its JSON conversation export). Each conversation becomes a new
+        one with every branch, its current branch as the head; conversations imported before
+        are skipped, so the same file can be sent again."""
         if source not in importers.SOURCES:
             raise ValidationFailed(
                 f"Unknown source {source!r}: use one of {', '.join(importers.SOURCES)}."
