@@ -14,6 +14,7 @@ from service.store.records import (
     ExportRows,
     KeyRecord,
     OrphanedTurn,
+    PathView,
     Principal,
     StoredAnswer,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "ExportRows",
     "KeyRecord",
     "OrphanedTurn",
+    "PathView",
     "Principal",
     "Reply",
     "Store",

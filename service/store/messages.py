@@ -32,6 +32,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 from service.errors import NotFound, TurnInProgress
 from service.schemas import MessageOut, ParentId
@@ -341,49 +342,58 @@ def read_history(conn: Connection, head_id: uuid.UUID) -> list[dict[str, Any]]:
     return history
 
 
-_this, _other = message_table.alias("this"), message_table.alias("other")
-_COUNTED = (
-    _this.c.id,
-    func.count(),
-    func.count(case((_other.c.id <= _this.c.id, 1))),
-)
-_CHILD_SIBLINGS = (
-    select(*_COUNTED)
-    .join_from(_this, _other, _other.c.parent_id == _this.c.parent_id)
-    .where(_this.c.id.in_(bindparam("children", expanding=True)))
-    .group_by(_this.c.id)
-)
-_ROOT_SIBLINGS = (
-    select(*_COUNTED)
-    .join_from(
-        _this,
-        _other,
-        and_(_other.c.conversation_id == _this.c.conversation_id, _other.c.parent_id.is_(None)),
+def _siblings(among: ColumnElement[bool], ids: str) -> Select[Any]:
+    """For the messages given as the ``ids`` parameter: how many messages share its parent,
+    its place among them (1-based, by id: creation order), and the ids of the siblings before
+    and after it; ``among`` holds their parents' children."""
+    by_parent: dict[str, Any] = {"partition_by": M.parent_id}
+    in_order: dict[str, Any] = {**by_parent, "order_by": M.id}
+    siblings = (
+        select(
+            M.id,
+            func.count().over(**by_parent).label("count"),
+            func.row_number().over(**in_order).label("index"),
+            func.lag(M.id, type_=M.id.type).over(**in_order).label("before"),
+            func.lead(M.id, type_=M.id.type).over(**in_order).label("after"),
+        )
+        .where(among)
+        .subquery("siblings")
     )
-    .where(_this.c.id.in_(bindparam("roots", expanding=True)))
-    .group_by(_this.c.id)
+    return select(siblings).where(siblings.c.id.in_(bindparam(ids, expanding=True)))
+
+
+_CHILD_SIBLINGS = _siblings(M.parent_id.in_(bindparam("parents", expanding=True)), "children")
+_ROOT_SIBLINGS = _siblings(
+    and_(M.conversation_id == bindparam("conversation_id"), M.parent_id.is_(None)), "roots"
 )
 _SIBLINGS = union_all(_CHILD_SIBLINGS, _ROOT_SIBLINGS)
 
 
 def sibling_query(rows: Sequence[Any]) -> tuple[Executable, dict[str, Any]] | None:
-    """For each of the messages ``rows`` (with ``id`` and ``parent_id``): how many messages
-    share its parent and its place among them, by id (creation order), as one grouped query
-    over the rows' parents, with its parameters. None if there are no rows."""
+    """For each of the messages ``rows`` (with ``id``, ``parent_id`` and
+    ``conversation_id``): its id, how many messages share its parent, its place among them and
+    the siblings before and after it, as one query over the rows' parents, with its
+    parameters. None if there are no rows."""
     children = [r.id for r in rows if r.parent_id is not None]
     roots = [r.id for r in rows if r.parent_id is None]
-    if children and roots:
-        return _SIBLINGS, {"children": children, "roots": roots}
+    params: dict[str, Any] = {}
     if children:
-        return _CHILD_SIBLINGS, {"children": children}
+        params.update(children=children, parents=list({r.parent_id for r in rows} - {None}))
     if roots:
-        return _ROOT_SIBLINGS, {"roots": roots}
+        params.update(roots=roots, conversation_id=rows[0].conversation_id)
+    if children and roots:
+        return _SIBLINGS, params
+    if children:
+        return _CHILD_SIBLINGS, params
+    if roots:
+        return _ROOT_SIBLINGS, params
     return None
 
 
 def with_siblings(rows: Iterable[Any], counts: Iterable[Any]) -> list[MessageOut]:
-    """Message rows as answered, each with its sibling count and index from ``counts``."""
-    found = {ident: (count, index) for ident, count, index in counts}
+    """Message rows as answered, each with its sibling count and index from ``counts`` (the
+    rows of ``sibling_query``)."""
+    found = {row.id: (row.count, row.index) for row in counts}
     out = []
     for row in rows:
         count, index = found.get(row.id, (None, None))

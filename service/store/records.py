@@ -111,6 +111,20 @@ class ExportRows:
 
 
 @dataclass(frozen=True, slots=True)
+class PathView:
+    """One path of a conversation as an admin reads it: its messages (with their sibling
+    counts and indexes), the ids of the siblings before and after each, whether it is the
+    active path, how many messages the conversation holds in all, and its turns."""
+
+    conversation: Any
+    messages: list[MessageOut]
+    neighbours: dict[uuid.UUID, tuple[uuid.UUID | None, uuid.UUID | None]]
+    active: bool
+    total: int
+    turns: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredAnswer:
     """The answer first given to an idempotent request."""
 

@@ -14,14 +14,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.schemas import ConversationOut
 from service.store.admin import ConversationFilter
-from service.store.conversations import ConversationStore
+from service.store.conversations import PATH_MESSAGES, ConversationStore, newest_leaf
 from service.store.messages import (
+    NO_SUCH_MESSAGE,
     Place,
     insert_messages,
     insert_rows,
     message_rows,
     path,
     place_after,
+    sibling_query,
+    with_siblings,
 )
 from service.store.records import (
     CONVERSATION_COLUMNS,
@@ -30,6 +33,7 @@ from service.store.records import (
     C,
     ExportRows,
     M,
+    PathView,
     T,
 )
 from service.tables import conversation_table, turn_table, utcnow, uuid7
@@ -57,6 +61,50 @@ class TranscriptStore(ConversationStore):
                 raise NotFound("No conversation has this id.")
             batch = await self._export_batch(conn, [row])
         return batch[0]
+
+    async def path_view(self, conversation_id: uuid.UUID, through: uuid.UUID | None) -> PathView:
+        """One path of any tenant's conversation, for admins to read: the active path, or the
+        path through ``through`` and down its newest replies (``NotFound`` if the conversation
+        has no such message); with every turn, and how many messages it holds in all."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(*EXPORT_CONVERSATION_COLUMNS).where(C.id == conversation_id)
+                )
+            ).first()
+            if row is None:
+                raise NotFound("No conversation has this id.")
+            head = row.head_id
+            if through is not None:
+                leaf = (await conn.execute(newest_leaf(conversation_id, through))).first()
+                if leaf is None:
+                    raise NotFound(NO_SUCH_MESSAGE)
+                head = leaf.id
+            path_rows = []
+            if head is not None:
+                path_rows = (
+                    await conn.execute(PATH_MESSAGES.order_by(M.seq), {"head_id": head})
+                ).all()
+            query = sibling_query(path_rows)
+            siblings = (await conn.execute(*query)).all() if query is not None else []
+            total = (
+                await conn.execute(select(func.count()).where(M.conversation_id == conversation_id))
+            ).scalar_one()
+            turns = (
+                await conn.execute(
+                    select(*TURN_COLUMNS)
+                    .where(T.conversation_id == conversation_id)
+                    .order_by(T.created_at, T.id)
+                )
+            ).all()
+        return PathView(
+            conversation=row,
+            messages=with_siblings(path_rows, siblings),
+            neighbours={s.id: (s.before, s.after) for s in siblings},
+            active=head == row.head_id,
+            total=total,
+            turns=list(turns),
+        )
 
     async def export_many(
         self, filters: ConversationFilter, *, batch_size: int = 200
