@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import database, database_name, machine, summary, table
 from benchmarks.procs import CORES, CpuMeter, wait_for_quiet
 from service.migrate import upgrade
-from service.store import CONVERSATION_COLUMNS, C, ConversationFilter, Store, make_engine
+from service.store import ConversationFilter, Store, make_engine
+from service.store.records import CONVERSATION_COLUMNS, C
 from service.tables import conversation_table, message_table, turn_table, uuid7
 
 PAGE = 20

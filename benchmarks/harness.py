@@ -135,9 +135,10 @@ def service(
     workers: int = 1,
     pool_size: int = 20,
     root: Path = ROOT,
+    log: Path | None = None,
 ) -> Iterator[tuple[str, str]]:
     """`convstore serve` as its own process(es), run from the checkout at ``root`` (this one by
-    default); yields (base URL, an API key)."""
+    default), its output appended to ``log`` if given; yields (base URL, an API key)."""
     env = _env(
         root,
         CONVSTORE_DATABASE_URL=database_url,
@@ -158,13 +159,14 @@ def service(
     )
     key = created.stdout.strip().splitlines()[-1]
     port = free_port()
-    process = subprocess.Popen(
-        [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as output:
+        process = subprocess.Popen(
+            [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            cwd=root,
+            stdout=output,
+            stderr=output,
+        )
     try:
         wait_ready(f"http://127.0.0.1:{port}/ready")
         yield f"http://127.0.0.1:{port}", key
@@ -173,13 +175,13 @@ def service(
         process.wait(timeout=60)
 
 
-def http_client(**kwargs: Any) -> httpx.AsyncClient:
+def http_client(connections: int = 100, **kwargs: Any) -> httpx.AsyncClient:
     """A client with the service's upstream HTTP stack (httpx over aiohttp, httpx-aiohttp), for
     both the direct calls and the calls through the service: a comparison of the two then
-    measures the service, not two different clients."""
+    measures the service, not two different clients. It holds up to ``connections`` at once."""
     from httpx_aiohttp import HttpxAiohttpClient
 
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return HttpxAiohttpClient(limits=limits, timeout=120, **kwargs)
 
 

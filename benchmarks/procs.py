@@ -9,6 +9,7 @@ and everything else on the machine ("others": a busy neighbour skews every numbe
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 CORES = os.cpu_count() or 1
 GROUPS = ("service", "fake", "postgres", "client", "others")
 
@@ -40,6 +42,35 @@ def _processes() -> dict[int, tuple[str, int, float]]:
             if stat is not None:
                 table[int(entry.name)] = stat
     return table
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process ``pid`` (all its threads) has used so far; NaN if it is gone."""
+    stat = _stat(pid)
+    return stat[2] if stat is not None else float("nan")
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid`` now, in bytes; 0 if it is gone."""
+    try:
+        resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except OSError:
+        return 0
+    return resident * PAGE
+
+
+def connections_to(port: int) -> int:
+    """How many TCP connections on this machine are established to ``port`` (counted on the
+    side that connected to it), from /proc/net/tcp and tcp6."""
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                # fields: sl, local address, remote address (hex ip:port), state (01: established)
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
 
 
 def machine_busy() -> float:
@@ -178,3 +209,14 @@ def wait_for_quiet(limit: float, threshold: float = 0.15) -> float:
         busy = others_busy()
         if busy < threshold or time.monotonic() >= deadline:
             return busy
+
+
+def add_quiet_wait(parser: argparse.ArgumentParser, default: float, before: str) -> None:
+    """The ``--quiet-wait SECONDS`` option, for ``wait_for_quiet`` ``before`` each measurement
+    (say, "each size")."""
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=default,
+        help=f"seconds to wait, before {before}, for other processes to leave the cores idle",
+    )

@@ -26,6 +26,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from benchmarks.harness import (
     summary,
     table,
 )
-from benchmarks.procs import CORES, CpuMeter, wait_for_quiet
+from benchmarks.procs import CORES, CpuMeter, add_quiet_wait, wait_for_quiet
 from benchmarks.turn_overhead import Target, history, paired_row, seed
 
 WARMUP_PAIRS = 3
@@ -79,10 +80,15 @@ async def direct_stream(
 
 
 async def service_stream(
-    client: httpx.AsyncClient, cid: str, question: dict[str, Any]
+    client: httpx.AsyncClient,
+    cid: str,
+    question: dict[str, Any],
+    opened: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """(ms to the first message.delta event, ms to turn.completed) of one streamed turn."""
+    """(ms to the first message.delta event, ms to turn.completed) of one streamed turn;
+    ``opened`` is called once the service has answered 201 and the stream has begun."""
     first = float("nan")
+    failed = False
     started = time.perf_counter()
     async with client.stream(
         "POST", f"/v1/conversations/{cid}/turns", json={"messages": [question], "stream": True}
@@ -90,13 +96,19 @@ async def service_stream(
         if response.status_code != 201:
             await response.aread()
             raise RuntimeError(f"turn answered {response.status_code}: {response.text}")
+        if opened is not None:
+            opened()
         async for line in response.aiter_lines():
+            if failed and line.startswith("data:"):
+                raise RuntimeError(f"a streamed turn failed: {line[5:].strip()}")
             if line == "event: message.delta" and first != first:
                 first = (time.perf_counter() - started) * 1000
             elif line == "event: turn.failed":
-                raise RuntimeError("a streamed turn failed")
+                failed = True
             elif line == "event: turn.completed":
                 break
+    if failed:
+        raise RuntimeError("a streamed turn failed")
     return first, (time.perf_counter() - started) * 1000
 
 
@@ -157,12 +169,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--databases", default="sqlite,postgresql")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=60.0,
-        help="seconds to wait, before each size, for other processes to leave the cores idle",
-    )
+    add_quiet_wait(parser, 60.0, "each size")
     parser.add_argument(
         "--baseline", type=Path, help="another checkout whose code is measured alternately"
     )

@@ -59,7 +59,7 @@ from benchmarks.harness import (
     table,
 )
 from benchmarks.lean_http import LeanConnection
-from benchmarks.procs import CORES, CpuMeter, child_matching, wait_for_quiet
+from benchmarks.procs import CORES, CpuMeter, add_quiet_wait, child_matching, wait_for_quiet
 
 SYSTEM = "You are a concise assistant. Answer in one short paragraph."
 WORDS = "please explain how the previous answer relates to the question about tides and moons"
@@ -153,14 +153,24 @@ def client(users: int, **kwargs: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=120, **kwargs)
 
 
-async def fake_alone(upstream: str, users: int, warmup: float, duration: float) -> Run:
-    """The fake upstream alone: each user sends its own growing history, as the service would."""
+async def fake_alone(
+    upstream: str,
+    users: int,
+    warmup: float,
+    duration: float,
+    *,
+    start: list[dict[str, Any]] | None = None,
+    meter: CpuMeter | None = None,
+) -> Run:
+    """The fake upstream alone: each user sends its own growing history, as the service would
+    (or any chat-completions API at ``upstream`` that takes the fake's key, such as a proxy in
+    front of it). Each history begins as ``start`` (a system message by default)."""
     headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
     histories: list[list[dict[str, Any]]] = []
     connections = [LeanConnection(upstream, headers) for _ in range(users)]
 
     def user(http: LeanConnection) -> Step:
-        messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
+        messages = list(start or [{"role": "system", "content": SYSTEM}])
         histories.append(messages)
 
         async def step(n: int) -> tuple[int, dict[str, float]]:
@@ -174,7 +184,9 @@ async def fake_alone(upstream: str, users: int, warmup: float, duration: float) 
         return step
 
     try:
-        run = await drive([user(c) for c in connections], warmup, duration, 200, CpuMeter())
+        run = await drive(
+            [user(c) for c in connections], warmup, duration, 200, meter or CpuMeter()
+        )
     finally:
         for connection in connections:
             await connection.close()
@@ -183,15 +195,23 @@ async def fake_alone(upstream: str, users: int, warmup: float, duration: float) 
 
 
 async def through_service(
-    base: str, key: str, users: int, warmup: float, duration: float, database: str | None
+    base: str,
+    key: str,
+    users: int,
+    warmup: float,
+    duration: float,
+    database: str | None,
+    *,
+    start: list[dict[str, Any]] | None = None,
 ) -> Run:
+    """Each user takes turns on a conversation of its own, which begins as ``start`` (a system
+    message by default; 1,000 messages at the most)."""
     headers = {"Authorization": f"Bearer {key}"}
+    first = start or [{"role": "system", "content": SYSTEM}]
     async with client(users, base_url=base, headers=headers) as http:
         conversations = []
         for _ in range(users):
-            created = await http.post(
-                "/v1/conversations", json={"messages": [{"role": "system", "content": SYSTEM}]}
-            )
+            created = await http.post("/v1/conversations", json={"messages": first})
             created.raise_for_status()
             conversations.append(created.json()["id"])
 
@@ -286,12 +306,7 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--pool-size", type=int, default=20, help="CONVSTORE_DB_POOL_SIZE")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the service into DIR")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=60.0,
-        help="seconds to wait, before each run, for other processes to leave the cores idle",
-    )
+    add_quiet_wait(parser, 60.0, "each run")
     args = parser.parse_args()
     users = [int(u) for u in args.users.split(",")]
     workers = [int(w) for w in args.workers.split(",")]

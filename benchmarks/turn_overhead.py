@@ -93,6 +93,25 @@ async def seed(client: httpx.AsyncClient, target: Target, size: int) -> str:
     return cid
 
 
+async def timed_chat(
+    client: httpx.AsyncClient,
+    base: str,
+    messages: list[dict[str, Any]],
+    key: str = UPSTREAM_KEY,
+    model: str = "grok-4",
+) -> float:
+    """One chat completion (not streamed) at ``base`` (the fake upstream's ``/v1``, or any
+    OpenAI-compatible API), in ms."""
+    # Encoded before the clock starts (the service encodes its own inside the measured turn).
+    body = msgspec.json.encode({"model": model, "messages": messages})
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    answer = await client.post(f"{base}/chat/completions", content=body, headers=auth)
+    elapsed = (time.perf_counter() - started) * 1000
+    answer.raise_for_status()
+    return elapsed
+
+
 class Pair(NamedTuple):
     """A direct call and the turn after it, in ms; the reply; the turn's database time (its
     Server-Timing ``db``: both transactions)."""
@@ -117,13 +136,7 @@ async def pair(
     """A direct call with the history the turn will send, then the turn (with ``question``,
     if any, after ``parent_id``, if given)."""
     asked = [question] if question else []
-    # Encoded before the clock starts (the service encodes its own inside the measured turn).
-    body = msgspec.json.encode({"model": "grok-4", "messages": [*history_before, *asked]})
-    auth = {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}
-    started = time.perf_counter()
-    answer = await direct.post(f"{upstream}/chat/completions", content=body, headers=auth)
-    direct_ms = (time.perf_counter() - started) * 1000
-    answer.raise_for_status()
+    direct_ms = await timed_chat(direct, upstream, [*history_before, *asked])
     started = time.perf_counter()
     turn = await client.post(
         f"{target.base}/v1/conversations/{cid}/turns",

@@ -53,7 +53,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import msgspec
 import uvicorn
@@ -75,8 +75,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _ChunkKind = Literal["start", "reasoning", "content", "tool", "finish"]
-FaultKind = Literal["status", "garbage", "hang", "drop_stream", "no_usage", "slow"]
-_FAULT_KINDS = frozenset({"status", "garbage", "hang", "drop_stream", "no_usage", "slow"})
+FaultKind = Literal["status", "garbage", "hang", "drop_stream", "no_usage", "slow", "pace"]
+_FAULT_KINDS = frozenset(get_args(FaultKind))
 HANG_DEFAULT = 3600.0
 """How long a ``hang`` fault with no ``delay`` sleeps: the docs' timeout for reasoning models."""
 
@@ -124,6 +124,10 @@ class Fault(msgspec.Struct):
       chunk or ``[DONE]``; a non-stream reply is cut half-way through its body.
     - ``no_usage``: a stream without the usage chunk even if ``include_usage`` was asked for.
     - ``slow``: ``delay`` seconds before each stream chunk, or before a non-stream reply.
+    - ``pace``: a long reply at a steady rate: a stream's content comes in ``chunks`` content
+      chunks (the reply cut into that many pieces of near-equal length, empty pieces only if it
+      has fewer characters), each ``delay`` seconds after the one before (the first ``delay``
+      seconds after the request); a non-stream reply comes after ``chunks * delay`` seconds.
     """
 
     kind: FaultKind
@@ -132,6 +136,7 @@ class Fault(msgspec.Struct):
     body: str | None = None
     delay: float = 0.0
     after_chunks: int = 2
+    chunks: int = 20
     times: int = 1
 
     def __post_init__(self) -> None:
@@ -144,6 +149,8 @@ class Fault(msgspec.Struct):
             raise ValueError("times must be at least 1")
         if self.delay < 0 or self.after_chunks < 0:
             raise ValueError("delay and after_chunks must not be negative")
+        if self.chunks < 1:
+            raise ValueError("chunks must be at least 1")
 
 
 class _Model(NamedTuple):
@@ -1125,13 +1132,18 @@ class FakeUpstream:
         if self.reply_delay > 0 and not await self._pause(self.reply_delay, exchange):
             return await self._aborted(exchange)
         slow = fault.delay if fault is not None and fault.kind == "slow" else 0.0
+        paced = fault if fault is not None and fault.kind == "pace" else None
         if stream:
             options = request.get("stream_options") or {}
             usage = bool(options.get("include_usage")) and not (
                 fault is not None and fault.kind == "no_usage"
             )
             drop = fault.after_chunks if fault is not None and fault.kind == "drop_stream" else None
-            return await self._stream(exchange, reply, usage=usage, slow=slow, drop=drop)
+            return await self._stream(
+                exchange, reply, usage=usage, slow=slow, drop=drop, paced=paced
+            )
+        if paced is not None:
+            slow = paced.delay * paced.chunks
         if slow and not await self._pause(slow, exchange):
             return await self._aborted(exchange)
         payload = msgspec.json.encode(_completion(reply))
@@ -1155,7 +1167,14 @@ class FakeUpstream:
             )
 
     async def _stream(
-        self, exchange: _Exchange, reply: _Reply, *, usage: bool, slow: float, drop: int | None
+        self,
+        exchange: _Exchange,
+        reply: _Reply,
+        *,
+        usage: bool,
+        slow: float,
+        drop: int | None,
+        paced: Fault | None,
     ) -> None:
         await exchange.start(
             200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -1163,11 +1182,13 @@ class FakeUpstream:
         if self.keepalive:
             await exchange.chunk(b": keepalive\n\n")
         contents = reasonings = 0  # chunks sent so far, for drop_stream and legacy usage
-        for delta, kind in _deltas(reply, self.chunk_size):
+        pieces = paced.chunks if paced is not None else None
+        for delta, kind in _deltas(reply, self.chunk_size, pieces):
             finish = kind == "finish"
             if drop is not None and (finish or (kind == "content" and contents >= drop)):
                 return  # cut: no finish chunk, no [DONE]; the server closes the socket
-            if slow and not await self._pause(slow, exchange):
+            wait = slow + (paced.delay if paced is not None and kind == "content" else 0.0)
+            if wait and not await self._pause(wait, exchange):
                 return await self._aborted(exchange)
             contents += kind == "content"
             reasonings += kind == "reasoning"
@@ -1282,11 +1303,21 @@ def _completion(reply: _Reply) -> dict[str, Any]:
     }
 
 
-def _deltas(reply: _Reply, chunk_size: int) -> Iterable[tuple[dict[str, Any], _ChunkKind]]:
-    """The stream's deltas in order, each with what it carries."""
-    groups = [
-        "".join(reply.pieces[i : i + chunk_size]) for i in range(0, len(reply.pieces), chunk_size)
-    ]
+def _deltas(
+    reply: _Reply, chunk_size: int, pieces: int | None = None
+) -> Iterable[tuple[dict[str, Any], _ChunkKind]]:
+    """The stream's deltas in order, each with what it carries: the content in groups of
+    ``chunk_size`` words or, given ``pieces``, cut into that many pieces of near-equal length."""
+    if pieces is None:
+        groups = [
+            "".join(reply.pieces[i : i + chunk_size])
+            for i in range(0, len(reply.pieces), chunk_size)
+        ]
+    else:
+        text = "".join(reply.pieces)
+        groups = [
+            text[len(text) * i // pieces : len(text) * (i + 1) // pieces] for i in range(pieces)
+        ]
     if reply.reasoning and reply.model.id not in _SHOWS_REASONING:
         yield {"role": "assistant"}, "reasoning"
         for _ in range(len(reply.reasoning) - 1 + _EMPTY_DELTAS):  # hidden reasoning

@@ -768,6 +768,54 @@ def test_slow_fault_delays_every_chunk(client: httpx.Client, fake: FakeUpstream)
     assert time.monotonic() - started >= 0.2
 
 
+def test_pace_fault_sends_n_content_chunks_one_every_delay(
+    client: httpx.Client, fake: FakeUpstream
+) -> None:
+    fake.push_fault(Fault(kind="pace", delay=0.05, chunks=6, times=2))
+    body = {
+        "model": "grok-4",  # hidden reasoning: role and empty deltas come before the content
+        "messages": HISTORY,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    arrivals: list[float] = []
+    lines: list[str] = []
+    started = time.monotonic()
+    with client.stream("POST", "/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic() - started)
+                lines.append(line)
+    _, events = parse_sse("".join(f"{line}\n\n" for line in lines))
+    *deltas, finish, usage, done = events
+    assert done == "[DONE]"
+    kinds = [next(iter(d["choices"][0]["delta"]), "empty") for d in deltas]
+    assert kinds[0] == "role"
+    first_content = kinds.index("content")
+    assert set(kinds[1:first_content]) == {"empty"}
+    assert kinds[first_content:] == ["content"] * 6
+    pieces = [d["choices"][0]["delta"]["content"] for d in deltas[first_content:]]
+    assert all(pieces)
+    assert "".join(pieces) == expected_reply(HISTORY)
+    assert finish["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert usage["choices"] == []
+    # Each content chunk 0.05 s after the one before it (the first, after the request).
+    paced = arrivals[first_content : first_content + 6]
+    gaps = [b - a for a, b in zip([0.0, *paced], paced, strict=False)]
+    assert min(gaps) >= 0.04, gaps
+    # Not streamed: the whole reply after chunks * delay.
+    started = time.monotonic()
+    whole = chat(client, model="grok-4")
+    assert time.monotonic() - started >= 0.29
+    assert whole.json()["choices"][0]["message"]["content"] == expected_reply(HISTORY)
+    assert whole.json()["usage"] == usage["usage"]
+    assert fake.pending_faults() == []
+    started = time.monotonic()
+    assert chat(client).status_code == 200  # used up
+    assert time.monotonic() - started < 0.29
+
+
 def test_reply_delay() -> None:
     with (
         FakeUpstream(api_keys=[KEY], reply_delay=0.2) as fake,
@@ -781,6 +829,8 @@ def test_reply_delay() -> None:
 def test_fault_validation() -> None:
     with pytest.raises(ValueError, match="times"):
         Fault(kind="status", times=0)
+    with pytest.raises(ValueError, match="chunks"):
+        Fault(kind="pace", chunks=0)
     with pytest.raises(ValueError, match="kind"):
         Fault(kind="explode")  # type: ignore[arg-type]
 
@@ -808,6 +858,11 @@ def test_control_routes(fake: FakeUpstream, client: httpx.Client) -> None:
         bad = control.post("/_fake/faults", json={"kind": "explode"})
         assert bad.status_code == 422
         assert control.post("/_fake/faults", json={"kind": "hang", "times": 0}).status_code == 422
+        assert control.post("/_fake/faults", json={"kind": "pace", "chunks": 0}).status_code == 422
+        pace = {"kind": "pace", "delay": 1, "chunks": 20, "times": 3}
+        pushed = control.post("/_fake/faults", json=pace)
+        assert pushed.status_code == 201
+        assert fake.pending_faults() == [Fault(kind="pace", delay=1, chunks=20, times=3)]
 
         control.post("/_fake/faults", json={"kind": "garbage", "times": 5})
         assert control.delete("/_fake/faults").status_code == 200

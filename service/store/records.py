@@ -188,7 +188,9 @@ class Cursors:
             payload, signature = _unb64(body), _unb64(mac)
         except ValueError:
             raise BadRequest(NOT_A_CURSOR) from None
-        if not hmac.compare_digest(self._sign(payload), signature):
+        # Only the one spelling handed out: base64 ignores the spare bits of a last character.
+        canonical = _b64(payload) == body and _b64(signature) == mac
+        if not canonical or not hmac.compare_digest(self._sign(payload), signature):
             raise BadRequest(NOT_A_CURSOR)
         values = msgspec.json.decode(payload)
         if not isinstance(values, list) or not values or values[0] != scope:
