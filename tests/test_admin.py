@@ -253,3 +253,5 @@ async def test_detail_returns_the_whole_tree(
         (answers[0]["id"], question["id"], 2),
         (answers[1]["id"], question["id"], 2),
     ]
+    stats = (await client.get("/admin/stats", headers=admin)).json()
+    assert stats["messages"] == 3  # every branch's

@@ -31,6 +31,7 @@ from service.tables import (
     admin_session_table,
     api_key_table,
     conversation_table,
+    message_table,
     turn_table,
     utcnow,
 )
@@ -136,8 +137,9 @@ class AdminStore(StoreBase):
             conversations = (
                 await conn.execute(select(func.count()).select_from(conversation_table))
             ).scalar_one()
+            # Every stored message, on every branch (message_count counts the active path).
             messages = (
-                await conn.execute(select(func.coalesce(func.sum(C.message_count), 0)))
+                await conn.execute(select(func.count()).select_from(message_table))
             ).scalar_one()
             by_status: dict[str, int] = dict(
                 (await conn.execute(select(T.status, func.count()).group_by(T.status))).all()
