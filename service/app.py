@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.auth import KeyCache, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
 from service.events import KEEPALIVE_SECONDS
+from service.imports import Importer
 from service.observability import ObservedLitestar, configure_logging
 from service.openapi import schema_router
 from service.ratelimit import TurnRateLimit
@@ -101,6 +102,7 @@ def create_app(
             rate_limit=TurnRateLimit(),
         )
         app.state.turns = turns
+        app.state.importer = Importer(store, default_model=settings.default_model)
         turns.start()
         try:
             yield

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from sqlalchemy.engine import make_url
 
 from service import importers, transcripts
 from service.errors import Conflict, ServiceError
+from service.imports import Importer
 from service.settings import Settings, SettingsError, check_upstream_proxy
 from service.store import ConversationFilter, KeyRecord, Store, make_engine
 
@@ -126,9 +128,7 @@ def _keys_database() -> Settings:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
-    tenant = args.tenant.strip()
-    if not tenant or len(tenant) > 200:
-        sys.exit("convstore: --tenant must be 1 to 200 characters")
+    tenant = _tenant(args.tenant)
     settings = _keys_database()
     limit = args.turns_per_minute or None
     record, key = _with_store(
@@ -138,6 +138,13 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
     limited = f", at most {limit} turns a minute" if limit else ""
     print(f"Created {kind} {record.id} for tenant {tenant!r}{limited}. It is shown only once:")
     print(key)
+
+
+def _tenant(given: str) -> str:
+    tenant = given.strip()
+    if not tenant or len(tenant) > 200 or not tenant.isprintable():
+        sys.exit("convstore: --tenant must be 1 to 200 printable characters")
+    return tenant
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
@@ -237,52 +244,70 @@ def cmd_export(args: argparse.Namespace) -> None:
     conversations, messages = _with_store(settings, work)
     where = args.out or "standard output"
     print(
-        f"Exported {conversations} conversations ({messages} messages) to {where}.", file=sys.stderr
+        f"Exported {_count(conversations, 'conversation')} ({_count(messages, 'message')}) "
+        f"to {where}.",
+        file=sys.stderr,
     )
 
 
 def cmd_import(args: argparse.Namespace) -> None:
     settings = _settings()
+    tenant = _tenant(args.tenant)
     path = Path(args.file)
     if not path.is_file():
         sys.exit(f"convstore: no file {args.file!r}")
     _migrate(settings)
-    if args.source == "convstore":
-        summary = _with_store(settings, lambda s: _import_ndjson(s, path, args.tenant, settings))
-    else:
-        summary = _with_store(settings, lambda s: _import_other(s, path, args, settings))
-    imported, already, failed, notes = summary
-    for note in notes:
+
+    async def work(store: Store) -> ImportCounts:
+        importer = Importer(store, default_model=settings.default_model)
+        if args.source == "convstore":
+            return await _import_ndjson(importer, path, tenant)
+        return await _import_other(importer, path, tenant, args.source)
+
+    counts = _with_store(settings, work)
+    for note in counts.notes:
         print(f"  {note}", file=sys.stderr)
+    already = counts.already
     print(
-        f"Imported {imported} conversations for tenant {args.tenant!r}; {already} were "
-        f"already imported, {failed} failed.",
+        f"Imported {_count(counts.imported, 'conversation')} for tenant {tenant!r}; "
+        f"{already} {'was' if already == 1 else 'were'} already imported, "
+        f"{counts.failed} failed.",
         file=sys.stderr,
     )
-    if failed:
+    if counts.failed:
         sys.exit(1)
 
 
-async def _import_one(
-    store: Store, tenant: str, transcript: Any, settings: Settings
-) -> tuple[str, str]:
-    """Import one transcript: ("imported" | "already" | "failed", note)."""
-    try:
-        created = await transcripts.store_transcript(
-            store, tenant, transcript, default_model=settings.default_model
-        )
-    except Conflict as exc:
-        return "already", exc.detail
-    except ServiceError as exc:
-        return "failed", exc.detail
-    return "imported", str(created.id)
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
-async def _import_ndjson(
-    store: Store, path: Path, tenant: str, settings: Settings
-) -> tuple[int, int, int, list[str]]:
-    counts = {"imported": 0, "already": 0, "failed": 0}
-    notes: list[str] = []
+@dataclass
+class ImportCounts:
+    imported: int = 0
+    already: int = 0
+    failed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def refused(self, where: str, error: ServiceError) -> None:
+        """A failure, with every problem the error lists (the first 20, then how many more)."""
+        self.failed += 1
+        problems = error.extra.get("errors")
+        if not problems:
+            self.notes.append(f"{where}: {error.detail}")
+            return
+        self.problems(where, problems, error.extra.get("error_count", len(problems)))
+
+    def problems(self, where: str, problems: Sequence[Any], count: int) -> None:
+        self.notes.append(f"{where}: {_count(count, 'problem')}:")
+        for problem in problems:
+            self.notes.append(f"    {problem['path']}: {problem['message']}")
+        if count > len(problems):
+            self.notes.append(f"    … and {count - len(problems):,} more")
+
+
+async def _import_ndjson(importer: Importer, path: Path, tenant: str) -> ImportCounts:
+    counts = ImportCounts()
     progress = Progress(path.stat().st_size, "bytes")
     try:
         with path.open("rb") as lines:
@@ -291,42 +316,35 @@ async def _import_ndjson(
                 if not line.strip():
                     continue
                 try:
-                    transcript = json.loads(line)
-                except ValueError as exc:
-                    counts["failed"] += 1
-                    notes.append(f"line {number}: not JSON: {exc}")
-                    continue
-                outcome, note = await _import_one(store, tenant, transcript, settings)
-                counts[outcome] += 1
-                if outcome == "failed":
-                    notes.append(f"line {number}: {note}")
+                    await importer.transcript(tenant, line)
+                except Conflict:
+                    counts.already += 1
+                except ServiceError as exc:
+                    counts.refused(f"line {number}", exc)
+                else:
+                    counts.imported += 1
     finally:
         progress.close()
-    return counts["imported"], counts["already"], counts["failed"], notes
+    return counts
 
 
-async def _import_other(
-    store: Store, path: Path, args: argparse.Namespace, settings: Settings
-) -> tuple[int, int, int, list[str]]:
+async def _import_other(importer: Importer, path: Path, tenant: str, source: str) -> ImportCounts:
+    counts = ImportCounts()
     try:
-        converted = importers.convert(args.source, json.loads(path.read_bytes()))
-    except (ValueError, importers.ImportFormatError) as exc:
-        return 0, 0, 1, [f"{path}: not a {args.source} export: {exc}"]
-    counts = {"imported": 0, "already": 0, "failed": 0}
-    notes = list(converted.skipped)
-    progress = Progress(len(converted.transcripts), "conversations")
-    try:
-        for transcript in converted.transcripts:
-            outcome, note = await _import_one(
-                store, args.tenant, importers.prepared(args.source, transcript), settings
-            )
-            counts[outcome] += 1
-            if outcome == "failed":
-                notes.append(note)
-            progress.advance()
-    finally:
-        progress.close()
-    return counts["imported"], counts["already"], counts["failed"], notes
+        summary = await importer.export(tenant, source, path.read_bytes())
+    except ServiceError as exc:
+        counts.refused(str(path), exc)
+        return counts
+    counts.notes += summary.skipped
+    for refused in summary.refused:
+        counts.failed += 1
+        name = f"conversation {refused.title!r} ({refused.source_id})"
+        counts.problems(
+            f"{name} refused", msgspec.to_builtins(refused.problems), refused.problem_count
+        )
+    counts.imported = len(summary.data)
+    counts.already = len(summary.already_imported)
+    return counts
 
 
 def cmd_fake_upstream(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio.to_thread
 import msgspec
 from litestar import Request, Response
 
@@ -22,6 +23,8 @@ from service.turns import TurnRunner
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
 TTL_SECONDS = 24 * 3600
+# A body larger than this is fingerprinted in a worker thread (1 MiB: about 5 ms of work).
+ON_LOOP_BYTES = 1024 * 1024
 
 Answer = Response[Any]
 
@@ -66,8 +69,12 @@ async def idempotent(
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
     store = runner.store
     body = await request.body()
+    if len(body) > ON_LOOP_BYTES:  # an import's: decoding and encoding it takes a while
+        digest = await anyio.to_thread.run_sync(fingerprint, request, body)
+    else:
+        digest = fingerprint(request, body)
     stored = await store.claim_idempotency_key(
-        principal.tenant, key, fingerprint(request, body), lock=runner.lease, ttl=TTL_SECONDS
+        principal.tenant, key, digest, lock=runner.lease, ttl=TTL_SECONDS
     )
     if isinstance(stored, OrphanedTurn):
         if recover is None:  # only turns leave orphans

@@ -459,8 +459,9 @@ def _xai_params(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 def from_chatgpt(data: Any, *, exported_at: datetime | None = None) -> Converted:
     """Convert ChatGPT's ``conversations.json`` (a list of conversations) into transcripts.
 
-    For each conversation, only the branch that was current is imported: the path from
-    ``current_node`` up through ``parent`` to the root, oldest first. Left out, and counted in
+    For each conversation, the whole tree of its ``mapping`` is imported (a version 2
+    transcript), with ``current_node`` as the head (as the module says above). Left
+    out, and counted in
     ``skipped``: ``tool`` messages, assistant messages addressed to a tool (``recipient`` other
     than ``"all"``), messages hidden from the conversation, empty messages, and content types
     without displayable text. Custom instructions (``user_editable_context``, hidden in the

@@ -177,6 +177,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             if method not in ("get", "post", "patch", "put", "delete"):
                 continue
             responses = operation.setdefault("responses", {})
+            _import_bodies(path, method, operation)
             if path in PUBLIC:
                 operation["security"] = []
                 responses.pop("400", None)
@@ -233,21 +234,9 @@ def _media_types(path: str, method: str, operation: dict[str, Any]) -> None:
             "description": "The database is not reachable",
             "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
-    if path == "/v1/conversations/import" and method == "post":
-        operation["requestBody"]["content"] = {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Transcript"}}
-        }
     if path.endswith("/fork") and "requestBody" in operation:
         operation["requestBody"]["required"] = False
     if path.endswith("/import/{source}"):
-        operation["requestBody"]["content"] = {
-            "application/json": {
-                "schema": {
-                    "type": ["array", "object"],
-                    "description": "The other tool's export file, as it is.",
-                }
-            }
-        }
         for parameter in operation.get("parameters", []):
             if parameter.get("name") == "source":
                 parameter["schema"] = {"type": "string", "enum": ["chatgpt", "openwebui"]}
@@ -266,6 +255,26 @@ class Completed:
             self._completed = complete(generated)
             self._generated = generated
         return self._completed
+
+
+def _import_bodies(path: str, method: str, operation: dict[str, Any]) -> None:
+    """The import routes read their body themselves (off the event loop): say what it is."""
+    if method != "post":
+        return
+    schema: dict[str, Any]
+    if path == "/v1/conversations/import":
+        schema = {"$ref": "#/components/schemas/Transcript"}
+    elif path.endswith("/import/{source}"):
+        schema = {
+            "type": ["array", "object"],
+            "description": "The other tool's export file, as it is.",
+        }
+    else:
+        return
+    operation["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": schema}},
+    }
 
 
 class CompletedJsonRenderPlugin(JsonRenderPlugin):

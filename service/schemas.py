@@ -92,6 +92,11 @@ def _check_parts(content: Content | None) -> None:
         text = part.get("text")
         if kind == "text" and not isinstance(text, str):
             raise ValueError(f"content part {index} of type text needs a string `text`")
+        if isinstance(text, str) and len(text) > MAX_CONTENT_CHARS:
+            raise ValueError(
+                f"content part {index} is {len(text):,} characters long; "
+                f"at most {MAX_CONTENT_CHARS:,} are allowed"
+            )
         if isinstance(text, str) and "\x00" in text:
             raise ValueError(f"content part {index} holds a NUL character")
         if kind == "image_url":
@@ -312,3 +317,34 @@ class ConversationCreated(ConversationOut):
 
 class ForkCreate(Strict):
     through_seq: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+
+
+class ImportProblem(Struct, omit_defaults=True):
+    """Something that keeps a transcript out: where (a JSON path), what, and the import limit
+    it passes, if that is what it is."""
+
+    path: str
+    message: str
+    limit: int | None = None
+
+
+class RefusedImport(Struct):
+    """A conversation of another tool's export that was not imported, and why (its
+    ``problems``' paths point into the transcript it was converted into; ``problem_count``
+    counts them all, ``problems`` holds the first 20)."""
+
+    source_id: str
+    title: str | None
+    detail: str
+    problems: list[ImportProblem]
+    problem_count: int
+
+
+class ImportSummary(Struct):
+    """What an import of another tool's export did: the conversations it made, the ones made
+    before (by source id), notes on what was left out, and the conversations refused."""
+
+    data: list[ConversationOut]
+    already_imported: list[str]
+    skipped: list[str]
+    refused: list[RefusedImport]

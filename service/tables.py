@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -204,8 +205,11 @@ class Message(Base):
         Uuid, ForeignKey("conversation.id", ondelete="CASCADE")
     )
     # The message this one follows (None for a first message); seq is its position on its path.
+    # No cascade: deleting a message deletes what is below it in the same statement (SQLite runs
+    # a cascade as a nested trigger, one level a message, and refuses past 1,000 levels, so a
+    # long line could not be deleted).
     parent_id: Mapped[uuid.UUID | None] = mapped_column(
-        Uuid, ForeignKey("message.id", ondelete="CASCADE"), default=None
+        Uuid, ForeignKey("message.id"), default=None
     )
     branch_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("branch.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
@@ -255,6 +259,8 @@ class Turn(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer, default=None)
     upstream_ms: Mapped[int | None] = mapped_column(Integer, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Brought in by an import: its usage was another deployment's, not this one's.
+    imported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     reply_seq: Mapped[int | None] = mapped_column(Integer, default=None)
     # The stored reply (None until there is one).
     reply_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)

@@ -12,18 +12,22 @@ it always has; one with branches exports as version 2.
 
 from __future__ import annotations
 
+import itertools
 import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
+import jsonschema_rs
 import msgspec
-from jsonschema import Draft202012Validator
 
-from service.errors import ValidationFailed
-from service.schemas import ConversationOut, holds_nul
-from service.store import ExportRows, Store
+from service.errors import BadRequest, ValidationFailed
+from service.schemas import MAX_JSON_DEPTH, holds_nul, json_depth
+from service.store import ExportRows, ImportRows
 
 FORMAT = "convstore.transcript"
 LINE, TREE = 1, 2  # the versions: a line of messages, and a tree
@@ -46,6 +50,43 @@ TURN_FIELDS = (
     "reply_seq",
 )
 MAX_REPORTED_ERRORS = 20
+# The import limits, as the schema states them (tests/test_transcripts.py holds the two to each
+# other): messages (and turns) in one conversation; characters in a content, a text part, a
+# reasoning or a tool call's arguments, as everywhere in the API.
+MAX_IMPORT_MESSAGES = 100_000
+MAX_IMPORT_CHARS = 1_000_000
+# Messages checked by one call into the schema validator (about 10 ms at 2.5 kB a message).
+CHECK_SLICE = 2_000
+# Decoding: JSON larger than this is split before it is decoded, down to this many levels (a
+# transcript's messages are at the second, a ChatGPT export's mapping nodes at the fourth).
+PIECE_BYTES = 256 * 1024
+PIECE_LEVELS = 4
+# The validator writes this instead of a value in its messages; a short value is put back.
+_MASK = "<value>"
+_NUL_PATTERN = r"^[^\u0000]*$"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a transcript: where (a JSON path), what, and the limit it passes."""
+
+    path: str
+    message: str
+    limit: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"path": self.path, "message": self.message}
+        if self.limit is not None:
+            found["limit"] = self.limit
+        return found
+
+
+class _Validators(NamedTuple):
+    transcript: jsonschema_rs.Validator
+    messages: jsonschema_rs.Validator  # a list of messages, one slice of a transcript's
+    # The rules between the version and the messages' id and parent_id, on the version and a
+    # copy of the messages holding only those two keys.
+    version: jsonschema_rs.Validator
 
 
 @cache
@@ -57,8 +98,24 @@ def schema() -> dict[str, Any]:
 
 
 @cache
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+def _validators() -> _Validators:
+    """The schema, compiled once (jsonschema-rs: about a hundred times faster than the
+    pure-Python jsonschema on a long transcript). ``date-time`` stays an annotation, as it was:
+    the timestamps are checked by what parses them (:func:`_bad_timestamps`)."""
+    whole = schema()
+    messages = {
+        "$schema": whole["$schema"],
+        "$defs": whole["$defs"],
+        "type": "array",
+        "items": {"$ref": "#/$defs/message"},
+    }
+    version = {"$schema": whole["$schema"], "allOf": whole["allOf"]}
+    return _Validators(
+        *(
+            jsonschema_rs.validator_for(s, validate_formats=False, mask=_MASK)
+            for s in (whole, messages, version)
+        )
+    )
 
 
 def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str, Any]:
@@ -123,38 +180,69 @@ def encode(transcript: dict[str, Any]) -> bytes:
     return msgspec.json.encode(transcript)
 
 
-def problems(data: Any) -> list[dict[str, str]]:
-    """Everything wrong with a would-be transcript, each with a JSON path saying where."""
-    found = [
-        {"path": error.json_path, "message": error.message}
-        for error in sorted(_validator().iter_errors(data), key=lambda e: e.json_path)
-    ]
-    if found:
-        return found[:MAX_REPORTED_ERRORS]
-    found += _bad_timestamps(data)
+def decode(body: bytes) -> Any:
+    """The JSON value of an import's body: 400 if it is not JSON, 422 if it nests deeper than
+    the decoder goes.
+
+    A large body is decoded in pieces (:func:`_in_pieces`): the same value, but no single call
+    into the decoder, which holds the interpreter's lock throughout, runs for long."""
+    try:
+        return _in_pieces(body, PIECE_LEVELS)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"Not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValidationFailed("The JSON nests arrays and objects too deeply to be read.") from None
+
+
+def _in_pieces(raw: bytes | msgspec.Raw, levels: int) -> Any:
+    """Decode ``raw``; an object or array larger than ``PIECE_BYTES`` is first split into its
+    members, left encoded (a quick scan), and each member is decoded the same way, down to
+    ``levels`` levels (each one scans its bytes once more)."""
+    if len(raw) <= PIECE_BYTES or levels == 0:
+        return msgspec.json.decode(raw)
+    start = bytes(memoryview(raw)[:64]).lstrip()[:1]
+    if start == b"{":
+        members = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+        return {key: _in_pieces(value, levels - 1) for key, value in members.items()}
+    if start == b"[":
+        items = msgspec.json.decode(raw, type=list[msgspec.Raw])
+        return [_in_pieces(item, levels - 1) for item in items]
+    return msgspec.json.decode(raw)
+
+
+def problems(data: Any) -> Iterator[Problem]:
+    """Everything wrong with a would-be transcript, each with a JSON path saying where and, when
+    an import limit is what it passes, that limit. Lazily: a caller may stop at any point."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if isinstance(messages, list) and len(messages) > MAX_IMPORT_MESSAGES:
+        # Refused before anything else is looked at: the rest would only cost time.
+        yield Problem(
+            "$.messages",
+            f"holds {len(messages):,} messages; an imported conversation holds at most "
+            f"{MAX_IMPORT_MESSAGES:,}",
+            limit=MAX_IMPORT_MESSAGES,
+        )
+        return
+    found = False
+    for error in _schema_errors(data):
+        found = True
+        yield error
+    if found:  # the checks below need the shape the schema gives
+        return
     messages = data["messages"]
-    for index, message in enumerate(messages):
-        if isinstance(message.get("content"), list) and holds_nul(message["content"]):
-            found.append(
-                {"path": f"$.messages[{index}].content", "message": "holds a NUL character"}
-            )
-    found += _misplaced(data)
+    yield from _bad_timestamps(data)
+    yield from _bad_objects(data)
+    yield from _misplaced(data)
     turn_ids = [t["id"] for t in data.get("turns", [])]
     if len(set(turn_ids)) != len(turn_ids):
-        found.append({"path": "$.turns", "message": "turn ids must be unique"})
+        yield Problem("$.turns", "turn ids must be unique")
     known = set(turn_ids)
     for index, message in enumerate(messages):
         if "turn_id" in message and message["turn_id"] not in known:
-            found.append(
-                {
-                    "path": f"$.messages[{index}].turn_id",
-                    "message": "names no turn in `turns`",
-                }
-            )
-    return found
+            yield Problem(f"$.messages[{index}].turn_id", "names no turn in `turns`")
 
 
-def _misplaced(data: dict[str, Any]) -> list[dict[str, str]]:
+def _misplaced(data: dict[str, Any]) -> Iterator[Problem]:
     """Messages out of place: in version 1, seqs that are not 1, 2, 3, ...; in version 2, a
     message before its parent, a repeated id, a seq that is not one more than its parent's (1
     for a first message), or a head that is no message."""
@@ -162,67 +250,154 @@ def _misplaced(data: dict[str, Any]) -> list[dict[str, str]]:
     if data["version"] == LINE:
         for index, message in enumerate(messages):
             if message["seq"] != index + 1:
-                return [
-                    {
-                        "path": f"$.messages[{index}].seq",
-                        "message": f"seq must be {index + 1} here: messages are numbered 1, 2, "
-                        f"3, … in order, without gaps or repeats (found {message['seq']})",
-                    }
-                ]
-        return []
+                yield Problem(
+                    f"$.messages[{index}].seq",
+                    f"seq must be {index + 1} here: messages are numbered 1, 2, 3, … in order, "
+                    f"without gaps or repeats (found {message['seq']})",
+                )
+                return
+        return
     seqs: dict[str, int] = {}
     for index, message in enumerate(messages):
         where, parent = f"$.messages[{index}]", message["parent_id"]
         if message["id"] in seqs:
-            return [{"path": f"{where}.id", "message": "ids must be unique"}]
+            yield Problem(f"{where}.id", "ids must be unique")
+            return
         if parent is not None and parent not in seqs:
             problem = "names no message before this one: parents come first"
-            return [{"path": f"{where}.parent_id", "message": problem}]
+            yield Problem(f"{where}.parent_id", problem)
+            return
         expected = 1 if parent is None else seqs[parent] + 1
         if message["seq"] != expected:
             problem = f"seq must be {expected}: one more than the parent's (1 for a first message)"
-            return [{"path": f"{where}.seq", "message": problem}]
+            yield Problem(f"{where}.seq", problem)
+            return
         seqs[message["id"]] = expected
     head = data["conversation"].get("head_id")
     if head is not None and head not in seqs:
-        return [{"path": "$.conversation.head_id", "message": "names no message"}]
-    return []
+        yield Problem("$.conversation.head_id", "names no message")
 
 
-def _bad_timestamps(data: dict[str, Any]) -> list[dict[str, str]]:
-    """Timestamps that do not parse (the schema's ``date-time`` format is not enforced by
-    every validator, and these values are stored)."""
-    places: list[tuple[str, Any]] = [
-        (f"$.conversation.{k}", data["conversation"].get(k)) for k in ("created_at", "updated_at")
-    ]
-    places += [
-        (f"$.messages[{i}].created_at", m.get("created_at")) for i, m in enumerate(data["messages"])
-    ]
-    for i, t in enumerate(data.get("turns", [])):
-        places += [(f"$.turns[{i}].{k}", t.get(k)) for k in ("created_at", "completed_at")]
-    bad = []
+def _schema_errors(data: Any) -> Iterator[Problem]:
+    """The schema's complaints. A transcript's messages are checked a slice at a time, so that
+    no single call into the validator (which holds the GIL) runs for long."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(messages, list):
+        yield from (_problem(e, data, []) for e in _validators().transcript.iter_errors(data))
+        return
+    rest = {**data, "messages": []}
+    yield from (_problem(e, rest, []) for e in _validators().transcript.iter_errors(rest))
+    # Whether messages have an id and a parent_id is what the version says (a quick check: a
+    # key or two a message).
+    keys = {
+        "version": data.get("version"),
+        "messages": [
+            {k: m[k] for k in ("id", "parent_id") if k in m} if isinstance(m, dict) else {}
+            for m in messages
+        ],
+    }
+    yield from (_problem(e, keys, []) for e in _validators().version.iter_errors(keys))
+    for start in range(0, len(messages), CHECK_SLICE):
+        part = messages[start : start + CHECK_SLICE]
+        for error in _validators().messages.iter_errors(part):
+            yield _problem(error, part, ["messages"], offset=start)
+
+
+def _problem(
+    error: jsonschema_rs.ValidationError, data: Any, prefix: list[str | int], offset: int = 0
+) -> Problem:
+    """A validator error as a problem: its JSON path in the whole transcript, and a message that
+    names a limit it passes and shows the value only when it is short."""
+    path = list(error.instance_path)
+    value = data
+    for step in path:
+        value = value[step]
+    if prefix and path:  # a path into one slice of the messages
+        path[0] = int(path[0]) + offset
+    where = "$" + "".join(
+        f"[{step}]" if isinstance(step, int) else f".{step}" for step in [*prefix, *path]
+    )
+    kind = error.kind
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.MaxLength):
+        return Problem(
+            where,
+            f"is {len(value):,} characters long; at most {kind.limit:,} are allowed",
+            limit=kind.limit,
+        )
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.MaxItems):
+        return Problem(
+            where,
+            f"holds {len(value):,} items; at most {kind.limit:,} are allowed",
+            limit=kind.limit,
+        )
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Pattern) and kind.pattern == _NUL_PATTERN:
+        return Problem(where, "holds a NUL character")
+    shown = msgspec.json.encode(value).decode()
+    return Problem(where, error.message.replace(_MASK, shown if len(shown) <= 60 else "the value"))
+
+
+def _bad_timestamps(data: dict[str, Any]) -> Iterator[Problem]:
+    """Timestamps that do not parse (the schema's ``date-time`` format is an annotation only,
+    and these values are stored)."""
+    places: Iterator[tuple[str, Any]] = itertools.chain(
+        (
+            (f"$.conversation.{k}", data["conversation"].get(k))
+            for k in ("created_at", "updated_at")
+        ),
+        (
+            (f"$.messages[{i}].created_at", m.get("created_at"))
+            for i, m in enumerate(data["messages"])
+        ),
+        (
+            (f"$.turns[{i}].{k}", t.get(k))
+            for i, t in enumerate(data.get("turns", []))
+            for k in ("created_at", "completed_at")
+        ),
+    )
+    now = datetime.now(UTC)
     for path, value in places:
         if value is None:
             continue
         try:
-            _timestamp(value, datetime.now(UTC))
+            _timestamp(value, now)
         except ValueError:
-            bad.append({"path": path, "message": f"{value!r} is not an ISO 8601 date-time"})
-    return bad[:MAX_REPORTED_ERRORS]
+            yield Problem(path, f"{value!r} is not an ISO 8601 date-time")
+
+
+def _bad_objects(data: dict[str, Any]) -> Iterator[Problem]:
+    """What the API refuses in params, metadata and a list of content parts, refused here too:
+    a NUL character anywhere, or arrays and objects nested more than 32 levels deep."""
+    conversation = data["conversation"]
+    places: Iterator[tuple[str, Any]] = itertools.chain(
+        ((f"$.conversation.{k}", conversation.get(k)) for k in ("params", "metadata")),
+        ((f"$.messages[{i}].content", m["content"]) for i, m in enumerate(data["messages"])),
+    )
+    for path, value in places:
+        if not isinstance(value, dict | list):
+            continue
+        if json_depth(value) > MAX_JSON_DEPTH:
+            yield Problem(path, f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
+        elif holds_nul(value):
+            yield Problem(path, "holds a NUL character")
 
 
 def validate(data: Any) -> None:
-    """Raise a 422 ``ValidationFailed`` listing every problem (at most 20) if ``data`` is not
-    a valid transcript."""
+    """Raise a 422 ``ValidationFailed`` (``invalid_transcript``) if ``data`` is not a valid
+    transcript: its detail names the first problem, ``errors`` lists the first 20 (each with its
+    JSON path, and the limit when a limit is what it passes) and ``error_count`` counts them all."""
     found = problems(data)
-    if found:
-        first = found[0]
-        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise ValidationFailed(
-            f"Not a valid transcript: {first['path']}: {first['message']}{more}",
-            code="invalid_transcript",
-            errors=found,
-        )
+    shown = [p.as_dict() for p in itertools.islice(found, MAX_REPORTED_ERRORS)]
+    if not shown:
+        return
+    count = len(shown) + sum(1 for _ in found)
+    first = shown[0]
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    raise ValidationFailed(
+        f"Not a valid transcript: {first['path']}: {first['message']}{more}",
+        code="invalid_transcript",
+        errors=shown,
+        error_count=count,
+    )
 
 
 def _timestamp(value: str | None, default: datetime) -> datetime:
@@ -232,11 +407,16 @@ def _timestamp(value: str | None, default: datetime) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def to_rows(
-    data: dict[str, Any], *, default_model: str
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Any]:
-    """The rows an import stores for a validated transcript: conversation, messages (each with
-    its transcript ``id`` and ``parent_id``), turns, and the transcript id of the head."""
+def prepare(data: Any, *, default_model: str) -> ImportRows:
+    """Validate a transcript (422 ``invalid_transcript`` as :func:`validate` says) and make
+    its rows. Plain CPU work on Python values: run it off the event loop for a big one."""
+    validate(data)
+    return to_rows(data, default_model=default_model)
+
+
+def to_rows(data: dict[str, Any], *, default_model: str) -> ImportRows:
+    """The rows an import stores for a validated transcript: conversation, messages (each
+    with its transcript ``id`` and ``parent_id``), turns, and the transcript id of the head."""
     now = datetime.now(UTC)
     c = data["conversation"]
     created = _timestamp(c.get("created_at"), now)
@@ -250,6 +430,10 @@ def to_rows(
         "source_id": c["id"],
     }
     tree = data["version"] == TREE
+    forked = c.get("forked_from")
+    if forked is not None:
+        conversation["forked_from_id"] = uuid.UUID(forked["conversation_id"])
+        conversation["forked_through_seq"] = forked["through_seq"]
     messages = []
     for m in data["messages"]:
         # Version 1 is a line: each message follows the one before it.
@@ -284,24 +468,14 @@ def to_rows(
                 "latency_ms": t.get("latency_ms"),
                 "reply_seq": t.get("reply_seq"),
                 "attempts": 0,
+                "imported": True,  # its usage was another deployment's
                 "created_at": turn_created,
                 "completed_at": _timestamp(t["completed_at"], turn_created)
                 if t.get("completed_at")
                 else (turn_created if status != "completed" else None),
             }
         )
-    return conversation, messages, turns, head
-
-
-async def store_transcript(
-    store: Store, tenant: str, data: Any, *, default_model: str
-) -> ConversationOut:
-    """Validate a transcript and store it as a new conversation of ``tenant``, in one
-    transaction. Raises 422 ``invalid_transcript``, or 409 ``already_imported`` (naming the
-    conversation) if this tenant imported the same source before."""
-    validate(data)
-    conversation, messages, turns, head = to_rows(data, default_model=default_model)
-    return await store.import_conversation(tenant, conversation, messages, turns, head=head)
+    return ImportRows(conversation, messages, turns, head)
 
 
 def active_path(transcript: dict[str, Any]) -> list[dict[str, Any]]:

@@ -255,3 +255,28 @@ async def test_detail_returns_the_whole_tree(
     ]
     stats = (await client.get("/admin/stats", headers=admin)).json()
     assert stats["messages"] == 3  # every branch's
+
+
+async def test_imported_turns_are_not_this_deployments_usage(
+    client: Client, alice: dict[str, str], admin: dict[str, str]
+) -> None:
+    cid = await create(client, alice, model="grok-4")
+    turn = await client.post(
+        f"/v1/conversations/{cid}/turns",
+        json={"messages": [{"role": "user", "content": "hi"}]},
+        headers=alice,
+    )
+    assert turn.status_code == 201, turn.text
+    tokens = turn.json()["reply"]["usage"]["total_tokens"]
+    transcript = (await client.get(f"/v1/conversations/{cid}/export", headers=alice)).json()
+    imported = await client.post("/v1/conversations/import", json=transcript, headers=alice)
+    assert imported.status_code == 201, imported.text
+
+    stats = (await client.get("/admin/stats", headers=admin)).json()
+    assert stats["conversations"] == 2
+    assert stats["messages"] == 4
+    assert stats["turns"] == {"running": 0, "completed": 1, "failed": 0}
+    assert stats["imported_turns"] == 1
+    assert stats["tokens_by_model"] == [{"model": "grok-4", "turns": 1, "total_tokens": tokens}]
+    assert stats["tokens_by_tenant"] == [{"tenant": "alice", "turns": 1, "total_tokens": tokens}]
+    assert [(d["turns"], d["total_tokens"]) for d in stats["by_day"]] == [(1, tokens)]

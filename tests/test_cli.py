@@ -167,6 +167,7 @@ def test_serve_on_a_fresh_machine(tmp_path: Path) -> None:
     assert (tmp_path / "convstore.db").exists()
 
 
+@pytest.mark.usefixtures("store")  # empties the database afterwards
 def test_export_and_import_round_trip(tmp_path: Path, database_url: str) -> None:
     env = {"CONVSTORE_DATABASE_URL": database_url}
     transcript = {
@@ -189,20 +190,88 @@ def test_export_and_import_round_trip(tmp_path: Path, database_url: str) -> None
     source.write_text(json.dumps(transcript) + "\n" + "{broken\n")
     result = run(["import", str(source), "--tenant", "cli"], tmp_path, env=env, check=False)
     assert result.returncode == 1  # one line failed, and the summary says so
-    assert "Imported 1 conversations" in result.stderr
-    assert "1 failed" in result.stderr
-    assert "line 2" in result.stderr
+    assert "Imported 1 conversation for tenant 'cli'; 0 were already imported, 1 failed." in (
+        result.stderr
+    )
+    assert "line 2: Not valid JSON" in result.stderr
 
     source.write_text(json.dumps(transcript) + "\n")
     again = run(["import", str(source), "--tenant", "cli"], tmp_path, env=env)
-    assert "Imported 0 conversations" in again.stderr
-    assert "1 were already imported" in again.stderr
+    assert "Imported 0 conversations for tenant 'cli'; 1 was already imported, 0 failed." in (
+        again.stderr
+    )
 
     out = tmp_path / "out.ndjson"
     exported = run(["export", "--tenant", "cli", "--out", str(out)], tmp_path, env=env)
-    assert "Exported 1 conversations (2 messages)" in exported.stderr
+    assert "Exported 1 conversation (2 messages)" in exported.stderr
     (line,) = out.read_text().splitlines()
     back = json.loads(line)
     assert back["conversation"]["title"] == "from a file"
     assert back["conversation"]["source_id"] == transcript["conversation"]["id"]
     assert [(m["role"], m["content"]) for m in back["messages"]] == [("system", "s"), ("user", "u")]
+
+
+@pytest.mark.usefixtures("store")  # empties the database afterwards
+def test_import_shows_every_problem(tmp_path: Path, database_url: str) -> None:
+    env = {"CONVSTORE_DATABASE_URL": database_url}
+    bad = {
+        "format": "convstore.transcript",
+        "version": 1,
+        "conversation": {"id": f"cli-bad-{time.time_ns()}"},
+        "messages": [{"seq": i + 1, "role": "wizard", "content": "x"} for i in range(25)],
+    }
+    few = {**bad, "messages": bad["messages"][:2]}
+    source = tmp_path / "bad.ndjson"
+    source.write_text(json.dumps(bad) + "\n" + json.dumps(few) + "\n")
+    result = run(["import", str(source), "--tenant", "cli"], tmp_path, env=env, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    first = lines.index("  line 1: 25 problems:")
+    shown = lines[first + 1 : first + 21]
+    assert shown == [f"      $.messages[{i}].role: \"wizard\" is not one of \"system\", "
+                     f"\"user\" or 2 other candidates" for i in range(20)]  # fmt: skip
+    assert lines[first + 21] == "      … and 5 more"
+    second = lines.index("  line 2: 2 problems:")
+    assert lines[second + 1].startswith("      $.messages[0].role: ")
+    assert lines[second + 2].startswith("      $.messages[1].role: ")
+    assert "Imported 0 conversations for tenant 'cli'; 0 were already imported, 2 failed." in (
+        result.stderr
+    )
+
+
+@pytest.mark.usefixtures("store")  # empties the database afterwards
+def test_import_from_chatgpt_names_the_refused_conversations(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = {"CONVSTORE_DATABASE_URL": database_url}
+    stamp = time.time_ns()
+
+    def chat(name: str, text: str) -> dict[str, object]:
+        message = {
+            "id": "m1",
+            "author": {"role": "user"},
+            "content": {"content_type": "text", "parts": [text]},
+        }
+        return {
+            "conversation_id": f"{name}-{stamp}",
+            "title": name,
+            "create_time": 1_764_000_000,
+            "current_node": "n1",
+            "mapping": {"n1": {"id": "n1", "parent": None, "message": message}},
+        }
+
+    source = tmp_path / "conversations.json"
+    source.write_text(json.dumps([chat("short", "hi"), chat("long", "y" * 1_000_001)]))
+    result = run(
+        ["import", str(source), "--from", "chatgpt", "--tenant", "cli"], tmp_path, env=env,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"  conversation 'long' (chatgpt:long-{stamp}) refused: 1 problem:" in result.stderr
+    assert (
+        "      $.messages[0].content: is 1,000,001 characters long; at most 1,000,000 are allowed"
+        in result.stderr
+    )
+    assert "Imported 1 conversation for tenant 'cli'; 0 were already imported, 1 failed." in (
+        result.stderr
+    )

@@ -61,7 +61,7 @@ def assert_valid(result: Converted) -> None:
     for transcript in result.transcripts:
         errors = [e.message for e in VALIDATOR.iter_errors(transcript)]
         assert errors == []
-        assert transcripts.problems(transcript) == []
+        assert list(transcripts.problems(transcript)) == []
         assert all(m["role"] != "tool" for m in transcript["messages"])
 
 

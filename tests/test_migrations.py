@@ -144,8 +144,8 @@ def test_stored_lines_become_one_branch_each(database_url: str) -> None:
         await conn.execute(
             text(
                 "INSERT INTO turn (id, conversation_id, status, model, params, stream, "
-                "attempts, reply_seq, created_at, deadline_at) "
-                "VALUES (:id, :cid, 'completed', 'grok-4', '{}', false, 1, 2, :now, :now)"
+                "attempts, reply_seq, imported, created_at, deadline_at) "
+                "VALUES (:id, :cid, 'completed', 'grok-4', '{}', false, 1, 2, true, :now, :now)"
             ),
             {
                 "id": _uuid(database_url, turn_id),
@@ -180,8 +180,9 @@ def test_stored_lines_become_one_branch_each(database_url: str) -> None:
         assert sorted(branches) == sorted(
             (cid, None, 0) for cid, count in zip(conversations, counts, strict=True) if count
         )
-        reply = (await conn.execute(select(T.reply_id).where(T.id == turn_id))).scalar_one()
-        assert reply == _message_id(conversations[0], 2)
+        reply = (await conn.execute(select(T.reply_id, T.imported).where(T.id == turn_id))).one()
+        assert reply.reply_id == _message_id(conversations[0], 2)
+        assert reply.imported  # the imports migration's column, kept
 
     _run(database_url, read)
 
@@ -192,7 +193,7 @@ def test_stored_lines_become_one_branch_each(database_url: str) -> None:
     _run(database_url, cleanup)
 
 
-_BEFORE_BRANCHES = "75deb8b81ab5"
+_BEFORE_BRANCHES = "6c2e9a4f1d37"  # imported turns
 
 
 def _message_id(cid: uuid.UUID, seq: int) -> uuid.UUID:

@@ -491,3 +491,49 @@ async def test_imported_trees_keep_every_branch_with_the_current_one_as_head(
         exported = await export(client, alice, cid)
         assert exported["version"] == 2
         assert exported["conversation"]["head_id"] == path["data"][-1]["id"]
+
+
+async def test_a_forks_origin_survives_export_and_import(
+    client: Client, alice: dict[str, str]
+) -> None:
+    conv = await create(client, alice, messages=[{"role": "user", "content": "m"}] * 3)
+    fork = await client.post(
+        f"/v1/conversations/{conv['id']}/fork", json={"through_seq": 2}, headers=alice
+    )
+    assert fork.status_code == 201, fork.text
+    original = await export(client, alice, fork.json()["id"])
+    assert original["conversation"]["forked_from"] == {
+        "conversation_id": conv["id"],
+        "through_seq": 2,
+    }
+    imported = await client.post("/v1/conversations/import", json=original, headers=alice)
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["forked_from_id"] == conv["id"]
+    assert imported.json()["forked_through_seq"] == 2
+    again = await export(client, alice, imported.json()["id"])
+    assert again["conversation"]["forked_from"] == original["conversation"]["forked_from"]
+    assert comparable(again) == comparable(original)
+
+    not_an_id = {**original, "conversation": {**original["conversation"], "id": "other"}}
+    not_an_id["conversation"]["forked_from"] = {"conversation_id": "nope", "through_seq": 2}
+    refused = await client.post("/v1/conversations/import", json=not_an_id, headers=alice)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["path"] == "$.conversation.forked_from.conversation_id"
+
+
+def test_the_schema_states_the_import_limits() -> None:
+    from service.schemas import MAX_CONTENT_CHARS
+
+    schema = transcripts.schema()
+    assert transcripts.MAX_IMPORT_CHARS == MAX_CONTENT_CHARS
+    assert schema["properties"]["messages"]["maxItems"] == transcripts.MAX_IMPORT_MESSAGES
+    assert schema["properties"]["turns"]["maxItems"] == transcripts.MAX_IMPORT_MESSAGES
+    defs = schema["$defs"]
+    text_part = defs["part"]["allOf"][0]["then"]["properties"]["text"]
+    for limited in (
+        defs["contentValue"],
+        text_part,
+        defs["message"]["properties"]["reasoning_content"],
+        defs["toolCall"]["properties"]["function"]["properties"]["arguments"],
+    ):
+        assert limited["maxLength"] == transcripts.MAX_IMPORT_CHARS

@@ -452,3 +452,38 @@ async def test_a_second_ctrl_c_ends_running_turns_truthfully_and_quietly(
     assert turn.status == "failed"
     assert turn.error["code"] == "interrupted"
     assert "stopped" in turn.error["detail"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_full_sqlite_disk_is_503_with_retry_after_on_writes(
+    database_url: str, settings: Settings, alice: dict[str, str]
+) -> None:
+    """Any write that does not fit answers 503 database_unavailable, changing nothing."""
+    engine = make_engine(database_url, pool_size=2)
+    full = {"pages": 0}
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _cap(conn: Any) -> None:
+        if full["pages"]:
+            conn.exec_driver_sql(f"PRAGMA max_page_count = {full['pages']}")
+
+    big = [{"role": "user", "content": "x " * 200_000}]
+    try:
+        async with serve(create_app(settings, engine=engine, retry_backoff=0.01)) as client:
+            cid = await new_conversation(client, "", alice)
+            async with engine.connect() as conn:
+                full["pages"] = (await conn.execute(text("PRAGMA page_count"))).scalar_one()
+            for method, path, body in (
+                ("POST", "/v1/conversations", {"messages": big}),
+                ("POST", f"/v1/conversations/{cid}/messages", {"messages": big}),
+                ("PATCH", f"/v1/conversations/{cid}", {"metadata": {"x": "y" * 60_000}}),
+            ):
+                answer = await client.request(method, path, json=body, headers=alice)
+                assert answer.status_code == 503, (path, answer.text)
+                assert answer.json()["code"] == "database_unavailable"
+                assert int(answer.headers["retry-after"]) >= 1
+            full["pages"] = 0
+            listed = (await client.get("/v1/conversations", headers=alice)).json()["data"]
+            assert [(c["id"], c["message_count"], c["metadata"]) for c in listed] == [(cid, 0, {})]
+    finally:
+        await engine.dispose()

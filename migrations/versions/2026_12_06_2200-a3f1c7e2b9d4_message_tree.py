@@ -1,7 +1,7 @@
 """Branches: a conversation's messages form a tree with one active path.
 
 Revision ID: a3f1c7e2b9d4
-Revises: 75deb8b81ab5
+Revises: 6c2e9a4f1d37
 Create Date: 2026-12-06 22:00:00+00:00
 
 ``message.id`` becomes the primary key; a message has ``parent_id`` and lies on a ``branch``
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "a3f1c7e2b9d4"
-down_revision: str | None = "75deb8b81ab5"
+down_revision: str | None = "6c2e9a4f1d37"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -100,7 +100,6 @@ def upgrade() -> None:
             "message",
             ["parent_id"],
             ["id"],
-            ondelete="CASCADE",
         )
         batch_op.create_foreign_key(
             batch_op.f("fk_message_branch_id_branch"),
@@ -165,7 +164,6 @@ def _rebuild_sqlite_message_table() -> None:
             ["parent_id"],
             ["message.id"],
             name=op.f("fk_message_parent_id_message"),
-            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["branch_id"],

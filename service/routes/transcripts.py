@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, RawBody
 from litestar.response import Stream
 
-from service import importers, transcripts
-from service.errors import Conflict, ValidationFailed
+from service import transcripts
 from service.idempotency import idempotent
+from service.imports import Importer
 from service.routes.params import Caller, ConversationId
-from service.schemas import ConversationOut, ForkCreate
+from service.schemas import ConversationOut, ForkCreate, ImportSummary
 from service.store import ConversationFilter, Store
 
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
@@ -73,17 +73,16 @@ class TranscriptController(Controller):
         request_max_body_size=MAX_IMPORT_BYTES,
     )
     async def import_transcript(
-        self, request: Request[Any, Any, Any], data: JSONBody[Any], principal: Caller, state: State
+        self, request: Request[Any, Any, Any], body: RawBody, principal: Caller, state: State
     ) -> Response[ConversationOut]:
-        """A transcript in, a new conversation out (new ids, same content). Invalid transcripts
-        are refused with every problem and where it is; nothing is stored. A transcript this
-        tenant already imported answers 409 ``already_imported`` naming the conversation."""
-        store: Store = state.store
+        """A transcript in, a new conversation out (new ids, same content). Invalid transcripts,
+        and transcripts past an import limit, are refused with every problem and where it is;
+        nothing is stored. A transcript this tenant already imported answers 409
+        ``already_imported`` naming the conversation. The body is read off the event loop."""
+        importer: Importer = state.importer
 
         async def run() -> Response[Any]:
-            created = await transcripts.store_transcript(
-                store, principal.tenant, data, default_model=state.settings.default_model
-            )
+            created = await importer.transcript(principal.tenant, body)
             return Response(created, status_code=201)
 
         return await idempotent(request, principal, state.turns, run)
@@ -95,39 +94,16 @@ class TranscriptController(Controller):
         request_max_body_size=MAX_IMPORT_BYTES,
     )
     async def import_other(
-        self, source: FromPath[str], data: JSONBody[Any], principal: Caller, state: State
-    ) -> dict[str, Any]:
+        self, source: FromPath[str], body: RawBody, principal: Caller, state: State
+    ) -> ImportSummary:
         """``source`` is ``chatgpt`` (its ``conversations.json``), ``openwebui`` (its JSON chat
         export) or ``librechat`` (its JSON conversation export). Each conversation becomes a new
         one with every branch, its current branch as the head; conversations imported before
-        are skipped, so the same file can be sent again."""
-        if source not in importers.SOURCES:
-            raise ValidationFailed(
-                f"Unknown source {source!r}: use one of {', '.join(importers.SOURCES)}."
-            )
-        try:
-            converted = importers.convert(cast(importers.Source, source), data)
-        except importers.ImportFormatError as exc:
-            raise ValidationFailed(f"Not a {source} export: {exc}") from None
-        store: Store = state.store
-        ready = [importers.prepared(source, t) for t in converted.transcripts]
-        for transcript in ready:
-            transcripts.validate(transcript)
-        created: list[ConversationOut] = []
-        already: list[str] = []
-        for transcript in ready:
-            try:
-                created.append(
-                    await transcripts.store_transcript(
-                        store,
-                        principal.tenant,
-                        transcript,
-                        default_model=state.settings.default_model,
-                    )
-                )
-            except Conflict:  # imported before: the same file can be sent again
-                already.append(transcript["conversation"]["id"])
-        return {"data": created, "already_imported": already, "skipped": converted.skipped}
+        are listed in ``already_imported``, so the same file can be sent again, and
+        conversations past an import limit are listed in ``refused`` with their problems while
+        the others are imported."""
+        importer: Importer = state.importer
+        return await importer.export(principal.tenant, source, body)
 
     @get(
         "/export",

@@ -12,6 +12,7 @@ from service.store.idempotency import IdempotencyStore
 from service.store.keys import KeyStore
 from service.store.records import (
     ExportRows,
+    ImportRows,
     KeyRecord,
     OrphanedTurn,
     PathView,
@@ -29,6 +30,7 @@ class Store(KeyStore, TranscriptStore, TurnStore, AdminStore, AdminSessionStore,
 __all__ = [
     "ConversationFilter",
     "ExportRows",
+    "ImportRows",
     "KeyRecord",
     "OrphanedTurn",
     "PathView",

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Select,
     column,
     delete,
+    false,
     func,
     insert,
     literal_column,
@@ -26,7 +27,17 @@ from sqlalchemy import (
 )
 
 from service.store.engine import StoreBase
-from service.store.records import AS, CONVERSATION_COLUMNS, C, K, M, Principal, T, hash_key
+from service.store.records import (
+    AS,
+    CONVERSATION_COLUMNS,
+    IMPORTING,
+    C,
+    K,
+    M,
+    Principal,
+    T,
+    hash_key,
+)
 from service.tables import (
     admin_session_table,
     api_key_table,
@@ -57,6 +68,8 @@ class ConversationFilter:
     def apply(self, query: Select[Any]) -> Select[Any]:
         if self.tenant is not None:
             query = query.where(C.tenant == self.tenant)
+        else:  # every tenant's, but none still being imported
+            query = query.where(C.tenant != IMPORTING)
         if self.model is not None:
             query = query.where(C.model == self.model)
         if self.created_after is not None:
@@ -129,30 +142,49 @@ class AdminStore(StoreBase):
             return set((await conn.scalars(query)).all())
 
     async def stats(self, *, days: int = 30) -> dict[str, Any]:
-        """Counts of conversations, messages and turns by status; tokens by model, tenant, day."""
+        """Counts of conversations, messages and turns by status; tokens by model, tenant, day.
+
+        Turns and tokens are this deployment's usage: turns brought in by imports are counted
+        apart (``imported_turns``), and their tokens not at all.
+        """
         tokens = func.coalesce(func.sum(T.usage["total_tokens"].as_integer()), 0)
+        own = T.imported.is_(false())
         since = utcnow() - timedelta(days=days)
         day = func.date(T.created_at)
         async with self._read() as conn:
             conversations = (
-                await conn.execute(select(func.count()).select_from(conversation_table))
+                await conn.execute(
+                    select(func.count())
+                    .select_from(conversation_table)
+                    .where(C.tenant != IMPORTING)
+                )
             ).scalar_one()
             # Every stored message, on every branch (message_count counts the active path).
             messages = (
                 await conn.execute(select(func.count()).select_from(message_table))
             ).scalar_one()
-            by_status: dict[str, int] = dict(
-                (await conn.execute(select(T.status, func.count()).group_by(T.status))).all()
-            )
+            by_status: dict[str, int] = {}
+            imported = 0
+            for was_imported, status, count in await conn.execute(
+                select(T.imported, T.status, func.count()).group_by(T.imported, T.status)
+            ):
+                if was_imported:
+                    imported += count
+                else:
+                    by_status[status] = count
             by_model = (
                 await conn.execute(
-                    select(T.model, func.count(), tokens).group_by(T.model).order_by(T.model)
+                    select(T.model, func.count(), tokens)
+                    .where(own)
+                    .group_by(T.model)
+                    .order_by(T.model)
                 )
             ).all()
             by_tenant = (
                 await conn.execute(
                     select(C.tenant, func.count(T.id), tokens)
                     .select_from(turn_table.join(conversation_table, C.id == T.conversation_id))
+                    .where(own)
                     .group_by(C.tenant)
                     .order_by(C.tenant)
                 )
@@ -160,7 +192,7 @@ class AdminStore(StoreBase):
             by_day = (
                 await conn.execute(
                     select(day, func.count(), tokens)
-                    .where(T.created_at >= since)
+                    .where(own, T.created_at >= since)
                     .group_by(day)
                     .order_by(day)
                 )
@@ -169,6 +201,7 @@ class AdminStore(StoreBase):
             "conversations": conversations,
             "messages": int(messages),
             "turns": {s: int(by_status.get(s, 0)) for s in ("running", "completed", "failed")},
+            "imported_turns": int(imported),
             "tokens_by_model": [
                 {"model": m, "turns": n, "total_tokens": int(t)} for m, n, t in by_model
             ],

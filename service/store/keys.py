@@ -26,7 +26,10 @@ class KeyStore(StoreBase):
     async def create_key(
         self, tenant: str, *, is_admin: bool = False, turns_per_minute: int | None = None
     ) -> tuple[KeyRecord, str]:
-        """Create a key; returns its record and the key itself, which is never stored."""
+        """Create a key; returns its record and the key itself, which is never stored.
+        Raises ``ValueError`` for a tenant that is not 1 to 200 printable characters."""
+        if not 1 <= len(tenant) <= 200 or not tenant.isprintable():
+            raise ValueError("a tenant is 1 to 200 printable characters")
         key = "cs_" + secrets.token_urlsafe(32)
         record = KeyRecord(uuid7(), tenant, key[:10], is_admin, utcnow(), None, turns_per_minute)
         async with self._write() as conn:

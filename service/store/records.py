@@ -24,6 +24,10 @@ from service.tables import (
     turn_table,
 )
 
+# The tenant of a conversation while it is being imported: no key has it (a key's tenant is
+# printable), so no one sees the conversation before the import gives it to its tenant.
+IMPORTING = "\x1bimporting"
+
 C = conversation_table.c
 M = message_table.c
 B = branch_table.c
@@ -122,6 +126,20 @@ class PathView:
     active: bool
     total: int
     turns: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRows:
+    """What an import stores: the conversation's columns (``source_id`` among them), and its
+    message and turn rows with their transcript's ids (the store gives new ids). Each message
+    names its parent by transcript id (``parent_id``, None for a first message) and comes after
+    it; ``head`` is the transcript id of the active path's last message (None: the last
+    message)."""
+
+    conversation: dict[str, Any]
+    messages: list[dict[str, Any]]
+    turns: list[dict[str, Any]]
+    head: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, tuple_
+import anyio
+from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,22 +31,51 @@ from service.store.messages import (
 )
 from service.store.records import (
     CONVERSATION_COLUMNS,
+    IMPORTING,
     MESSAGE_COLUMNS,
     TURN_COLUMNS,
     C,
     ExportRows,
+    ImportRows,
     M,
     PathView,
     T,
 )
 from service.tables import conversation_table, turn_table, utcnow, uuid7
 
+log = logging.getLogger("convstore")
+_T = TypeVar("_T")
+
 EXPORT_CONVERSATION_COLUMNS = (*CONVERSATION_COLUMNS, C.tenant)
+# Rows an import writes in one transaction (a few ms of the event loop's time, and up to about
+# 60 ms of SQLite's write lock for long messages, with the text index).
+IMPORT_BATCH = 250
+# SQLite's write lock has no queue: a writer waiting for it retries after sleeps of up to 100 ms,
+# and an import that took the lock again at once would keep it from its turn for seconds.
+SQLITE_BATCH_PAUSE = 0.01
+# A conversation still being imported whose import wrote nothing for this long was left by a
+# process that stopped.
+ABANDONED_IMPORT = timedelta(hours=1)
 COPIED_MESSAGE_COLUMNS = tuple(
     c
     for c in MESSAGE_COLUMNS
     if c.key not in ("id", "conversation_id", "parent_id", "seq", "turn_id")
 )
+
+
+def _batches(rows: Iterable[_T]) -> Iterator[list[_T]]:
+    """``rows`` ``IMPORT_BATCH`` at a time, each batch made only when it is written."""
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, IMPORT_BATCH)):
+        yield batch
+
+
+def _already_imported(existing: uuid.UUID) -> Conflict:
+    return Conflict(
+        "This transcript was already imported.",
+        code="already_imported",
+        conversation_id=str(existing),
+    )
 
 
 class TranscriptStore(ConversationStore):
@@ -162,68 +194,114 @@ class TranscriptStore(ConversationStore):
             ).scalar()
         return found
 
-    async def import_conversation(
-        self,
-        tenant: str,
-        conversation: dict[str, Any],
-        messages: list[dict[str, Any]],
-        turns: list[dict[str, Any]],
-        *,
-        head: str | None = None,
-    ) -> ConversationOut:
-        """Store an imported conversation in one transaction, with new ids.
+    async def import_conversation(self, tenant: str, rows: ImportRows) -> ConversationOut:
+        """Store an imported conversation with new ids. Nothing of it is seen before all of it
+        is, and nothing is left if it fails.
 
-        ``conversation`` holds the stored columns (``source_id`` among them); ``messages`` and
-        ``turns`` the rows with their transcript ids, which are mapped to new ones. Each
-        message names its parent by transcript id (``parent_id``, None for a first message),
-        and comes after its parent; ``head`` is the transcript id of the active path's last
-        message (default: the last message). Raises ``Conflict`` (``already_imported``) if this
-        tenant already imported ``source_id``.
+        Its rows go in ``IMPORT_BATCH`` at a time, each batch in a short transaction of its own
+        (the event loop serves other requests while each is written, and other writers get
+        SQLite's write lock between two: the import pauses for them), under the tenant
+        ``IMPORTING``, which no key has; a last short transaction gives the conversation to
+        ``tenant`` and sets its head. Each message is placed after its parent as a new message
+        would be (a batch's new branch rows go in before its messages), and the turns go in
+        after the messages, with their replies' new ids. If a batch fails, what was written is
+        deleted; if the process dies, the next import deletes it.
+        Raises ``Conflict`` (``already_imported``) if this tenant already imported
+        ``source_id``.
         """
+        source_id = rows.conversation["source_id"]
+        existing = await self.find_import(tenant, source_id)
+        if existing is not None:
+            raise _already_imported(existing)
         now = utcnow()
         conversation_id = uuid7()
-        turn_ids = {t["id"]: uuid7() for t in turns}
-        rows, branches = _tree_rows(conversation_id, messages, turn_ids, now)
-        by_id = {m["id"]: row for m, row in zip(messages, rows, strict=True)}
-        top = by_id.get(head) if head is not None else (rows[-1] if rows else None)
-        replies = {(row["turn_id"], row["seq"]): row["id"] for row in rows if row["turn_id"]}
-        values = {
-            "id": conversation_id,
-            "tenant": tenant,
-            "head_id": top["id"] if top else None,
-            "message_count": top["seq"] if top else 0,
-            "created_at": now,
-            "updated_at": now,
-            **conversation,
-        }
+        turn_ids = {t["id"]: uuid7() for t in rows.turns}
+        async with self._write() as conn:
+            await conn.execute(
+                delete(conversation_table).where(
+                    C.tenant == IMPORTING, C.updated_at < now - ABANDONED_IMPORT
+                )
+            )
+            await conn.execute(
+                insert(conversation_table).values(
+                    {
+                        **rows.conversation,
+                        "id": conversation_id,
+                        "tenant": IMPORTING,
+                        "source_id": None,
+                        "head_id": None,
+                        "message_count": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+            )
+        tree = _Tree(conversation_id, turn_ids, now)
+        turns = (
+            {
+                **t,
+                "id": turn_ids[t["id"]],
+                "conversation_id": conversation_id,
+                "reply_id": tree.replies.get((turn_ids[t["id"]], t.get("reply_seq"))),
+                "deadline_at": t.get("completed_at") or now,
+            }
+            for t in rows.turns
+        )
+        try:
+            for placed in _batches(tree.place(m) for m in rows.messages):
+                async with self._write() as conn:
+                    branches = [b for b, _ in placed if b is not None]
+                    await conn.run_sync(insert_rows, branches, [m for _, m in placed])
+                    await self._still_importing(conn, conversation_id)
+                if self.dialect == "sqlite":
+                    await anyio.sleep(SQLITE_BATCH_PAUSE)
+            # After the messages: a turn names its reply's new id.
+            for batch in _batches(turns):
+                async with self._write() as conn:
+                    await conn.execute(insert(turn_table), batch)
+                    await self._still_importing(conn, conversation_id)
+                if self.dialect == "sqlite":
+                    await anyio.sleep(SQLITE_BATCH_PAUSE)
+            top = tree.head(rows.head)
+            async with self._write() as conn:
+                await conn.execute(
+                    update(conversation_table)
+                    .where(C.id == conversation_id)
+                    .values(
+                        tenant=tenant,
+                        source_id=source_id,
+                        head_id=top["id"] if top else None,
+                        message_count=top["seq"] if top else 0,
+                        created_at=rows.conversation["created_at"],
+                        updated_at=rows.conversation["updated_at"],
+                    )
+                )
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):  # even when the request is cancelled
+                await self._discard_import(conversation_id)
+            if isinstance(exc, IntegrityError):  # a concurrent import of the same source won
+                existing = await self.find_import(tenant, source_id)
+                if existing is not None:
+                    raise _already_imported(existing) from None
+            raise
+        return await self.get_conversation(tenant, conversation_id)
+
+    async def _still_importing(self, conn: AsyncConnection, conversation_id: uuid.UUID) -> None:
+        """Mark the import in progress: not the leftover of a dead process."""
+        await conn.execute(
+            update(conversation_table).where(C.id == conversation_id).values(updated_at=utcnow())
+        )
+
+    async def _discard_import(self, conversation_id: uuid.UUID) -> None:
+        """Delete an import that failed, with what it wrote (a later import deletes it if
+        this cannot, say with the database gone)."""
         try:
             async with self._write() as conn:
-                await conn.execute(insert(conversation_table).values(**values))
-                if turns:
-                    await conn.execute(
-                        insert(turn_table),
-                        [
-                            {
-                                **t,
-                                "id": turn_ids[t["id"]],
-                                "conversation_id": conversation_id,
-                                "reply_id": replies.get((turn_ids[t["id"]], t.get("reply_seq"))),
-                                "deadline_at": t.get("completed_at") or now,
-                            }
-                            for t in turns
-                        ],
-                    )
-                await conn.run_sync(insert_rows, branches, rows)
-        except IntegrityError:
-            existing = await self.find_import(tenant, str(conversation.get("source_id")))
-            if existing is None:
-                raise
-            raise Conflict(
-                "This transcript was already imported.",
-                code="already_imported",
-                conversation_id=str(existing),
-            ) from None
-        return await self.get_conversation(tenant, conversation_id)
+                await conn.execute(
+                    delete(conversation_table).where(C.id == conversation_id, C.tenant == IMPORTING)
+                )
+        except Exception:
+            log.exception("could not delete the failed import %s", conversation_id)
 
     async def fork(
         self, tenant: str, conversation_id: uuid.UUID, through_seq: int | None
@@ -279,30 +357,41 @@ class TranscriptStore(ConversationStore):
         return await self.get_conversation(tenant, new_id)
 
 
-def _tree_rows(
-    conversation_id: uuid.UUID,
-    messages: list[dict[str, Any]],
-    turn_ids: dict[Any, uuid.UUID],
-    now: datetime,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The message and branch rows of an imported tree: each message placed after its parent
-    as a new message would be (on its parent's branch while that branch has no message after
-    the parent, else on a new branch), with a new id."""
-    placed: dict[Any, dict[str, Any]] = {}
-    taken: set[tuple[uuid.UUID, int]] = set()
-    rows: list[dict[str, Any]] = []
-    branches: list[dict[str, Any]] = []
-    for message in messages:
-        parent = placed.get(message.get("parent_id"))
-        anchor = (parent["id"], parent["branch_id"], parent["seq"]) if parent else None
-        continues = parent is not None and (parent["branch_id"], parent["seq"] + 1) not in taken
-        place: Place = place_after(conversation_id, anchor, continues=continues, siblings=0)
-        if place.fork is not None:
-            branches.append({"id": place.branch_id, **place.fork})
+class _Tree:
+    """The rows of an imported tree, made a message at a time: each message placed after its
+    parent as a new message would be (on its parent's branch while that branch has no message
+    after the parent, else on a new branch), with a new id."""
+
+    def __init__(
+        self, conversation_id: uuid.UUID, turn_ids: dict[Any, uuid.UUID], now: datetime
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.turn_ids = turn_ids
+        self.now = now
+        # Each placed message's transcript id: its new id, branch and seq.
+        self.placed: dict[Any, tuple[uuid.UUID, uuid.UUID, int]] = {}
+        self.taken: set[tuple[uuid.UUID, int]] = set()
+        self.last: Any = None
+        # (turn id, seq) of each message of a turn: its new id, for the turn's reply.
+        self.replies: dict[tuple[uuid.UUID, Any], uuid.UUID] = {}
+
+    def place(self, message: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The branch row the message forks (None if it forks none) and its own row."""
+        anchor = self.placed.get(message.get("parent_id"))
+        continues = anchor is not None and (anchor[1], anchor[2] + 1) not in self.taken
+        place: Place = place_after(self.conversation_id, anchor, continues=continues, siblings=0)
+        branch = None if place.fork is None else {"id": place.branch_id, **place.fork}
         fields = {k: v for k, v in message.items() if k not in ("id", "parent_id", "seq")}
-        fields["turn_id"] = turn_ids.get(message.get("turn_id"))
-        (row,) = message_rows(place, [fields], now)
-        taken.add((place.branch_id, place.seq))
-        placed[message["id"]] = row
-        rows.append(row)
-    return rows, branches
+        fields["turn_id"] = self.turn_ids.get(message.get("turn_id"))
+        (row,) = message_rows(place, [fields], self.now)
+        self.taken.add((place.branch_id, place.seq))
+        self.placed[message["id"]] = (row["id"], place.branch_id, place.seq)
+        self.last = message["id"]
+        if row["turn_id"] is not None:
+            self.replies[(row["turn_id"], place.seq)] = row["id"]
+        return branch, row
+
+    def head(self, ident: Any) -> dict[str, Any] | None:
+        """The new id and seq of the message ``ident`` names (None: the last placed)."""
+        found = self.placed.get(self.last if ident is None else ident)
+        return None if found is None else {"id": found[0], "seq": found[2]}
