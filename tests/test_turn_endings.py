@@ -6,10 +6,12 @@ and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -154,6 +156,9 @@ async def test_a_full_sqlite_disk_fails_the_turn_with_503(
     try:
         async with serve(create_app(settings, engine=engine, retry_backoff=0.01)) as client:
             cid = await new_conversation(client, "", alice)
+            # No free pages left by earlier tests: the reply must grow the file to fit.
+            with contextlib.closing(sqlite3.connect(engine.url.database or "")) as db:
+                db.execute("VACUUM")
             upstream.push_fault(Fault(kind="slow", delay=0.5))
             turn = asyncio.create_task(
                 client.post(
@@ -471,6 +476,9 @@ async def test_a_full_sqlite_disk_is_503_with_retry_after_on_writes(
     try:
         async with serve(create_app(settings, engine=engine, retry_backoff=0.01)) as client:
             cid = await new_conversation(client, "", alice)
+            # No free pages left by earlier tests: a write must grow the file to fit.
+            with contextlib.closing(sqlite3.connect(engine.url.database or "")) as db:
+                db.execute("VACUUM")
             async with engine.connect() as conn:
                 full["pages"] = (await conn.execute(text("PRAGMA page_count"))).scalar_one()
             for method, path, body in (
