@@ -185,6 +185,19 @@ def http_client(connections: int = 100, **kwargs: Any) -> httpx.AsyncClient:
     return HttpxAiohttpClient(limits=limits, timeout=120, **kwargs)
 
 
+def server_timing(header: str | None) -> dict[str, float]:
+    """``{"db": 1.2, ...}`` from ``Server-Timing: db;dur=1.2, ...``."""
+    found = {}
+    for metric in (header or "").split(","):
+        name, _, params = metric.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur":
+                with contextlib.suppress(ValueError):
+                    found[name] = float(value)
+    return found
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -53,6 +53,7 @@ from benchmarks.harness import (
     database_name,
     fake_upstream,
     machine,
+    server_timing,
     service,
     summary,
     table,
@@ -108,19 +109,6 @@ class Run:
 
 # One request (n: the user's request number) -> its status and its Server-Timing, if any.
 Step = Callable[[int], Awaitable[tuple[int, dict[str, float]]]]
-
-
-def server_timing(header: str | None) -> dict[str, float]:
-    """``{"db": 1.2, ...}`` from ``Server-Timing: db;dur=1.2, ...``."""
-    found = {}
-    for metric in (header or "").split(","):
-        name, _, params = metric.strip().partition(";")
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "dur":
-                with contextlib.suppress(ValueError):
-                    found[name] = float(value)
-    return found
 
 
 async def drive(steps: list[Step], warmup: float, duration: float, ok: int, meter: CpuMeter) -> Run:

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
@@ -43,6 +43,7 @@ from benchmarks.harness import (
     fake_upstream,
     http_client,
     machine,
+    server_timing,
     service,
     summary,
     table,
@@ -111,6 +112,16 @@ async def timed_chat(
     return elapsed
 
 
+class Pair(NamedTuple):
+    """A direct call and the turn after it, in ms; the reply; the turn's database time (its
+    Server-Timing ``db``: both transactions)."""
+
+    direct_ms: float
+    service_ms: float
+    reply: str
+    db_ms: float
+
+
 async def pair(
     client: httpx.AsyncClient,
     direct: httpx.AsyncClient,
@@ -118,20 +129,24 @@ async def pair(
     target: Target,
     cid: str,
     history_before: list[dict[str, Any]],
-    question: dict[str, Any],
-) -> tuple[float, float, str]:
-    """A direct call with the history the turn will send, then the turn: both in ms, and the
-    reply's content."""
-    direct_ms = await timed_chat(direct, upstream, [*history_before, question])
+    question: dict[str, Any] | None,
+    *,
+    parent_id: str | None = None,
+) -> Pair:
+    """A direct call with the history the turn will send, then the turn (with ``question``,
+    if any, after ``parent_id``, if given)."""
+    asked = [question] if question else []
+    direct_ms = await timed_chat(direct, upstream, [*history_before, *asked])
     started = time.perf_counter()
     turn = await client.post(
         f"{target.base}/v1/conversations/{cid}/turns",
-        json={"messages": [question]},
+        json={"messages": asked, **({"parent_id": parent_id} if parent_id else {})},
         headers=target.headers,
     )
     service_ms = (time.perf_counter() - started) * 1000
     turn.raise_for_status()
-    return direct_ms, service_ms, turn.json()["reply"]["content"]
+    db_ms = server_timing(turn.headers.get("server-timing")).get("db", float("nan"))
+    return Pair(direct_ms, service_ms, turn.json()["reply"]["content"], db_ms)
 
 
 async def measure(
@@ -161,11 +176,11 @@ async def measure(
                 )
                 fork.raise_for_status()
                 cid = fork.json()["id"]
-                direct_ms, service_ms, reply = await pair(
+                direct_ms, service_ms, reply, _ = await pair(
                     client, direct, upstream, target, cid, stored, question
                 )
                 answered = [*stored, question, {"role": "assistant", "content": reply}]
-                direct2_ms, service2_ms, _ = await pair(
+                direct2_ms, service2_ms, _, _ = await pair(
                     client, direct, upstream, target, cid, answered, again
                 )
                 if number < 3:

@@ -187,17 +187,26 @@ class ConversationPatch(Strict):
     model: Model | UnsetType = UNSET
     params: Params | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
+    # Switch branch: the head becomes the newest leaf below this message.
+    head_id: uuid.UUID | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         check_params(self.params, self.metadata)
 
 
+# The message new messages follow: unset for the conversation's head, null for none (a new
+# first message, as when the first message is edited).
+ParentId = uuid.UUID | None | UnsetType
+
+
 class MessagesAppend(Strict):
     messages: Annotated[list[MessageIn], Meta(min_length=1, max_length=MAX_MESSAGES_PER_REQUEST)]
+    parent_id: ParentId = UNSET
 
 
 class TurnCreate(Strict):
     messages: MessageList = msgspec.field(default_factory=list)
+    parent_id: ParentId = UNSET
     stream: bool = False
     model: Model | UnsetType = UNSET
     params: Params | UnsetType = UNSET
@@ -233,6 +242,7 @@ class MessageOut(Struct, omit_defaults=True):
     role: str
     content: Any
     created_at: datetime
+    parent_id: uuid.UUID | None
     name: str | None = None
     tool_calls: Any = None
     tool_call_id: str | None = None
@@ -241,6 +251,10 @@ class MessageOut(Struct, omit_defaults=True):
     finish_reason: str | None = None
     usage: Any = None
     turn_id: uuid.UUID | None = None
+    # The messages with the same parent (this one among them), and this one's place among
+    # them (1-based, in creation order): a frontend's "< 2/3 >".
+    sibling_count: int | None = None
+    sibling_index: int | None = None
 
 
 class ConversationOut(Struct, omit_defaults=True):
@@ -252,6 +266,7 @@ class ConversationOut(Struct, omit_defaults=True):
     message_count: int
     created_at: datetime
     updated_at: datetime
+    head_id: uuid.UUID | None = None
     source_id: str | None = None
     forked_from_id: uuid.UUID | None = None
     forked_through_seq: int | None = None
@@ -270,6 +285,7 @@ class TurnOut(Struct):
     created_at: datetime
     completed_at: datetime | None
     reply_seq: int | None = None
+    reply_id: uuid.UUID | None = None
 
 
 class TurnResult(Struct):

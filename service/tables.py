@@ -1,5 +1,5 @@
-"""The database schema: conversations, their ordered messages, turns, API keys and the admin
-web pages' sign-in sessions.
+"""The database schema: conversations, their messages (a tree of branches), turns, API keys and
+the admin web pages' sign-in sessions.
 
 Every change here needs an Alembic revision (``tests/test_migrations.py`` fails otherwise).
 """
@@ -7,6 +7,7 @@ Every change here needs an Alembic revision (``tests/test_migrations.py`` fails 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -44,15 +45,27 @@ ROLES = ("system", "user", "assistant", "tool")
 TURN_STATUSES = ("running", "completed", "failed")
 
 
+_uuid7_lock = threading.Lock()
+_uuid7_last = 0
+
+
 def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (RFC 9562 version 7): new rows land at the end of their index."""
+    """A time-ordered UUID (RFC 9562 version 7): new rows land at the end of their index.
+
+    Monotonic within the process (RFC 9562, section 6.2, method 2: the random bits are
+    incremented when the clock has not moved on), so ids made one after the other sort in the
+    order they were made: siblings are numbered in creation order by their ids.
+    """
+    global _uuid7_last
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
+    # 48 bits of time, then 74 of randomness (12 in rand_a, 62 in rand_b), as one number.
+    candidate = (millis & ((1 << 48) - 1)) << 74 | int.from_bytes(os.urandom(10), "big") >> 6
+    with _uuid7_lock:
+        if candidate <= _uuid7_last:
+            candidate = _uuid7_last + 1
+        _uuid7_last = candidate
+    value = (candidate >> 74) << 80 | 0x7 << 76 | ((candidate >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62 | candidate & ((1 << 62) - 1)
     return uuid.UUID(int=value)
 
 
@@ -136,8 +149,10 @@ class Conversation(Base):
     model: Mapped[str] = mapped_column(String(200))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
-    # The highest seq in use: the next message is message_count + 1. Updating this counter is
-    # also what serialises concurrent writers to one conversation (a row lock on PostgreSQL).
+    # The last message of the active path (None while there is none), and its seq: the length
+    # of that path. Every writer to a conversation updates its row first, which serialises
+    # them (a row lock on PostgreSQL, the write lock on SQLite).
+    head_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -147,18 +162,57 @@ class Conversation(Base):
     forked_through_seq: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
+class Branch(Base):
+    """A line of messages in a conversation's tree: its own messages have the seqs after
+    ``fork_seq``, one after the other; those up to ``fork_seq`` are its parent branch's (none
+    for a root branch, ``fork_seq`` 0). A message goes on its parent's branch when the parent
+    is the last message there, else on a new branch forked at the parent: so a path is the
+    chain of its branches, each contributing a range of seqs, and a branch copies nothing."""
+
+    __tablename__ = "branch"
+    __table_args__ = (
+        CheckConstraint("fork_seq >= 0", name="fork_seq"),
+        Index("ix_branch_conversation_id", "conversation_id"),
+        # Deleting a branch looks for the branches forked from it.
+        Index("ix_branch_parent_branch_id", "parent_branch_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("conversation.id", ondelete="CASCADE")
+    )
+    parent_branch_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("branch.id", ondelete="CASCADE"), default=None
+    )
+    fork_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Message(Base):
     __tablename__ = "message"
     __table_args__ = (
         CheckConstraint(f"role IN {ROLES!r}", name="role"),
         CheckConstraint("seq >= 1", name="seq_positive"),
+        # A path is read as ranges of this index, one per branch of its chain.
+        Index("uq_message_branch_seq", "branch_id", "seq", unique=True),
+        # The first messages (siblings without a parent), and a conversation's messages.
+        Index("ix_message_conversation_parent", "conversation_id", "parent_id"),
+        # Siblings, and deleting a message's replies with it.
+        Index("ix_message_parent_id", "parent_id"),
     )
 
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
     conversation_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("conversation.id", ondelete="CASCADE"), primary_key=True
+        Uuid, ForeignKey("conversation.id", ondelete="CASCADE")
     )
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True, default=uuid7)
+    # The message this one follows (None for a first message); seq is its position on its path.
+    # No cascade: deleting a message deletes what is below it in the same statement (SQLite runs
+    # a cascade as a nested trigger, one level a message, and refuses past 1,000 levels, so a
+    # long line could not be deleted).
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("message.id"), default=None
+    )
+    branch_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("branch.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
     role: Mapped[str] = mapped_column(String(16))
     # A string or a list of parts, kept exactly as given (JSON, not JSONB, keeps key order).
     content: Mapped[Any] = mapped_column(JSON, nullable=True)
@@ -208,6 +262,8 @@ class Turn(Base):
     # Brought in by an import: its usage was another deployment's, not this one's.
     imported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     reply_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The stored reply (None until there is one).
+    reply_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     # After this instant a turn still marked running belongs to a process that died.
@@ -253,6 +309,7 @@ api_key_table = cast(Table, ApiKey.__table__)
 admin_session_table = cast(Table, AdminSession.__table__)
 conversation_table = cast(Table, Conversation.__table__)
 message_table = cast(Table, Message.__table__)
+branch_table = cast(Table, Branch.__table__)
 turn_table = cast(Table, Turn.__table__)
 idempotency_table = cast(Table, IdempotencyKey.__table__)
 secret_table = cast(Table, ServiceSecret.__table__)

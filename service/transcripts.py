@@ -1,7 +1,13 @@
-"""The JSON transcript (``convstore.transcript``, version 1): build, validate, import, render.
+"""The JSON transcript (``convstore.transcript``): build, validate, import, render.
 
 A transcript holds a conversation, every message with every stored field, and its turns. Import
 of an export and export again give the same messages and conversation fields; only ids are new.
+
+Version 2 is a tree: every message has its ``id`` and its ``parent_id`` (null for a first
+message), and the conversation its ``head_id``, the end of the active path; messages come after
+their parents, and ``seq`` is a message's position on its path. Version 1 is a line (``seq``
+1, 2, 3, ...) and still imports. A conversation that never branched exports as version 1, as
+it always has; one with branches exports as version 2.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from service.schemas import MAX_JSON_DEPTH, holds_nul, json_depth
 from service.store import ExportRows, ImportRows
 
 FORMAT = "convstore.transcript"
-VERSION = 1
+LINE, TREE = 1, 2  # the versions: a line of messages, and a tree
 MESSAGE_FIELDS = (
     "name",
     "tool_calls",
@@ -78,6 +84,9 @@ class Problem:
 class _Validators(NamedTuple):
     transcript: jsonschema_rs.Validator
     messages: jsonschema_rs.Validator  # a list of messages, one slice of a transcript's
+    # The rules between the version and the messages' id and parent_id, on the version and a
+    # copy of the messages holding only those two keys.
+    version: jsonschema_rs.Validator
 
 
 @cache
@@ -100,10 +109,11 @@ def _validators() -> _Validators:
         "type": "array",
         "items": {"$ref": "#/$defs/message"},
     }
+    version = {"$schema": whole["$schema"], "allOf": whole["allOf"]}
     return _Validators(
         *(
             jsonschema_rs.validator_for(s, validate_formats=False, mask=_MASK)
-            for s in (whole, messages)
+            for s in (whole, messages, version)
         )
     )
 
@@ -127,9 +137,18 @@ def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str,
             "conversation_id": str(c.forked_from_id),
             "through_seq": c.forked_through_seq,
         }
+    # Every message on the active path: the conversation never branched (or its branches are
+    # gone), and its transcript is a line, as before branches.
+    tree = c.message_count != len(rows.messages)
+    if tree:
+        conversation["head_id"] = str(c.head_id) if c.head_id else None
     messages = []
     for m in rows.messages:
-        message: dict[str, Any] = {"seq": m.seq, "role": m.role, "content": m.content}
+        message: dict[str, Any] = {}
+        if tree:
+            message["id"] = str(m.id)
+            message["parent_id"] = str(m.parent_id) if m.parent_id else None
+        message.update(seq=m.seq, role=m.role, content=m.content)
         for field in MESSAGE_FIELDS:
             value = getattr(m, field)
             if value is not None:
@@ -148,7 +167,7 @@ def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str,
         turns.append(turn)
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": TREE if tree else LINE,
         "exported_at": exported_at or datetime.now(UTC),
         "conversation": conversation,
         "messages": messages,
@@ -213,14 +232,7 @@ def problems(data: Any) -> Iterator[Problem]:
     messages = data["messages"]
     yield from _bad_timestamps(data)
     yield from _bad_objects(data)
-    for index, message in enumerate(messages):
-        if message["seq"] != index + 1:
-            yield Problem(
-                f"$.messages[{index}].seq",
-                f"seq must be {index + 1} here: messages are numbered 1, 2, 3, … in order, "
-                f"without gaps or repeats (found {message['seq']})",
-            )
-            break
+    yield from _misplaced(data)
     turn_ids = [t["id"] for t in data.get("turns", [])]
     if len(set(turn_ids)) != len(turn_ids):
         yield Problem("$.turns", "turn ids must be unique")
@@ -228,6 +240,42 @@ def problems(data: Any) -> Iterator[Problem]:
     for index, message in enumerate(messages):
         if "turn_id" in message and message["turn_id"] not in known:
             yield Problem(f"$.messages[{index}].turn_id", "names no turn in `turns`")
+
+
+def _misplaced(data: dict[str, Any]) -> Iterator[Problem]:
+    """Messages out of place: in version 1, seqs that are not 1, 2, 3, ...; in version 2, a
+    message before its parent, a repeated id, a seq that is not one more than its parent's (1
+    for a first message), or a head that is no message."""
+    messages = data["messages"]
+    if data["version"] == LINE:
+        for index, message in enumerate(messages):
+            if message["seq"] != index + 1:
+                yield Problem(
+                    f"$.messages[{index}].seq",
+                    f"seq must be {index + 1} here: messages are numbered 1, 2, 3, … in order, "
+                    f"without gaps or repeats (found {message['seq']})",
+                )
+                return
+        return
+    seqs: dict[str, int] = {}
+    for index, message in enumerate(messages):
+        where, parent = f"$.messages[{index}]", message["parent_id"]
+        if message["id"] in seqs:
+            yield Problem(f"{where}.id", "ids must be unique")
+            return
+        if parent is not None and parent not in seqs:
+            problem = "names no message before this one: parents come first"
+            yield Problem(f"{where}.parent_id", problem)
+            return
+        expected = 1 if parent is None else seqs[parent] + 1
+        if message["seq"] != expected:
+            problem = f"seq must be {expected}: one more than the parent's (1 for a first message)"
+            yield Problem(f"{where}.seq", problem)
+            return
+        seqs[message["id"]] = expected
+    head = data["conversation"].get("head_id")
+    if head is not None and head not in seqs:
+        yield Problem("$.conversation.head_id", "names no message")
 
 
 def _schema_errors(data: Any) -> Iterator[Problem]:
@@ -239,6 +287,16 @@ def _schema_errors(data: Any) -> Iterator[Problem]:
         return
     rest = {**data, "messages": []}
     yield from (_problem(e, rest, []) for e in _validators().transcript.iter_errors(rest))
+    # Whether messages have an id and a parent_id is what the version says (a quick check: a
+    # key or two a message).
+    keys = {
+        "version": data.get("version"),
+        "messages": [
+            {k: m[k] for k in ("id", "parent_id") if k in m} if isinstance(m, dict) else {}
+            for m in messages
+        ],
+    }
+    yield from (_problem(e, keys, []) for e in _validators().version.iter_errors(keys))
     for start in range(0, len(messages), CHECK_SLICE):
         part = messages[start : start + CHECK_SLICE]
         for error in _validators().messages.iter_errors(part):
@@ -357,7 +415,8 @@ def prepare(data: Any, *, default_model: str) -> ImportRows:
 
 
 def to_rows(data: dict[str, Any], *, default_model: str) -> ImportRows:
-    """The rows an import stores for a validated transcript."""
+    """The rows an import stores for a validated transcript: conversation, messages (each
+    with its transcript ``id`` and ``parent_id``), turns, and the transcript id of the head."""
     now = datetime.now(UTC)
     c = data["conversation"]
     created = _timestamp(c.get("created_at"), now)
@@ -370,18 +429,23 @@ def to_rows(data: dict[str, Any], *, default_model: str) -> ImportRows:
         "updated_at": _timestamp(c.get("updated_at"), created),
         "source_id": c["id"],
     }
+    tree = data["version"] == TREE
     forked = c.get("forked_from")
     if forked is not None:
         conversation["forked_from_id"] = uuid.UUID(forked["conversation_id"])
         conversation["forked_through_seq"] = forked["through_seq"]
     messages = []
     for m in data["messages"]:
-        row = {"seq": m["seq"], "role": m["role"], "content": m.get("content")}
+        # Version 1 is a line: each message follows the one before it.
+        line_parent = m["seq"] - 1 if m["seq"] > 1 else None
+        ident, parent = (m["id"], m["parent_id"]) if tree else (m["seq"], line_parent)
+        row = {"id": ident, "parent_id": parent, "role": m["role"], "content": m.get("content")}
         for field in MESSAGE_FIELDS:
             row[field] = m.get(field)
         row["turn_id"] = m.get("turn_id")
         row["created_at"] = _timestamp(m.get("created_at"), created)
         messages.append(row)
+    head = c.get("head_id") if tree else None
     turns = []
     for t in data.get("turns", []):
         status = t["status"]
@@ -411,19 +475,38 @@ def to_rows(data: dict[str, Any], *, default_model: str) -> ImportRows:
                 else (turn_created if status != "completed" else None),
             }
         )
-    return ImportRows(conversation, messages, turns)
+    return ImportRows(conversation, messages, turns, head)
+
+
+def active_path(transcript: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages of a built transcript's active path, first to last (all of a version 1
+    transcript's)."""
+    messages: list[dict[str, Any]] = transcript["messages"]
+    if transcript["version"] == LINE:
+        return messages
+    by_id = {m["id"]: m for m in messages}
+    path = []
+    ident = transcript["conversation"].get("head_id")
+    while ident is not None:
+        path.append(by_id[ident])
+        ident = by_id[ident]["parent_id"]
+    return path[::-1]
 
 
 def markdown(transcript: dict[str, Any]) -> str:
-    """A readable rendering of a transcript, for people."""
+    """A readable rendering of a transcript, for people: its active path."""
     c = transcript["conversation"]
+    path = active_path(transcript)
     lines = [f"# {c.get('title') or 'Untitled conversation'}", ""]
     lines.append(f"- conversation: `{c['id']}`")
     lines.append(f"- model: `{c.get('model')}`")
     lines.append(f"- created: {_text_time(c.get('created_at'))}")
-    lines.append(f"- messages: {len(transcript['messages'])}")
+    lines.append(f"- messages: {len(path)}")
+    others = len(transcript["messages"]) - len(path)
+    if others:
+        lines.append(f"- on other branches: {others} messages (in the JSON transcript)")
     lines.append("")
-    for m in transcript["messages"]:
+    for m in path:
         who = m["role"] + (f" ({m['name']})" if m.get("name") else "")
         lines.append(f"## {m['seq']}. {who}")
         lines.append("")

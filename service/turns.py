@@ -189,6 +189,7 @@ class TurnRunner:
             caller.tenant,
             conversation_id,
             [message_fields(m) for m in request.messages],
+            parent_id=request.parent_id,
             model=request.model or None,
             params=request.params or None,
             stream=request.stream,
@@ -305,7 +306,7 @@ class TurnRunner:
     ) -> tuple[TurnOut, MessageOut] | None:
         try:
             return await self.store.complete_turn(
-                start.turn,
+                start,
                 attempted.reply,
                 latency_ms=_ms_since(timing.started),
                 upstream_ms=round(timing.upstream_ms),
@@ -428,8 +429,8 @@ class TurnRunner:
     async def rebuild(self, turn: TurnOut, after: Position | None) -> list[bytes]:
         """The events of an ended turn after ``after``, from what is stored."""
         started = {"turn": turn, "messages": []}
-        if turn.status == "completed" and turn.reply_seq is not None:
-            reply = await self.store.get_message(turn.conversation_id, turn.reply_seq)
+        if turn.status == "completed" and turn.reply_id is not None:
+            reply = await self.store.get_message(turn.conversation_id, turn.reply_id)
             if reply is not None:
                 content = reply.content if isinstance(reply.content, str) else ""
                 return rebuilt(
@@ -458,8 +459,8 @@ class TurnRunner:
             return NotFound("The conversation was deleted while the model was answering.")
         if turn.status == "running":
             return None
-        if turn.status == "completed" and turn.reply_seq is not None:
-            reply = await self.store.get_message(turn.conversation_id, turn.reply_seq)
+        if turn.status == "completed" and turn.reply_id is not None:
+            reply = await self.store.get_message(turn.conversation_id, turn.reply_id)
             if reply is not None:
                 return TurnResult(turn=turn, reply=reply)
         return turn_error(turn.id, turn.error or {})

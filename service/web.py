@@ -42,7 +42,7 @@ from service import transcripts
 from service.errors import Forbidden, NotFound, ServiceError
 from service.routes.transcripts import attachment
 from service.settings import Settings
-from service.store import ConversationFilter, Principal, Store
+from service.store import ConversationFilter, PathView, Principal, Store
 
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
@@ -453,9 +453,10 @@ def content_parts(content: Any, budget: MessageBudget) -> list[dict[str, Any]]:
     return parts
 
 
-def message_view(m: Any) -> dict[str, Any]:
-    """One stored message, ready for the template. Its text and JSON are cut short past
-    ``MessageBudget``'s share, with a link to the whole message as JSON."""
+def message_view(m: Any, view_url: str, path_query: str, view: PathView) -> dict[str, Any]:
+    """One stored message of the path shown, ready for the template. Its text and JSON are cut
+    short past ``MessageBudget``'s share, with a link to the whole message as JSON; if other
+    messages share its parent, a pager to them (``< 2/3 >``)."""
     budget = MessageBudget()
     reasoning = budget.text(m.reasoning_content) if m.reasoning_content else None
     parts = content_parts(m.content, budget)
@@ -481,7 +482,8 @@ def message_view(m: Any) -> dict[str, Any]:
         "tool_calls": calls,
         "tool_call_id": m.tool_call_id,
         "reasoning": reasoning,
-        "raw_url": f"/admin/c/{m.conversation_id}/m/{m.seq}",
+        "raw_url": f"{view_url}/m/{m.seq}{path_query}",
+        "pager": pager_view(m, view_url, view),
         "reply": (
             {
                 "model": m.model,
@@ -492,6 +494,20 @@ def message_view(m: Any) -> dict[str, Any]:
             if is_reply
             else None
         ),
+    }
+
+
+def pager_view(m: Any, view_url: str, view: PathView) -> dict[str, Any] | None:
+    """Where a message's siblings are: its place among them and links to the one before and
+    after it (each shown down its newest replies), or None if it has none."""
+    if not m.sibling_count or m.sibling_count < 2:
+        return None
+    before, after = view.neighbours.get(m.id, (None, None))
+    return {
+        "index": m.sibling_index,
+        "count": m.sibling_count,
+        "before": f"{view_url}?at={before}#m-{m.seq}" if before else None,
+        "after": f"{view_url}?at={after}#m-{m.seq}" if after else None,
     }
 
 
@@ -506,6 +522,7 @@ def turn_view(t: Any) -> dict[str, Any]:
         "usage": usage_text(t.usage),
         "finish_reason": t.finish_reason,
         "reply_seq": t.reply_seq,
+        "reply_id": str(t.reply_id) if t.reply_id else None,
         "error": (
             {
                 "code": error.get("code"),
@@ -862,18 +879,38 @@ class AdminPages(Controller):
 
     @get("/c/{conversation_id:str}")
     async def conversation(
-        self, page_admin: PageAdmin, state: State, conversation_id: FromPath[str]
+        self, page_admin: PageAdmin, state: State, conversation_id: FromPath[str], at: Field = None
     ) -> Template:
-        """One conversation read like a chat: every message in ``seq`` order, then its turns
-        (status, latency, usage, errors). 404 page if there is no such conversation."""
-        rows = await state.store.export_one(None, conversation_uuid(conversation_id))
-        turns = [turn_view(t) for t in rows.turns]
+        """One conversation read like a chat: the messages of its active path (or, with ``at``,
+        of the path through that message and down its newest replies) in ``seq`` order, a
+        pager on each message that has siblings, a mark where the conversation branches; then
+        its turns (status, latency, usage, errors). 404 page if there is no such conversation
+        or message."""
+        cid = conversation_uuid(conversation_id)
+        through = message_uuid(at) if at else None
+        view = await state.store.path_view(cid, through)
+        view_url = f"/admin/c/{cid}"
+        path_query = "" if view.active else f"?at={through}"
+        messages = [message_view(m, view_url, path_query, view) for m in view.messages]
+        for message, after in zip(messages, view.messages[1:], strict=False):
+            message["replies"] = after.sibling_count or 1
+        on_path = {str(m.id): m.seq for m in view.messages}
+        turns = [turn_view(t) for t in view.turns]
+        for turn in turns:
+            reply = turn["reply_id"]
+            turn["reply_url"] = (
+                (f"#m-{on_path[reply]}" if reply in on_path else f"{view_url}?at={reply}")
+                if reply
+                else None
+            )
         return Template(
             "conversation.html",
             context=base_context(
                 page_admin,
-                conversation=conversation_view(rows.conversation),
-                messages=[message_view(m) for m in rows.messages],
+                conversation=conversation_view(view.conversation),
+                messages=messages,
+                active=view.active,
+                total=view.total,
                 turns=turns,
                 failed_turns=sum(1 for t in turns if t["status"] == "failed"),
             ),
@@ -886,12 +923,16 @@ class AdminPages(Controller):
         state: State,
         conversation_id: FromPath[str],
         seq: FromPath[int],
+        at: Field = None,
     ) -> Response[bytes]:
         """One message as stored, as JSON (what the admin API gives for each message): all of
-        what the conversation page cuts short."""
+        what the conversation page cuts short. The message at ``seq`` on the path the page
+        showed: the active path, or the one through ``at``."""
         cid = conversation_uuid(conversation_id)
+        through = message_uuid(at) if at else None
         # A number past any seq would overflow the database's integer: it names no message.
-        message = await state.store.get_message(cid, seq) if 1 <= seq <= MAX_SEQ else None
+        in_range = 1 <= seq <= MAX_SEQ
+        message = await state.store.message_at(cid, seq, through=through) if in_range else None
         if message is None:
             raise NotFound("This conversation has no message with this number.")
         return Response(msgspec.json.encode(message), media_type="application/json")
@@ -978,3 +1019,11 @@ def conversation_uuid(value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise NotFound("No conversation has this id.") from None
+
+
+def message_uuid(value: str) -> uuid.UUID:
+    """A message id in a page's query; a malformed one is as missing as an unknown one."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound("This conversation has no message with this id.") from None

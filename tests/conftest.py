@@ -26,7 +26,15 @@ PG_ADMIN_URL = os.environ.get(
 )
 UPSTREAM_KEY = "test-key"
 # Every table a test may write to (not service_secret: the migration's key stays).
-TABLES = ("message", "turn", "conversation", "admin_session", "api_key", "idempotency_key")
+TABLES = (
+    "message",
+    "branch",
+    "turn",
+    "conversation",
+    "admin_session",
+    "api_key",
+    "idempotency_key",
+)
 
 
 def _in_ci() -> bool:

@@ -59,7 +59,7 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     return message
 
 
-conversations = st.fixed_dictionaries(
+conversation_fields = st.fixed_dictionaries(
     {
         "title": st.one_of(st.none(), texts),
         "params": st.dictionaries(
@@ -69,6 +69,40 @@ conversations = st.fixed_dictionaries(
         "metadata": st.dictionaries(
             texts, st.one_of(texts, st.integers(), st.booleans()), max_size=3
         ),
-        "messages": st.lists(messages(), max_size=12),
     }
 )
+conversations = st.builds(
+    lambda fields, listed: {**fields, "messages": listed},
+    conversation_fields,
+    st.lists(messages(), max_size=12),
+)
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> dict[str, Any]:
+    """A version 2 transcript: messages with ids, each after a parent drawn among the ones
+    before it (or none: another first message), seqs as positions on their paths, and a head."""
+    count = draw(st.integers(1, 10))
+    placed: list[dict[str, Any]] = []
+    for index in range(count):
+        parent = draw(st.integers(-1, index - 1)) if index else -1
+        placed.append(
+            {
+                "id": f"m{index}",
+                "parent_id": placed[parent]["id"] if parent >= 0 else None,
+                "seq": placed[parent]["seq"] + 1 if parent >= 0 else 1,
+                **draw(messages()),
+            }
+        )
+    head = draw(st.integers(0, count - 1))
+    return {
+        "format": "convstore.transcript",
+        "version": 2,
+        "conversation": {
+            "id": "tree",
+            **draw(conversation_fields),
+            "head_id": placed[head]["id"],
+        },
+        "messages": placed,
+        "turns": [],
+    }

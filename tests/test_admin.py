@@ -227,6 +227,36 @@ async def test_admin_export_with_filters(
     assert one.json()["messages"][0]["content"] == "x"
 
 
+async def test_detail_returns_the_whole_tree(
+    client: httpx.AsyncClient, alice: dict[str, str], admin: dict[str, str]
+) -> None:
+    created = await client.post(
+        "/v1/conversations", json={"messages": [{"role": "user", "content": "q"}]}, headers=alice
+    )
+    cid, question = created.json()["id"], created.json()["messages"][0]
+    answers = []
+    for text in ("a", "b"):
+        appended = await client.post(
+            f"/v1/conversations/{cid}/messages",
+            json={
+                "parent_id": question["id"],
+                "messages": [{"role": "assistant", "content": text}],
+            },
+            headers=alice,
+        )
+        answers.append(appended.json()["data"][0])
+    detail = (await client.get(f"/admin/conversations/{cid}", headers=admin)).json()
+    assert detail["conversation"]["head_id"] == answers[1]["id"]
+    assert detail["conversation"]["message_count"] == 2
+    assert [(m["id"], m["parent_id"], m["seq"]) for m in detail["messages"]] == [
+        (question["id"], None, 1),
+        (answers[0]["id"], question["id"], 2),
+        (answers[1]["id"], question["id"], 2),
+    ]
+    stats = (await client.get("/admin/stats", headers=admin)).json()
+    assert stats["messages"] == 3  # every branch's
+
+
 async def test_imported_turns_are_not_this_deployments_usage(
     client: Client, alice: dict[str, str], admin: dict[str, str]
 ) -> None:

@@ -167,6 +167,7 @@ def test_serve_on_a_fresh_machine(tmp_path: Path) -> None:
     assert (tmp_path / "convstore.db").exists()
 
 
+@pytest.mark.usefixtures("store")  # empties the database afterwards
 def test_export_and_import_round_trip(tmp_path: Path, database_url: str) -> None:
     env = {"CONVSTORE_DATABASE_URL": database_url}
     transcript = {
@@ -210,6 +211,7 @@ def test_export_and_import_round_trip(tmp_path: Path, database_url: str) -> None
     assert [(m["role"], m["content"]) for m in back["messages"]] == [("system", "s"), ("user", "u")]
 
 
+@pytest.mark.usefixtures("store")  # empties the database afterwards
 def test_import_shows_every_problem(tmp_path: Path, database_url: str) -> None:
     env = {"CONVSTORE_DATABASE_URL": database_url}
     bad = {
@@ -237,6 +239,7 @@ def test_import_shows_every_problem(tmp_path: Path, database_url: str) -> None:
     )
 
 
+@pytest.mark.usefixtures("store")  # empties the database afterwards
 def test_import_from_chatgpt_names_the_refused_conversations(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -1,4 +1,5 @@
-"""Importers: ChatGPT and Open WebUI exports to convstore transcripts (pure functions)."""
+"""Importers: ChatGPT, Open WebUI and LibreChat exports to convstore transcripts (pure
+functions)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from service import transcripts
 from service.importers import (
     SOURCES,
     Converted,
     ImportFormatError,
     convert,
     from_chatgpt,
+    from_librechat,
     from_openwebui,
 )
 
@@ -41,15 +44,30 @@ def openwebui_sample() -> Any:
     return load("openwebui_export.json")
 
 
+def librechat_sample() -> Any:
+    return load("librechat_export.json")
+
+
+SAMPLES_OF = {
+    "chatgpt": chatgpt_sample,
+    "openwebui": openwebui_sample,
+    "librechat": librechat_sample,
+}
+
+
 def assert_valid(result: Converted) -> None:
-    """Every transcript passes the shipped JSON Schema and is numbered 1..n."""
+    """Every transcript passes the shipped JSON Schema and what an import checks besides (a
+    line numbered 1..n; a tree's parents first, seqs after their parents', a head there)."""
     for transcript in result.transcripts:
         errors = [e.message for e in VALIDATOR.iter_errors(transcript)]
         assert errors == []
-        assert [m["seq"] for m in transcript["messages"]] == list(
-            range(1, len(transcript["messages"]) + 1)
-        )
+        assert list(transcripts.problems(transcript)) == []
         assert all(m["role"] != "tool" for m in transcript["messages"])
+
+
+def active_path(transcript: dict[str, Any]) -> list[Any]:
+    """The contents of the messages from the first to the head."""
+    return [m["content"] for m in transcripts.active_path(transcript)]
 
 
 def text(value: str) -> dict[str, Any]:
@@ -160,14 +178,14 @@ def owui_record(*messages: dict[str, Any], **chat_extra: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- ChatGPT sample
 
 
-def test_chatgpt_sample_imports_the_current_branch_exactly() -> None:
+def test_chatgpt_sample_imports_the_whole_tree_with_the_current_branch_as_head() -> None:
     result = from_chatgpt(chatgpt_sample(), exported_at=EXPORTED_AT)
 
     assert_valid(result)
     assert len(result.transcripts) == 2
     lisbon, python = result.transcripts
     assert lisbon["format"] == "convstore.transcript"
-    assert lisbon["version"] == 1
+    assert lisbon["version"] == 2
     assert lisbon["exported_at"] == "2026-11-28T12:00:00Z"
     assert lisbon["turns"] == []
     assert lisbon["conversation"] == {
@@ -179,28 +197,36 @@ def test_chatgpt_sample_imports_the_current_branch_exactly() -> None:
             "imported_from": "chatgpt",
             "source_id": "6561a2b0-0c4e-8003-9a47-7c2f1e0d4b11",
             "current_node": "a-3b",
-            "source_message_ids": ["ctx-1", "u-1", "a-1", "u-2", "a-3b"],
+            "source_message_ids": ["ctx-1", "u-1", "a-1", "u-2", "a-3a", "a-3b"],
         },
         "created_at": "2023-11-14T22:13:20Z",
         "updated_at": "2023-11-14T22:16:40.250000Z",
+        "head_id": "a-3b",
     }
     assert lisbon["messages"] == [
         # The custom instructions; hidden in the export, but what the model was told.
-        {"seq": 1, "role": "system", "content": "Answer concisely.",
-         "created_at": "2023-11-14T22:13:20Z"},
-        {"seq": 2, "role": "user",
+        {"id": "ctx-1", "parent_id": None, "seq": 1, "role": "system",
+         "content": "Answer concisely.", "created_at": "2023-11-14T22:13:20Z"},
+        {"id": "u-1", "parent_id": "ctx-1", "seq": 2, "role": "user",
          "content": [image("file-service://file-Lx1tram"), text("What city is this?")],
          "created_at": "2023-11-14T22:13:30Z"},
-        {"seq": 3, "role": "assistant",
+        {"id": "a-1", "parent_id": "u-1", "seq": 3, "role": "assistant",
          "content": "That looks like Lisbon \u2014 the yellow tram is a giveaway.",
          "model": "gpt-4o", "created_at": "2023-11-14T22:13:35.500000Z"},
-        {"seq": 4, "role": "user", "content": "What's the weather there now?",
-         "created_at": "2023-11-14T22:15:00Z"},
-        # The regenerated answer (current_node), not the first one ("It's 18 °C and sunny.").
-        {"seq": 5, "role": "assistant", "content": "Currently about 18 \u00b0C with clear skies.",
-         "model": "gpt-4o", "created_at": "2023-11-14T22:15:30Z"},
+        {"id": "u-2", "parent_id": "a-1", "seq": 4, "role": "user",
+         "content": "What's the weather there now?", "created_at": "2023-11-14T22:15:00Z"},
+        # The first answer and the regenerated one (current_node, the head); the browsing
+        # call and its result between the question and them are left out.
+        {"id": "a-3a", "parent_id": "u-2", "seq": 5, "role": "assistant",
+         "content": "It's 18 \u00b0C and sunny.", "model": "gpt-4o",
+         "created_at": "2023-11-14T22:15:10Z"},
+        {"id": "a-3b", "parent_id": "u-2", "seq": 5, "role": "assistant",
+         "content": "Currently about 18 \u00b0C with clear skies.", "model": "gpt-4o",
+         "created_at": "2023-11-14T22:15:30Z"},
     ]  # fmt: skip
 
+    # A conversation without branches is a line, as before.
+    assert python["version"] == 1
     assert python["conversation"]["title"] == "Reverse a string"
     # No default_model_slug: the last assistant message's model_slug.
     assert python["conversation"]["model"] == "o4-mini"
@@ -228,15 +254,18 @@ def test_chatgpt_follows_whichever_branch_is_current() -> None:
     data = chatgpt_sample()
     data[0]["current_node"] = "a-3a"
     lisbon = from_chatgpt(data).transcripts[0]
-    assert lisbon["messages"][-1]["content"] == "It's 18 \u00b0C and sunny."
-    assert len(lisbon["messages"]) == 5
-    all_text = json.dumps(lisbon["messages"])
-    assert "clear skies" not in all_text
+    assert lisbon["conversation"]["head_id"] == "a-3a"
+    assert active_path(lisbon)[-1] == "It's 18 \u00b0C and sunny."
+    assert len(lisbon["messages"]) == 6
 
-    data[0]["current_node"] = "a-1"  # mid-conversation: nothing below it is imported
+    data[0]["current_node"] = "a-1"  # mid-conversation: the head is there, all is kept
     lisbon = from_chatgpt(data).transcripts[0]
-    assert [m["role"] for m in lisbon["messages"]] == ["system", "user", "assistant"]
+    assert [m["role"] for m in transcripts.active_path(lisbon)] == ["system", "user", "assistant"]
+    assert len(lisbon["messages"]) == 6
     assert lisbon["conversation"]["metadata"]["current_node"] == "a-1"
+
+    data[0]["current_node"] = "t-2"  # a tool result, left out: its nearest kept ancestor
+    assert from_chatgpt(data).transcripts[0]["conversation"]["head_id"] == "u-2"
 
 
 def test_chatgpt_message_details() -> None:
@@ -443,12 +472,13 @@ def test_chatgpt_malformed_files_are_reported(data: Any, pattern: str) -> None:
 # --------------------------------------------------------------------------- Open WebUI sample
 
 
-def test_openwebui_sample_imports_the_current_branch_exactly() -> None:
+def test_openwebui_sample_imports_the_whole_tree_with_the_current_branch_as_head() -> None:
     result = from_openwebui(openwebui_sample(), exported_at=EXPORTED_AT)
 
     assert_valid(result)
     assert len(result.transcripts) == 2
     sourdough, plant = result.transcripts
+    assert sourdough["version"] == 2
     assert sourdough["exported_at"] == "2026-11-28T12:00:00Z"
     assert sourdough["turns"] == []
     assert sourdough["conversation"] == {
@@ -460,7 +490,7 @@ def test_openwebui_sample_imports_the_current_branch_exactly() -> None:
             "imported_from": "openwebui",
             "source_id": "3f1c9a2e-5b7d-4c11-9e0a-2d6b8f4a1c01",
             "current_id": "a2b",
-            "source_message_ids": [None, "u1", "a1", "u2", "a2b"],
+            "source_message_ids": [None, "u1", "a1", "u2", "a2a", "a2b"],
             "models": ["llama3.1:8b"],
             "openwebui_params": {"num_ctx": 4096, "system": "You are a friendly baker."},
             "tags": ["baking"],
@@ -469,23 +499,29 @@ def test_openwebui_sample_imports_the_current_branch_exactly() -> None:
         },
         "created_at": "2024-05-29T16:26:40Z",
         "updated_at": "2024-05-29T16:36:40Z",
+        "head_id": "a2b",
     }
     assert sourdough["messages"] == [
-        # The chat's system prompt (params.system), as Open WebUI sent it to the model.
-        {"seq": 1, "role": "system", "content": "You are a friendly baker.",
-         "created_at": "2024-05-29T16:26:40Z"},
-        {"seq": 2, "role": "user", "content": "How do I feed a sourdough starter?",
-         "created_at": "2024-05-29T16:26:50Z"},
-        {"seq": 3, "role": "assistant",
+        # The chat's system prompt (params.system), as Open WebUI sent it to the model: above
+        # every first message.
+        {"id": "system", "parent_id": None, "seq": 1, "role": "system",
+         "content": "You are a friendly baker.", "created_at": "2024-05-29T16:26:40Z"},
+        {"id": "u1", "parent_id": "system", "seq": 2, "role": "user",
+         "content": "How do I feed a sourdough starter?", "created_at": "2024-05-29T16:26:50Z"},
+        {"id": "a1", "parent_id": "u1", "seq": 3, "role": "assistant",
          "content": "Discard half, then feed it equal weights of flour and water.",
          "model": "llama3.1:8b", "created_at": "2024-05-29T16:27:00Z"},
-        {"seq": 4, "role": "user", "content": "How often?", "created_at": "2024-05-29T16:28:20Z"},
-        # The regenerated answer a2b (currentId), not a2a ("Every day.").
-        {"seq": 5, "role": "assistant",
+        {"id": "u2", "parent_id": "a1", "seq": 4, "role": "user", "content": "How often?",
+         "created_at": "2024-05-29T16:28:20Z"},
+        # The first answer and the regenerated one (currentId, the head).
+        {"id": "a2a", "parent_id": "u2", "seq": 5, "role": "assistant", "content": "Every day.",
+         "model": "llama3.1:8b", "created_at": "2024-05-29T16:28:30Z"},
+        {"id": "a2b", "parent_id": "u2", "seq": 5, "role": "assistant",
          "content": "Once a day at room temperature, or weekly if it lives in the fridge.",
          "model": "llama3.1:8b", "created_at": "2024-05-29T16:28:50Z"},
     ]  # fmt: skip
 
+    assert plant["version"] == 1
     assert plant["conversation"]["title"] == "Identify this plant"
     assert plant["conversation"]["model"] == "gpt-4o"
     assert plant["conversation"]["params"] == {}
@@ -511,10 +547,10 @@ def test_openwebui_follows_whichever_branch_is_current() -> None:
     data = openwebui_sample()
     data[0]["chat"]["history"]["currentId"] = "a2a"
     sourdough = from_openwebui(data).transcripts[0]
-    assert sourdough["messages"][-1]["content"] == "Every day."
-    assert sourdough["conversation"]["metadata"]["source_message_ids"][-1] == "a2a"
+    assert sourdough["conversation"]["head_id"] == "a2a"
+    assert active_path(sourdough)[-1] == "Every day."
     # chat.messages (the display list) is ignored when there is a history.
-    assert "fridge" not in json.dumps(sourdough["messages"])
+    assert len(sourdough["messages"]) == 6
 
 
 def test_openwebui_accepts_a_single_record_and_a_bare_chat() -> None:
@@ -679,8 +715,169 @@ def test_openwebui_malformed_files_are_reported(data: Any, pattern: str) -> None
 # --------------------------------------------------------------------------- both
 
 
+# --------------------------------------------------------------------------- LibreChat
+
+
+def test_librechat_nested_export_imports_the_whole_tree_with_the_newest_leaf_as_head() -> None:
+    result = from_librechat(librechat_sample(), exported_at=EXPORTED_AT)
+    assert_valid(result)
+    (bread,) = result.transcripts
+    assert bread["version"] == 2
+    assert bread["exported_at"] == "2026-11-28T12:00:00Z"
+    ids = [f"b1d0c9e2-000{i}-4a6f-8e2d-3c4b5a69780{i}" for i in range(8)]
+    assert bread["conversation"] == {
+        "id": "8e2f5a10-4c3b-4d7e-9a61-0b5c2e7d9f01",
+        "title": "Bread flour or all-purpose?",
+        "model": "gpt-4o",
+        "params": {"temperature": 0.6, "top_p": 1},
+        "metadata": {
+            "imported_from": "librechat",
+            "source_id": "8e2f5a10-4c3b-4d7e-9a61-0b5c2e7d9f01",
+            "endpoint": "openAI",
+            "librechat_options": {
+                "chatGptLabel": "Baker",
+                "presence_penalty": 0,
+                "frequency_penalty": 0,
+                "resendFiles": True,
+                "imageDetail": "auto",
+                "endpoint": "openAI",
+            },
+            "source_message_ids": [None, *ids[1:7]],
+        },
+        "created_at": "2024-06-02T12:00:05.120000Z",
+        "updated_at": "2024-06-02T12:02:10.500000Z",
+        # The newest leaf: the second answer to "How much water then?".
+        "head_id": ids[5],
+    }
+    assert bread["messages"] == [
+        # The conversation's instructions (options.promptPrefix), above every first message.
+        {"id": "system", "parent_id": None, "seq": 1, "role": "system",
+         "content": "You are a patient home-baking coach.",
+         "created_at": "2024-06-02T12:00:05.120000Z"},
+        {"id": ids[1], "parent_id": "system", "seq": 2, "role": "user",
+         "content": "Can I use all-purpose flour for a sandwich loaf?",
+         "created_at": "2024-06-02T12:00:05.120000Z"},
+        {"id": ids[2], "parent_id": ids[1], "seq": 3, "role": "assistant",
+         "content": "Yes. The loaf will be a little softer and rise a little less than with "
+         "bread flour.", "model": "gpt-4o", "created_at": "2024-06-02T12:00:09.380000Z"},
+        {"id": ids[3], "parent_id": ids[2], "seq": 4, "role": "user",
+         "content": "How much water then?", "created_at": "2024-06-02T12:01:30Z"},
+        {"id": ids[4], "parent_id": ids[3], "seq": 5, "role": "assistant",
+         "content": "About 62 % of the flour's weight.", "model": "gpt-4o",
+         "created_at": "2024-06-02T12:01:33.250000Z"},
+        {"id": ids[5], "parent_id": ids[3], "seq": 5, "role": "assistant",
+         "content": "Start at 60 to 62 % and add a spoonful more if the dough feels stiff.",
+         "model": "gpt-4o", "created_at": "2024-06-02T12:02:10.500000Z"},
+        # Another question after the first answer; its reply failed (error) and is left out.
+        {"id": ids[6], "parent_id": ids[2], "seq": 4, "role": "user",
+         "content": "And for rolls?", "created_at": "2024-06-02T12:01:50Z"},
+    ]  # fmt: skip
+    assert result.skipped == [
+        "conversation 'Bread flour or all-purpose?': 1 failed assistant message skipped"
+    ]
+
+
+def test_librechat_flat_export_with_content_parts_and_two_first_messages() -> None:
+    result = from_librechat(load("librechat_flat_export.json"), exported_at=EXPORTED_AT)
+    assert_valid(result)
+    (moon,) = result.transcripts
+    ids = [f"d2e3f4a5-000{i}-4b7c-9d8e-1f2a3b4c5d0{i}" for i in range(5)]
+    assert moon["conversation"]["params"] == {"temperature": 1, "max_tokens": 800}
+    assert moon["conversation"]["model"] == "o3-mini"
+    assert moon["conversation"]["head_id"] == ids[4]
+    assert moon["messages"] == [
+        {"id": ids[1], "parent_id": None, "seq": 1, "role": "user",
+         "content": "Why does the moon have phases?", "created_at": "2025-01-14T13:10:00Z"},
+        # Newer exports hold content parts: the text, and the model's thinking.
+        {"id": ids[2], "parent_id": ids[1], "seq": 2, "role": "assistant",
+         "content": "We see different parts of its sunlit half as it orbits us.",
+         "reasoning_content": "Phases come from the sun-lit half seen at different angles.",
+         "model": "o3-mini", "created_at": "2025-01-14T13:10:04.250000Z"},
+        # The first question, edited: a second first message.
+        {"id": ids[3], "parent_id": None, "seq": 1, "role": "user",
+         "content": "Why does the moon have phases? Explain it to a child.",
+         "created_at": "2025-01-14T13:12:30Z"},
+        {"id": ids[4], "parent_id": ids[3], "seq": 2, "role": "assistant",
+         "content": "The moon is a ball lit by a torch, the sun; we walk around and see more "
+         "or less of its bright side.", "model": "o3-mini",
+         "created_at": "2025-01-14T13:12:33.900000Z"},
+    ]  # fmt: skip
+    assert result.skipped == ["conversation 'Moon phases': 1 'tool_call' part skipped"]
+
+
+def test_librechat_takes_a_list_and_a_line_is_a_line() -> None:
+    line = {
+        "conversationId": "line-1",
+        "messages": [
+            {"messageId": "q", "parentMessageId": None, "isCreatedByUser": True, "text": "hi"},
+            {"messageId": "r", "parentMessageId": "q", "isCreatedByUser": False, "text": "yo"},
+        ],
+    }
+    result = from_librechat([line, librechat_sample()], exported_at=EXPORTED_AT)
+    assert_valid(result)
+    first, second = result.transcripts
+    assert first["version"] == 1
+    assert [(m["role"], m["content"]) for m in first["messages"]] == [
+        ("user", "hi"),
+        ("assistant", "yo"),
+    ]
+    # No message has a time: the export's.
+    assert first["conversation"]["created_at"] == "2026-11-28T12:00:00Z"
+    assert second["version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        (lambda c: c.pop("conversationId"), r"^conversation 1: has no conversationId"),
+        (lambda c: c.update(messages={}), r"^conversation 1: messages must be a list, got an"),
+        (
+            lambda c: c["messages"][0].pop("messageId"),
+            r"^conversation 1: messages\[0\]: messageId must be a non-empty string$",
+        ),
+        (
+            lambda c: c["messages"][0]["children"][0].update(
+                messageId=c["messages"][0]["messageId"]
+            ),
+            r"^conversation 1: message '.*' appears twice$",
+        ),
+        (
+            lambda c: c["messages"][0].update(createdAt="yesterday"),
+            r"^conversation 1: message '.*': createdAt is not an ISO 8601 time: 'yesterday'$",
+        ),
+        (
+            lambda c: c["messages"][0].update(isCreatedByUser="yes"),
+            r"^conversation 1: message '.*': isCreatedByUser must be a boolean, got a string$",
+        ),
+        (
+            lambda c: c["messages"].append(
+                {"messageId": "x", "parentMessageId": "nowhere", "text": "lost"}
+            ),
+            r"^conversation 1: message 'x': parentMessageId 'nowhere' is not one of the messages$",
+        ),
+        (
+            lambda c: c["messages"].extend(
+                [
+                    {"messageId": "x", "parentMessageId": "y", "text": "a"},
+                    {"messageId": "y", "parentMessageId": "x", "text": "b"},
+                ]
+            ),
+            r"^conversation 1: message 'x': the parentMessageId chain from 'x' is a cycle$",
+        ),
+    ],
+)
+def test_librechat_malformed_conversations_are_reported(change: Any, pattern: str) -> None:
+    data = librechat_sample()
+    change(data)
+    with pytest.raises(ImportFormatError, match=pattern):
+        from_librechat(data)
+
+
 def test_convert_dispatches_by_source() -> None:
-    assert SOURCES == ("chatgpt", "openwebui")
+    assert SOURCES == ("chatgpt", "openwebui", "librechat")
+    assert convert("librechat", librechat_sample(), exported_at=EXPORTED_AT) == from_librechat(
+        librechat_sample(), exported_at=EXPORTED_AT
+    )
     assert convert("chatgpt", chatgpt_sample(), exported_at=EXPORTED_AT) == from_chatgpt(
         chatgpt_sample(), exported_at=EXPORTED_AT
     )
@@ -697,7 +894,8 @@ def test_import_format_error_is_a_value_error() -> None:
 
 
 def test_inputs_are_not_modified() -> None:
-    for source, data in (("chatgpt", chatgpt_sample()), ("openwebui", openwebui_sample())):
+    for source, sample in SAMPLES_OF.items():
+        data = sample()
         before = copy.deepcopy(data)
         result = convert(source, data)  # type: ignore[arg-type]
         assert data == before
@@ -723,7 +921,7 @@ WRONG_VALUES: list[Any] = [None, 0, -1.5, True, "x", [], {}, [None], {"x": None}
 def test_any_wrong_value_anywhere_gives_a_result_or_an_import_format_error(source: str) -> None:
     """Replace every value in the sample, one at a time, with values of other types: the
     converter either copes or raises ImportFormatError (never KeyError, TypeError, ...)."""
-    sample = chatgpt_sample() if source == "chatgpt" else openwebui_sample()
+    sample = SAMPLES_OF[source]()
     for location in _locations(sample):
         if not location:
             continue

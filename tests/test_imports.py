@@ -272,7 +272,14 @@ def rows(count: int, source: str = "store-src") -> ImportRows:
         "source_id": source,
     }
     messages = [
-        {"seq": i + 1, "role": "user", "content": f"m{i}", "turn_id": None, "created_at": now}
+        {
+            "id": i + 1,
+            "parent_id": i or None,
+            "role": "user",
+            "content": f"m{i}",
+            "turn_id": None,
+            "created_at": now,
+        }
         for i in range(count)
     ]
     return ImportRows(conversation, messages, [])

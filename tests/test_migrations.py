@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -12,11 +15,15 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from strategies import contents
 
 from service.migrate import alembic_config, check, upgrade
 from service.store import make_engine
+from service.tables import branch_table, conversation_table, message_table, turn_table
+
+B, C, M, T = branch_table.c, conversation_table.c, message_table.c, turn_table.c
 
 
 def test_upgrade_head_then_check_finds_no_drift(database_url: str) -> None:
@@ -98,3 +105,113 @@ def test_search_text_expression_is_unchanged_by_its_rewrite(
     assert len(pairs) == len(values)
     for now, before in pairs:
         assert now == before
+
+
+def test_stored_lines_become_one_branch_each(database_url: str) -> None:
+    """Conversations stored before branches migrate as one line each: every message's parent
+    is the message before it, the head is the last message, a turn knows its reply."""
+    config = alembic_config(database_url)
+    command.downgrade(config, _BEFORE_BRANCHES)
+    conversations = [uuid.uuid4() for _ in range(3)]
+    counts = [3, 0, 2]
+    turn_id = uuid.uuid4()
+
+    async def seed(conn: AsyncConnection) -> None:
+        now = datetime.now(UTC)
+        for cid, count in zip(conversations, counts, strict=True):
+            await conn.execute(
+                text(
+                    "INSERT INTO conversation (id, tenant, model, params, metadata, "
+                    "message_count, created_at, updated_at) "
+                    "VALUES (:id, 't', 'grok-4', '{}', '{}', :count, :now, :now)"
+                ),
+                {"id": _uuid(database_url, cid), "count": count, "now": now},
+            )
+            for seq in range(1, count + 1):
+                await conn.execute(
+                    text(
+                        "INSERT INTO message (id, conversation_id, seq, role, content, "
+                        "created_at) VALUES (:id, :cid, :seq, 'user', :content, :now)"
+                    ),
+                    {
+                        "id": _uuid(database_url, _message_id(cid, seq)),
+                        "cid": _uuid(database_url, cid),
+                        "seq": seq,
+                        "content": f'"{seq}"',
+                        "now": now,
+                    },
+                )
+        await conn.execute(
+            text(
+                "INSERT INTO turn (id, conversation_id, status, model, params, stream, "
+                "attempts, reply_seq, imported, created_at, deadline_at) "
+                "VALUES (:id, :cid, 'completed', 'grok-4', '{}', false, 1, 2, true, :now, :now)"
+            ),
+            {
+                "id": _uuid(database_url, turn_id),
+                "cid": _uuid(database_url, conversations[0]),
+                "now": now,
+            },
+        )
+
+    _run(database_url, seed)
+    command.upgrade(config, "head")
+    check(database_url)
+
+    async def read(conn: AsyncConnection) -> None:
+        for cid, count in zip(conversations, counts, strict=True):
+            rows = (
+                await conn.execute(
+                    select(M.seq, M.id, M.parent_id, M.branch_id)
+                    .where(M.conversation_id == cid)
+                    .order_by(M.seq)
+                )
+            ).all()
+            assert [r.seq for r in rows] == list(range(1, count + 1))
+            for row in rows:
+                assert row.id == _message_id(cid, row.seq)
+                expected = _message_id(cid, row.seq - 1) if row.seq > 1 else None
+                assert row.parent_id == expected
+                assert row.branch_id == cid
+            head = (await conn.execute(select(C.head_id, C.message_count).where(C.id == cid))).one()
+            assert head.head_id == (_message_id(cid, count) if count else None)
+            assert head.message_count == count
+        branches = (await conn.execute(select(B.id, B.parent_branch_id, B.fork_seq))).all()
+        assert sorted(branches) == sorted(
+            (cid, None, 0) for cid, count in zip(conversations, counts, strict=True) if count
+        )
+        reply = (await conn.execute(select(T.reply_id, T.imported).where(T.id == turn_id))).one()
+        assert reply.reply_id == _message_id(conversations[0], 2)
+        assert reply.imported  # the imports migration's column, kept
+
+    _run(database_url, read)
+
+    async def cleanup(conn: AsyncConnection) -> None:
+        for table in ("turn", "message", "branch", "conversation"):
+            await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+
+    _run(database_url, cleanup)
+
+
+_BEFORE_BRANCHES = "6c2e9a4f1d37"  # imported turns
+
+
+def _message_id(cid: uuid.UUID, seq: int) -> uuid.UUID:
+    return uuid.uuid5(cid, str(seq))
+
+
+def _uuid(url: str, value: uuid.UUID) -> Any:
+    """A UUID as each database takes it in plain SQL (SQLAlchemy keeps 32 hex digits in SQLite)."""
+    return value.hex if url.startswith("sqlite") else value
+
+
+def _run(url: str, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
+    async def go() -> None:
+        engine = make_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await work(conn)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())

@@ -276,10 +276,7 @@ async def test_a_turn_declared_abandoned_stores_nothing_when_it_ends(
     # ...and when the stalled turn's answer finally arrives, it is not stored, and the seq it
     # took is given back: no gap in the conversation.
     late = Reply(content="too late", model="grok-4", finish_reason="stop")
-    assert (
-        await store.complete_turn(stalled.turn, late, latency_ms=1, upstream_ms=1, attempts=1)
-        is None
-    )
+    assert await store.complete_turn(stalled, late, latency_ms=1, upstream_ms=1, attempts=1) is None
     stored = await messages_of(client, alice, cid)
     assert [(m["seq"], m["role"]) for m in stored] == [(1, "user"), (2, "assistant")]
     conversation = (await client.get(f"/v1/conversations/{cid}", headers=alice)).json()

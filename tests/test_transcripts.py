@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
-from strategies import conversations
+from strategies import conversations, trees
 
 from service import transcripts
 
@@ -162,6 +163,11 @@ def _transcript(messages: list[dict[str, Any]], **conversation: Any) -> dict[str
 
 
 GOOD = {"seq": 1, "role": "user", "content": "hi"}
+TREE = {"id": "a", "parent_id": None, "seq": 1, "role": "user", "content": "hi"}
+
+
+def _tree(messages: list[dict[str, Any]], **conversation: Any) -> dict[str, Any]:
+    return {**_transcript(messages, **conversation), "version": 2}
 
 
 @pytest.mark.parametrize(
@@ -180,6 +186,17 @@ GOOD = {"seq": 1, "role": "user", "content": "hi"}
         (_transcript([GOOD], title=7), "$.conversation.title"),
         ({"format": "convstore.transcript", "version": 1}, "$"),
         ([1, 2], "$"),
+        # Version 2: trees.
+        (_tree([GOOD]), "$.version"),
+        (_tree([TREE, GOOD]), "$.version"),
+        (_transcript([{**GOOD, "parent_id": None}]), "$.messages[0]"),
+        (_transcript([GOOD], head_id="a"), "$.conversation"),
+        (_tree([TREE, TREE]), "$.messages[1].id"),
+        (_tree([{**TREE, "id": "b", "parent_id": "a", "seq": 2}, TREE]), "$.messages[0].parent_id"),
+        (_tree([TREE, {**TREE, "id": "b", "parent_id": "a"}]), "$.messages[1].seq"),
+        (_tree([{**TREE, "seq": 2}]), "$.messages[0].seq"),
+        (_tree([TREE], head_id="zz"), "$.conversation.head_id"),
+        (_tree([{**TREE, "id": ""}]), "$.messages[0].id"),
     ],
 )
 async def test_invalid_transcripts_say_what_and_where_and_store_nothing(
@@ -316,6 +333,7 @@ async def test_import_from_other_tools_over_the_api(
     for source, sample in (
         ("chatgpt", "chatgpt_conversations.json"),
         ("openwebui", "openwebui_export.json"),
+        ("librechat", "librechat_export.json"),
     ):
         data = json.loads((project_root / "tests" / "samples" / sample).read_text())
         first = await client.post(f"/v1/conversations/import/{source}", json=data, headers=alice)
@@ -340,6 +358,139 @@ async def test_import_from_other_tools_over_the_api(
     assert "chatgpt" in bad.json()["detail"]
     unknown = await client.post("/v1/conversations/import/othertool", json=[], headers=alice)
     assert unknown.status_code == 422
+
+
+# ---- trees (version 2) ------------------------------------------------------------------
+
+
+def shape(transcript: dict[str, Any]) -> tuple[Any, ...]:
+    """What an import keeps of a transcript, version 1 or 2, with each message's parent and the
+    head as positions in the list: ids are new, and a tree that is one line exports as a line."""
+    conversation, messages = comparable(transcript)
+    conversation.pop("head_id", None)
+    kept = [{k: v for k, v in m.items() if k not in ("parent_id", "created_at")} for m in messages]
+    if transcript["version"] == 1:
+        return conversation, kept, list(range(-1, len(messages) - 1)), len(messages) - 1
+    position = {m["id"]: index for index, m in enumerate(transcript["messages"])}
+    parents = [position.get(m["parent_id"], -1) for m in transcript["messages"]]
+    return conversation, kept, parents, position[transcript["conversation"]["head_id"]]
+
+
+def in_export_order(transcript: dict[str, Any]) -> dict[str, Any]:
+    """A generated transcript with its messages in the order an export lists them: by seq, then
+    in the order they were made (an import makes them in the transcript's order)."""
+    ordered = sorted(enumerate(transcript["messages"]), key=lambda pair: (pair[1]["seq"], pair[0]))
+    return {**transcript, "messages": [m for _, m in ordered]}
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(tree=trees())
+async def test_tree_round_trip_property(
+    client: Client, alice: dict[str, str], tree: dict[str, Any]
+) -> None:
+    assert list(VALIDATOR.iter_errors(tree)) == []
+    tree["conversation"]["id"] = f"tree-{uuid.uuid4()}"  # examples share the database
+    imported = await client.post("/v1/conversations/import", json=tree, headers=alice)
+    assert imported.status_code == 201, imported.text
+    first = await export(client, alice, imported.json()["id"])
+    assert list(VALIDATOR.iter_errors(first)) == []
+    made, got = shape(in_export_order(tree)), shape(first)
+    assert got[1:] == made[1:]
+    assert {k: got[0][k] for k in ("title", "params", "metadata")} == {
+        k: made[0][k] for k in ("title", "params", "metadata")
+    }
+    # The head's path is the active path, as listed by the API.
+    path = (
+        await client.get(f"/v1/conversations/{imported.json()['id']}/messages", headers=alice)
+    ).json()["data"]
+    expected, at = [], got[3]
+    while at >= 0:
+        expected.append(got[1][at]["content"])
+        at = got[2][at]
+    assert [m["content"] for m in path] == expected[::-1]
+
+    again = await client.post(
+        "/v1/conversations/import",
+        json={**first, "conversation": {**first["conversation"], "id": f"again-{uuid.uuid4()}"}},
+        headers=alice,
+    )
+    assert again.status_code == 201, again.text
+    second = await export(client, alice, again.json()["id"])
+    assert shape(second)[1:] == shape(first)[1:]
+    assert [m["created_at"] for m in second["messages"]] == [
+        m["created_at"] for m in first["messages"]
+    ]
+
+
+async def test_a_branched_conversation_exports_as_a_tree(
+    client: Client, alice: dict[str, str]
+) -> None:
+    conv = await create(client, alice, title="T", messages=RICH_HISTORY[:2])
+    cid, (system, asked) = conv["id"], conv["messages"]
+    await client.post(f"/v1/conversations/{cid}/turns", json={}, headers=alice)
+    regenerated = await client.post(
+        f"/v1/conversations/{cid}/turns", json={"parent_id": asked["id"]}, headers=alice
+    )
+    reply = regenerated.json()["reply"]
+    transcript = await export(client, alice, cid)
+    assert list(VALIDATOR.iter_errors(transcript)) == []
+    assert transcript["version"] == 2
+    assert transcript["conversation"]["head_id"] == reply["id"]
+    assert [(m["id"], m["parent_id"], m["seq"]) for m in transcript["messages"]] == [
+        (system["id"], None, 1),
+        (asked["id"], system["id"], 2),
+        (transcript["messages"][2]["id"], asked["id"], 3),
+        (reply["id"], asked["id"], 3),
+    ]
+    markdown = await client.get(
+        f"/v1/conversations/{cid}/export", params={"format": "markdown"}, headers=alice
+    )
+    assert "- messages: 3" in markdown.text
+    assert "- on other branches: 1 messages" in markdown.text
+    assert markdown.text.count(reply["content"]) == 1  # the two replies say the same
+    # Once the other branch is deleted, the conversation is a line and exports as before.
+    other = transcript["messages"][2]["id"]
+    await client.delete(f"/v1/conversations/{cid}/messages/{other}", headers=alice)
+    line = await export(client, alice, cid)
+    assert line["version"] == 1
+    assert "head_id" not in line["conversation"]
+    assert all("id" not in m and "parent_id" not in m for m in line["messages"])
+
+
+async def test_imported_trees_keep_every_branch_with_the_current_one_as_head(
+    client: Client, alice: dict[str, str], project_root: Any
+) -> None:
+    for source, sample, last in (
+        ("chatgpt", "chatgpt_conversations.json", "Currently about 18 \u00b0C with clear skies."),
+        (
+            "openwebui",
+            "openwebui_export.json",
+            "Once a day at room temperature, or weekly if it lives in the fridge.",
+        ),
+        (
+            "librechat",
+            "librechat_export.json",
+            "Start at 60 to 62 % and add a spoonful more if the dough feels stiff.",
+        ),
+    ):
+        data = json.loads((project_root / "tests" / "samples" / sample).read_text())
+        created = await client.post(f"/v1/conversations/import/{source}", json=data, headers=alice)
+        assert created.status_code == 201, created.text
+        cid = created.json()["data"][0]["id"]
+        path = (await client.get(f"/v1/conversations/{cid}/messages", headers=alice)).json()
+        assert path["data"][-1]["content"] == last
+        assert (path["data"][-1]["sibling_index"], path["data"][-1]["sibling_count"]) == (2, 2)
+        siblings = await client.get(
+            f"/v1/conversations/{cid}/messages/{path['data'][-1]['id']}/siblings", headers=alice
+        )
+        assert len(siblings.json()["data"]) == 2
+        exported = await export(client, alice, cid)
+        assert exported["version"] == 2
+        assert exported["conversation"]["head_id"] == path["data"][-1]["id"]
 
 
 async def test_a_forks_origin_survives_export_and_import(

@@ -63,7 +63,7 @@ async def test_a_turn_reads_back_as_written(store: Store) -> None:
         usage={"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
         model="grok-4-mini-0709",
     )
-    done = await store.complete_turn(start.turn, reply, latency_ms=12, upstream_ms=10, attempts=2)
+    done = await store.complete_turn(start, reply, latency_ms=12, upstream_ms=10, attempts=2)
     assert done is not None
     turn, message = done
     assert message.seq == 6
@@ -111,8 +111,6 @@ async def test_a_turn_left_by_a_dead_process_is_marked_abandoned(store: Store) -
     assert abandoned.completed_at - later.turn.created_at < timedelta(seconds=1)
     # The dead turn cannot complete any more, and nothing of its reply is stored.
     reply = Reply(content="late", model="grok-4", finish_reason="stop")
-    assert (
-        await store.complete_turn(dead.turn, reply, latency_ms=1, upstream_ms=1, attempts=1) is None
-    )
+    assert await store.complete_turn(dead, reply, latency_ms=1, upstream_ms=1, attempts=1) is None
     assert (await store.get_conversation("t", cid)).message_count == 3
     assert utcnow() - later.turn.created_at < timedelta(minutes=1)

@@ -881,3 +881,67 @@ def test_shown_json_stays_small_at_any_depth() -> None:
     cut = show_json(value, limit=1000)
     assert len(cut.text) == 1000
     assert cut.more == len(shown.text) - 1000
+
+
+async def test_a_branched_conversation_shows_where_it_branches_and_pages_between_siblings(
+    client: httpx.AsyncClient, alice: dict[str, str], admin: dict[str, str]
+) -> None:
+    """The page reads the active path; a message with siblings has a pager whose links show
+    the path through each sibling (down its newest replies), and the message above them says
+    that the conversation branches there. No script: every page is a plain link."""
+    created = await client.post(
+        "/v1/conversations",
+        json={"title": "Tree", "messages": [{"role": "user", "content": "question"}]},
+        headers=alice,
+    )
+    cid, question = created.json()["id"], created.json()["messages"][0]["id"]
+    replies = []
+    for text_ in ("first answer", "second answer", "third answer"):
+        appended = await client.post(
+            f"/v1/conversations/{cid}/messages",
+            json={"parent_id": question, "messages": [{"role": "assistant", "content": text_}]},
+            headers=alice,
+        )
+        replies.append(appended.json()["data"][0]["id"])
+    await client.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"parent_id": replies[0], "messages": [{"role": "user", "content": "more?"}]},
+        headers=alice,
+    )
+    # The active path ends at the first answer's follow-up (the last write).
+    session = await session_of(client, bearer(admin))
+    page = await send(client, "GET", f"/admin/c/{cid}", cookies={COOKIE: session})
+    assert page.status_code == 200, page.text[:2000]
+    assert "first answer" in page.text
+    assert "more?" in page.text
+    assert "second answer" not in page.text
+    assert "Branches here: 3 replies" in page.text
+    assert "3 on the active path, 5 in all" in page.text
+    assert "another branch" not in page.text
+    pager = re.search(r'<span class="siblings"[^>]*>(.*?)</span>\s*<a class="raw"', page.text)
+    assert pager is not None
+    assert "1/3" in pager.group(1)
+    after = re.search(r'<a class="after" href="([^"]+)"', page.text)
+    assert after is not None
+    assert after.group(1).replace("&amp;", "&") == f"/admin/c/{cid}?at={replies[1]}#m-2"
+
+    # The next sibling's path: another branch, with its own pager and raw links.
+    other = await send(client, "GET", after.group(1).split("#")[0], cookies={COOKIE: session})
+    assert other.status_code == 200
+    assert "second answer" in other.text
+    assert "first answer" not in other.text
+    assert 'id="other-branch"' in other.text
+    assert "2/3" in other.text
+    raw = re.search(r'<a class="raw" href="([^"]+)"', other.text.split('id="m-2"')[1])
+    assert raw is not None
+    assert raw.group(1) == f"/admin/c/{cid}/m/2?at={replies[1]}"
+    message = await send(client, "GET", raw.group(1), cookies={COOKIE: session})
+    assert message.json()["content"] == "second answer"
+    # The active path's raw message at the same place is the other one.
+    active = await send(client, "GET", f"/admin/c/{cid}/m/2", cookies={COOKIE: session})
+    assert active.json()["content"] == "first answer"
+
+    for bad in ("nope", str(uuid.uuid4())):
+        missing = await send(client, "GET", f"/admin/c/{cid}?at={bad}", cookies={COOKIE: session})
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("text/html")

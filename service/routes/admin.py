@@ -127,6 +127,8 @@ class AdminController(Controller):
     async def get_conversation(
         self, conversation_id: ConversationId, admin: Admin, state: State
     ) -> AdminConversationDetail:
+        """The whole tree: every message with its ``parent_id``, by ``seq`` (parents first);
+        the conversation's ``head_id`` ends its active path."""
         rows = await state.store.export_one(None, conversation_id)
         return AdminConversationDetail(
             conversation=admin_conversation(rows.conversation),

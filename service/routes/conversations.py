@@ -11,7 +11,7 @@ from litestar.params import FromQuery, JSONBody
 from msgspec import UNSET
 
 from service.idempotency import idempotent
-from service.routes.params import Caller, ConversationId, Cursor, Limit
+from service.routes.params import Caller, ConversationId, Cursor, Head, Limit, MessageId
 from service.schemas import (
     ConversationCreate,
     ConversationCreated,
@@ -75,7 +75,7 @@ class ConversationController(Controller):
 
     @patch(
         "/{conversation_id:uuid}",
-        summary="Change a conversation's title, model, params or metadata",
+        summary="Change a conversation's title, model, params or metadata, or switch branch",
     )
     async def patch_conversation(
         self,
@@ -84,15 +84,21 @@ class ConversationController(Controller):
         principal: Caller,
         state: State,
     ) -> ConversationOut:
+        """Change the given fields. ``head_id`` switches branch: the head becomes the newest
+        leaf below that message (its newest reply, that one's newest reply, and so on), so one
+        call pages to a sibling's latest state; 409 while a turn runs."""
         changes = {
             name: value
             for name in ("title", "model", "params", "metadata")
             if (value := getattr(data, name)) is not UNSET
         }
         store: Store = state.store
-        if not changes:
+        head_id = None if data.head_id is UNSET else data.head_id
+        if not changes and head_id is None:
             return await store.get_conversation(principal.tenant, conversation_id)
-        return await store.update_conversation(principal.tenant, conversation_id, changes)
+        return await store.update_conversation(
+            principal.tenant, conversation_id, changes, head_id=head_id
+        )
 
     @delete("/{conversation_id:uuid}", status_code=204, summary="Delete a conversation")
     async def delete_conversation(
@@ -100,7 +106,10 @@ class ConversationController(Controller):
     ) -> None:
         await state.store.delete_conversation(principal.tenant, conversation_id)
 
-    @get("/{conversation_id:uuid}/messages", summary="List a conversation's messages by seq")
+    @get(
+        "/{conversation_id:uuid}/messages",
+        summary="List the messages of the active path (or of the path to `head`) by seq",
+    )
     async def list_messages(
         self,
         conversation_id: ConversationId,
@@ -109,20 +118,60 @@ class ConversationController(Controller):
         limit: Limit = 20,
         cursor: Cursor = None,
         order: FromQuery[Literal["asc", "desc"]] = "asc",
+        head: Head = None,
     ) -> MessagePage:
+        """The path from the first message to the head (or to ``head``), each message with
+        ``parent_id``, ``sibling_count`` and ``sibling_index``. A cursor pages on along the
+        path it was made for."""
         items, next_cursor = await state.store.list_messages(
             principal.tenant,
             conversation_id,
             limit=limit,
             cursor=cursor,
             descending=order == "desc",
+            head=head,
         )
         return MessagePage(items, next_cursor is not None, next_cursor)
+
+    @get(
+        "/{conversation_id:uuid}/messages/{message_id:uuid}/siblings",
+        summary="List a message's siblings (the messages with its parent), oldest first",
+    )
+    async def list_siblings(
+        self,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        principal: Caller,
+        state: State,
+        limit: Limit = 20,
+        cursor: Cursor = None,
+    ) -> MessagePage:
+        """The alternatives at one place of the tree: the message and the others following
+        the same parent (for a first message, the other first messages), in creation order."""
+        items, next_cursor = await state.store.list_siblings(
+            principal.tenant, conversation_id, message_id, limit=limit, cursor=cursor
+        )
+        return MessagePage(items, next_cursor is not None, next_cursor)
+
+    @delete(
+        "/{conversation_id:uuid}/messages/{message_id:uuid}",
+        status_code=204,
+        summary="Delete a message and every message below it",
+    )
+    async def delete_message(
+        self,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        principal: Caller,
+        state: State,
+    ) -> None:
+        """If the head was below it, its parent becomes the head; 409 while a turn runs."""
+        await state.store.delete_message(principal.tenant, conversation_id, message_id)
 
     @post(
         "/{conversation_id:uuid}/messages",
         status_code=201,
-        summary="Append messages without asking the model",
+        summary="Append messages without asking the model (after the head, or `parent_id`)",
     )
     async def append_messages(
         self,
@@ -136,7 +185,10 @@ class ConversationController(Controller):
 
         async def run() -> Response[Any]:
             messages = await store.append_messages(
-                principal.tenant, conversation_id, [message_fields(m) for m in data.messages]
+                principal.tenant,
+                conversation_id,
+                [message_fields(m) for m in data.messages],
+                parent_id=data.parent_id,
             )
             return Response(MessagesAppended(messages), status_code=201)
 

@@ -12,6 +12,11 @@ from service.store import Principal
 
 ConversationId: TypeAlias = Annotated[uuid.UUID, PathParameter(description="A conversation id.")]
 TurnId: TypeAlias = Annotated[uuid.UUID, PathParameter(description="A turn id.")]
+MessageId: TypeAlias = Annotated[uuid.UUID, PathParameter(description="A message id.")]
+Head: TypeAlias = Annotated[
+    uuid.UUID | None,
+    QueryParameter(description="List the path ending at this message instead of the head."),
+]
 Limit: TypeAlias = Annotated[
     int, QueryParameter(ge=1, le=100, description="Page size (at most 100).")
 ]

@@ -90,17 +90,18 @@ class TranscriptController(Controller):
     @post(
         "/conversations/import/{source:str}",
         status_code=201,
-        summary="Import conversations exported by ChatGPT or Open WebUI",
+        summary="Import conversations exported by ChatGPT, Open WebUI or LibreChat",
         request_max_body_size=MAX_IMPORT_BYTES,
     )
     async def import_other(
         self, source: FromPath[str], body: RawBody, principal: Caller, state: State
     ) -> ImportSummary:
-        """``source`` is ``chatgpt`` (its ``conversations.json``) or ``openwebui`` (its JSON
-        chat export). Each conversation's current branch becomes a new conversation;
-        conversations imported before are listed in ``already_imported``, so the same file can
-        be sent again, and conversations past an import limit are listed in ``refused`` with
-        their problems while the others are imported."""
+        """``source`` is ``chatgpt`` (its ``conversations.json``), ``openwebui`` (its JSON chat
+        export) or ``librechat`` (its JSON conversation export). Each conversation becomes a new
+        one with every branch, its current branch as the head; conversations imported before
+        are listed in ``already_imported``, so the same file can be sent again, and
+        conversations past an import limit are listed in ``refused`` with their problems while
+        the others are imported."""
         importer: Importer = state.importer
         return await importer.export(principal.tenant, source, body)
 

@@ -15,6 +15,7 @@ from service.store.records import (
     ImportRows,
     KeyRecord,
     OrphanedTurn,
+    PathView,
     Principal,
     StoredAnswer,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "ImportRows",
     "KeyRecord",
     "OrphanedTurn",
+    "PathView",
     "Principal",
     "Reply",
     "Store",

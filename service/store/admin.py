@@ -42,6 +42,7 @@ from service.tables import (
     admin_session_table,
     api_key_table,
     conversation_table,
+    message_table,
     turn_table,
     utcnow,
 )
@@ -158,8 +159,9 @@ class AdminStore(StoreBase):
                     .where(C.tenant != IMPORTING)
                 )
             ).scalar_one()
+            # Every stored message, on every branch (message_count counts the active path).
             messages = (
-                await conn.execute(select(func.coalesce(func.sum(C.message_count), 0)))
+                await conn.execute(select(func.count()).select_from(message_table))
             ).scalar_one()
             by_status: dict[str, int] = {}
             imported = 0

@@ -17,6 +17,7 @@ from service.schemas import ConversationOut, MessageOut, TurnOut
 from service.tables import (
     admin_session_table,
     api_key_table,
+    branch_table,
     conversation_table,
     idempotency_table,
     message_table,
@@ -29,6 +30,7 @@ IMPORTING = "\x1bimporting"
 
 C = conversation_table.c
 M = message_table.c
+B = branch_table.c
 T = turn_table.c
 K = api_key_table.c
 AS = admin_session_table.c
@@ -41,6 +43,7 @@ MESSAGE_COLUMNS = (
     M.role,
     M.content,
     M.created_at,
+    M.parent_id,
     M.name,
     M.tool_calls,
     M.tool_call_id,
@@ -59,6 +62,7 @@ CONVERSATION_COLUMNS = (
     C.message_count,
     C.created_at,
     C.updated_at,
+    C.head_id,
     C.source_id,
     C.forked_from_id,
     C.forked_through_seq,
@@ -76,6 +80,7 @@ TURN_COLUMNS = (
     T.created_at,
     T.completed_at,
     T.reply_seq,
+    T.reply_id,
 )
 
 
@@ -110,13 +115,31 @@ class ExportRows:
 
 
 @dataclass(frozen=True, slots=True)
+class PathView:
+    """One path of a conversation as an admin reads it: its messages (with their sibling
+    counts and indexes), the ids of the siblings before and after each, whether it is the
+    active path, how many messages the conversation holds in all, and its turns."""
+
+    conversation: Any
+    messages: list[MessageOut]
+    neighbours: dict[uuid.UUID, tuple[uuid.UUID | None, uuid.UUID | None]]
+    active: bool
+    total: int
+    turns: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
 class ImportRows:
     """What an import stores: the conversation's columns (``source_id`` among them), and its
-    message and turn rows with their transcript's turn ids (the store gives new ids)."""
+    message and turn rows with their transcript's ids (the store gives new ids). Each message
+    names its parent by transcript id (``parent_id``, None for a first message) and comes after
+    it; ``head`` is the transcript id of the active path's last message (None: the last
+    message)."""
 
     conversation: dict[str, Any]
     messages: list[dict[str, Any]]
     turns: list[dict[str, Any]]
+    head: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +220,21 @@ class Cursors:
         created, ident = self.decode(scope, cursor)
         return datetime.fromisoformat(created), uuid.UUID(ident)
 
-    def seq(self, scope: str, cursor: str) -> int:
-        """A position in a list of messages."""
-        (seq,) = self.decode(scope, cursor)
-        return int(seq)
+    def seq(self, scope: str, cursor: str) -> tuple[uuid.UUID, int]:
+        """A position in a path of messages: the path's last message, and a seq on it."""
+        try:
+            head, seq = self.decode(scope, cursor)
+            return uuid.UUID(head), int(seq)
+        except (ValueError, TypeError):  # signed before paths were, say, or for another list
+            raise BadRequest(NOT_A_CURSOR) from None
+
+    def ident(self, scope: str, cursor: str) -> uuid.UUID:
+        """A position in a list ordered by id."""
+        try:
+            (ident,) = self.decode(scope, cursor)
+            return uuid.UUID(ident)
+        except (ValueError, TypeError):
+            raise BadRequest(NOT_A_CURSOR) from None
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self.key, payload, hashlib.sha256).digest()[:16]

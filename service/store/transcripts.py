@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy import delete, func, insert, select, tuple_, update
@@ -17,7 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.schemas import ConversationOut
 from service.store.admin import ConversationFilter
-from service.store.conversations import ConversationStore
+from service.store.conversations import PATH_MESSAGES, ConversationStore, newest_leaf
+from service.store.messages import (
+    NO_SUCH_MESSAGE,
+    Place,
+    insert_messages,
+    insert_rows,
+    message_rows,
+    path,
+    place_after,
+    sibling_query,
+    with_siblings,
+)
 from service.store.records import (
     CONVERSATION_COLUMNS,
     IMPORTING,
@@ -27,11 +38,13 @@ from service.store.records import (
     ExportRows,
     ImportRows,
     M,
+    PathView,
     T,
 )
-from service.tables import conversation_table, message_table, turn_table, utcnow, uuid7
+from service.tables import conversation_table, turn_table, utcnow, uuid7
 
 log = logging.getLogger("convstore")
+_T = TypeVar("_T")
 
 EXPORT_CONVERSATION_COLUMNS = (*CONVERSATION_COLUMNS, C.tenant)
 # Rows an import writes in one transaction (a few ms of the event loop's time, and up to about
@@ -44,11 +57,13 @@ SQLITE_BATCH_PAUSE = 0.01
 # process that stopped.
 ABANDONED_IMPORT = timedelta(hours=1)
 COPIED_MESSAGE_COLUMNS = tuple(
-    c for c in MESSAGE_COLUMNS if c.key not in ("id", "conversation_id", "turn_id")
+    c
+    for c in MESSAGE_COLUMNS
+    if c.key not in ("id", "conversation_id", "parent_id", "seq", "turn_id")
 )
 
 
-def _batches(rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+def _batches(rows: Iterable[_T]) -> Iterator[list[_T]]:
     """``rows`` ``IMPORT_BATCH`` at a time, each batch made only when it is written."""
     rows = iter(rows)
     while batch := list(itertools.islice(rows, IMPORT_BATCH)):
@@ -78,6 +93,50 @@ class TranscriptStore(ConversationStore):
                 raise NotFound("No conversation has this id.")
             batch = await self._export_batch(conn, [row])
         return batch[0]
+
+    async def path_view(self, conversation_id: uuid.UUID, through: uuid.UUID | None) -> PathView:
+        """One path of any tenant's conversation, for admins to read: the active path, or the
+        path through ``through`` and down its newest replies (``NotFound`` if the conversation
+        has no such message); with every turn, and how many messages it holds in all."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(*EXPORT_CONVERSATION_COLUMNS).where(C.id == conversation_id)
+                )
+            ).first()
+            if row is None:
+                raise NotFound("No conversation has this id.")
+            head = row.head_id
+            if through is not None:
+                leaf = (await conn.execute(newest_leaf(conversation_id, through))).first()
+                if leaf is None:
+                    raise NotFound(NO_SUCH_MESSAGE)
+                head = leaf.id
+            path_rows = []
+            if head is not None:
+                path_rows = (
+                    await conn.execute(PATH_MESSAGES.order_by(M.seq), {"head_id": head})
+                ).all()
+            query = sibling_query(path_rows)
+            siblings = (await conn.execute(*query)).all() if query is not None else []
+            total = (
+                await conn.execute(select(func.count()).where(M.conversation_id == conversation_id))
+            ).scalar_one()
+            turns = (
+                await conn.execute(
+                    select(*TURN_COLUMNS)
+                    .where(T.conversation_id == conversation_id)
+                    .order_by(T.created_at, T.id)
+                )
+            ).all()
+        return PathView(
+            conversation=row,
+            messages=with_siblings(path_rows, siblings),
+            neighbours={s.id: (s.before, s.after) for s in siblings},
+            active=head == row.head_id,
+            total=total,
+            turns=list(turns),
+        )
 
     async def export_many(
         self, filters: ConversationFilter, *, batch_size: int = 200
@@ -117,7 +176,7 @@ class TranscriptStore(ConversationStore):
         result = await conn.execute(
             select(*MESSAGE_COLUMNS)
             .where(M.conversation_id.in_(ids))
-            .order_by(M.conversation_id, M.seq)
+            .order_by(M.conversation_id, M.seq, M.id)
         )
         for m in result:
             messages[m.conversation_id].append(m)
@@ -143,8 +202,10 @@ class TranscriptStore(ConversationStore):
         (the event loop serves other requests while each is written, and other writers get
         SQLite's write lock between two: the import pauses for them), under the tenant
         ``IMPORTING``, which no key has; a last short transaction gives the conversation to
-        ``tenant``. If a batch fails, what was written is deleted; if the process dies, the next
-        import deletes it.
+        ``tenant`` and sets its head. Each message is placed after its parent as a new message
+        would be (a batch's new branch rows go in before its messages), and the turns go in
+        after the messages, with their replies' new ids. If a batch fails, what was written is
+        deleted; if the process dies, the next import deletes it.
         Raises ``Conflict`` (``already_imported``) if this tenant already imported
         ``source_id``.
         """
@@ -168,44 +229,40 @@ class TranscriptStore(ConversationStore):
                         "id": conversation_id,
                         "tenant": IMPORTING,
                         "source_id": None,
+                        "head_id": None,
                         "message_count": 0,
                         "created_at": now,
                         "updated_at": now,
                     }
                 )
             )
+        tree = _Tree(conversation_id, turn_ids, now)
         turns = (
             {
                 **t,
                 "id": turn_ids[t["id"]],
                 "conversation_id": conversation_id,
+                "reply_id": tree.replies.get((turn_ids[t["id"]], t.get("reply_seq"))),
                 "deadline_at": t.get("completed_at") or now,
             }
             for t in rows.turns
         )
-        messages = (
-            {
-                **m,
-                "id": uuid7(),
-                "conversation_id": conversation_id,
-                "turn_id": turn_ids.get(m.get("turn_id")),
-            }
-            for m in rows.messages
-        )
         try:
-            for table, batch in itertools.chain(
-                ((turn_table, b) for b in _batches(turns)),
-                ((message_table, b) for b in _batches(messages)),
-            ):
+            for placed in _batches(tree.place(m) for m in rows.messages):
                 async with self._write() as conn:
-                    await conn.execute(insert(table), batch)
-                    await conn.execute(  # still in progress: not the leftover of a dead process
-                        update(conversation_table)
-                        .where(C.id == conversation_id)
-                        .values(updated_at=utcnow())
-                    )
+                    branches = [b for b, _ in placed if b is not None]
+                    await conn.run_sync(insert_rows, branches, [m for _, m in placed])
+                    await self._still_importing(conn, conversation_id)
                 if self.dialect == "sqlite":
                     await anyio.sleep(SQLITE_BATCH_PAUSE)
+            # After the messages: a turn names its reply's new id.
+            for batch in _batches(turns):
+                async with self._write() as conn:
+                    await conn.execute(insert(turn_table), batch)
+                    await self._still_importing(conn, conversation_id)
+                if self.dialect == "sqlite":
+                    await anyio.sleep(SQLITE_BATCH_PAUSE)
+            top = tree.head(rows.head)
             async with self._write() as conn:
                 await conn.execute(
                     update(conversation_table)
@@ -213,7 +270,8 @@ class TranscriptStore(ConversationStore):
                     .values(
                         tenant=tenant,
                         source_id=source_id,
-                        message_count=len(rows.messages),
+                        head_id=top["id"] if top else None,
+                        message_count=top["seq"] if top else 0,
                         created_at=rows.conversation["created_at"],
                         updated_at=rows.conversation["updated_at"],
                     )
@@ -227,6 +285,12 @@ class TranscriptStore(ConversationStore):
                     raise _already_imported(existing) from None
             raise
         return await self.get_conversation(tenant, conversation_id)
+
+    async def _still_importing(self, conn: AsyncConnection, conversation_id: uuid.UUID) -> None:
+        """Mark the import in progress: not the leftover of a dead process."""
+        await conn.execute(
+            update(conversation_table).where(C.id == conversation_id).values(updated_at=utcnow())
+        )
 
     async def _discard_import(self, conversation_id: uuid.UUID) -> None:
         """Delete an import that failed, with what it wrote (a later import deletes it if
@@ -242,15 +306,16 @@ class TranscriptStore(ConversationStore):
     async def fork(
         self, tenant: str, conversation_id: uuid.UUID, through_seq: int | None
     ) -> ConversationOut:
-        """A new conversation holding a copy of messages 1..``through_seq`` (default: all)."""
+        """A new conversation holding a copy of messages 1..``through_seq`` (default: all) of
+        the active path."""
         now = utcnow()
         new_id = uuid7()
         async with self._write() as conn:
             source = (
                 await conn.execute(
-                    select(C.title, C.model, C.params, C["metadata"], C.message_count).where(
-                        C.id == conversation_id, C.tenant == tenant
-                    )
+                    select(
+                        C.title, C.model, C.params, C["metadata"], C.message_count, C.head_id
+                    ).where(C.id == conversation_id, C.tenant == tenant)
                 )
             ).first()
             if source is None:
@@ -261,6 +326,17 @@ class TranscriptStore(ConversationStore):
                     f"`through_seq` is {through_seq}, but the conversation has only "
                     f"{source.message_count} messages."
                 )
+            copied = []
+            if count and source.head_id is not None:
+                copied = [
+                    dict(row._mapping)
+                    for row in await conn.execute(
+                        path(*COPIED_MESSAGE_COLUMNS).where(M.seq <= count).order_by(M.seq),
+                        {"head_id": source.head_id},
+                    )
+                ]
+            place = place_after(new_id, None, continues=False, siblings=0)
+            rows = message_rows(place, copied, now)
             await conn.execute(
                 insert(conversation_table).values(
                     id=new_id,
@@ -269,6 +345,7 @@ class TranscriptStore(ConversationStore):
                     model=source.model,
                     params=source.params,
                     metadata=source.metadata,
+                    head_id=rows[-1]["id"] if rows else None,
                     message_count=count,
                     created_at=now,
                     updated_at=now,
@@ -276,14 +353,45 @@ class TranscriptStore(ConversationStore):
                     forked_through_seq=count,
                 )
             )
-            rows = [
-                {**row._mapping, "id": uuid7(), "conversation_id": new_id, "turn_id": None}
-                for row in await conn.execute(
-                    select(*COPIED_MESSAGE_COLUMNS)
-                    .where(M.conversation_id == conversation_id, M.seq <= count)
-                    .order_by(M.seq)
-                )
-            ]
-            if rows:
-                await conn.execute(insert(message_table), rows)
+            await conn.run_sync(insert_messages, place, rows)
         return await self.get_conversation(tenant, new_id)
+
+
+class _Tree:
+    """The rows of an imported tree, made a message at a time: each message placed after its
+    parent as a new message would be (on its parent's branch while that branch has no message
+    after the parent, else on a new branch), with a new id."""
+
+    def __init__(
+        self, conversation_id: uuid.UUID, turn_ids: dict[Any, uuid.UUID], now: datetime
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.turn_ids = turn_ids
+        self.now = now
+        # Each placed message's transcript id: its new id, branch and seq.
+        self.placed: dict[Any, tuple[uuid.UUID, uuid.UUID, int]] = {}
+        self.taken: set[tuple[uuid.UUID, int]] = set()
+        self.last: Any = None
+        # (turn id, seq) of each message of a turn: its new id, for the turn's reply.
+        self.replies: dict[tuple[uuid.UUID, Any], uuid.UUID] = {}
+
+    def place(self, message: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The branch row the message forks (None if it forks none) and its own row."""
+        anchor = self.placed.get(message.get("parent_id"))
+        continues = anchor is not None and (anchor[1], anchor[2] + 1) not in self.taken
+        place: Place = place_after(self.conversation_id, anchor, continues=continues, siblings=0)
+        branch = None if place.fork is None else {"id": place.branch_id, **place.fork}
+        fields = {k: v for k, v in message.items() if k not in ("id", "parent_id", "seq")}
+        fields["turn_id"] = self.turn_ids.get(message.get("turn_id"))
+        (row,) = message_rows(place, [fields], self.now)
+        self.taken.add((place.branch_id, place.seq))
+        self.placed[message["id"]] = (row["id"], place.branch_id, place.seq)
+        self.last = message["id"]
+        if row["turn_id"] is not None:
+            self.replies[(row["turn_id"], place.seq)] = row["id"]
+        return branch, row
+
+    def head(self, ident: Any) -> dict[str, Any] | None:
+        """The new id and seq of the message ``ident`` names (None: the last placed)."""
+        found = self.placed.get(self.last if ident is None else ident)
+        return None if found is None else {"id": found[0], "seq": found[2]}

@@ -9,19 +9,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.errors import NotFound, ValidationFailed
-from service.schemas import MessageOut, Reply, TurnOut
+from service.schemas import MessageOut, ParentId, Reply, TurnOut
 from service.store.engine import StoreBase
 from service.store.messages import (
     ABANDONED,
-    check_no_running_turn,
+    Place,
+    append,
     insert_messages,
     message_rows,
     read_history,
-    reserve,
     turn_in_progress,
 )
 from service.store.records import IK, TURN_COLUMNS, C, T, turn_out
@@ -34,7 +35,8 @@ class TurnStart:
 
     turn: TurnOut
     appended: list[MessageOut]
-    history: list[dict[str, Any]]  # every message, as the upstream receives them
+    history: list[dict[str, Any]]  # the path to the reply, as the upstream receives it
+    reply_place: Place  # where the reply goes: decided here, as no other writer runs meanwhile
 
     @property
     def model(self) -> str:
@@ -52,6 +54,7 @@ class _NewTurn:
     tenant: str
     conversation_id: uuid.UUID
     messages: list[dict[str, Any]]
+    parent_id: ParentId
     model: str | None
     params: dict[str, Any] | None
     stream: bool
@@ -76,17 +79,19 @@ class TurnStore(StoreBase):
         stream: bool,
         lease: float,
         idempotency_key: str | None = None,
+        parent_id: ParentId = UNSET,
     ) -> TurnStart:
-        """Transaction 1 of a turn: append the input, mark the turn running (for ``lease``
-        seconds, renewed while it runs), read the history. With ``idempotency_key``, the
-        tenant's claim of that key is tied to the turn in the same transaction, so that a retry
-        after a crash gets the turn's outcome instead of running it again.
+        """Transaction 1 of a turn: append the input after ``parent_id`` (unset: the head; see
+        ``append``), mark the turn running (for ``lease`` seconds, renewed while it runs), read
+        the path the reply will follow. With ``idempotency_key``, the tenant's claim of that
+        key is tied to the turn in the same transaction, so that a retry after a crash gets the
+        turn's outcome instead of running it again.
 
-        Raises ``NotFound``, 409 ``turn_in_progress`` or 422 (no messages at all); nothing is
-        written then.
+        Raises ``NotFound`` (the conversation, or ``parent_id`` in it), 409
+        ``turn_in_progress`` or 422 (no messages at all); nothing is written then.
         """
         given = _NewTurn(
-            tenant, conversation_id, messages, model, params, stream, utcnow(),
+            tenant, conversation_id, messages, parent_id, model, params, stream, utcnow(),
             timedelta(seconds=lease), idempotency_key,
         )  # fmt: skip
         try:
@@ -98,27 +103,20 @@ class TurnStore(StoreBase):
 
     async def complete_turn(
         self,
-        turn: TurnOut,
+        start: TurnStart,
         reply: Reply,
         *,
         latency_ms: int,
         upstream_ms: int,
         attempts: int,
     ) -> tuple[TurnOut, MessageOut] | None:
-        """Transaction 2 of a turn: store the reply as the next message and complete ``turn``.
+        """Transaction 2 of a turn: store the reply where ``start`` placed it, make it the
+        head, and complete the turn.
 
         Returns None, storing nothing, if the turn is no longer running (its conversation was
         deleted, or it was declared abandoned).
         """
-        now = utcnow()
-        completed = msgspec.structs.replace(
-            turn,
-            status="completed",
-            usage=reply.usage,
-            finish_reason=reply.finish_reason,
-            latency_ms=latency_ms,
-            completed_at=now,
-        )
+        now, turn, place = utcnow(), start.turn, start.reply_place
         message = {
             "role": "assistant",
             "content": reply.content,
@@ -129,17 +127,28 @@ class TurnStore(StoreBase):
             "usage": reply.usage,
             "turn_id": turn.id,
         }
+        (row,) = message_rows(place, [message], now)
+        completed = msgspec.structs.replace(
+            turn,
+            status="completed",
+            usage=reply.usage,
+            finish_reason=reply.finish_reason,
+            latency_ms=latency_ms,
+            completed_at=now,
+            reply_seq=place.seq,
+            reply_id=row["id"],
+        )
 
         def complete(conn: Connection) -> tuple[TurnOut, MessageOut]:
+            # The conversation's row first, as every writer locks it first.
             taken = conn.execute(
                 update(conversation_table)
                 .where(C.id == turn.conversation_id)
-                .values(message_count=C.message_count + 1, updated_at=now)
-                .returning(C.message_count)
+                .values(head_id=row["id"], message_count=place.seq, updated_at=now)
+                .returning(C.id)
             ).first()
             if taken is None:
                 raise _NotRunning  # the conversation was deleted
-            seq: int = taken[0]
             done = conn.execute(
                 update(turn_table)
                 .where(T.id == turn.id, T.status == "running")
@@ -150,16 +159,15 @@ class TurnStore(StoreBase):
                     latency_ms=latency_ms,
                     upstream_ms=upstream_ms,
                     attempts=attempts,
-                    reply_seq=seq,
+                    reply_seq=place.seq,
+                    reply_id=row["id"],
                     completed_at=now,
                 )
             )
             if done.rowcount != 1:
-                raise _NotRunning  # rolls back: the seq taken above is given back
-            (stored,) = insert_messages(
-                conn, message_rows(turn.conversation_id, [message], seq, now)
-            )
-            return msgspec.structs.replace(completed, reply_seq=seq), stored
+                raise _NotRunning  # rolls back: the head stays where it was
+            (stored,) = insert_messages(conn, place, [row])
+            return completed, stored
 
         try:
             async with self._write() as conn:
@@ -248,26 +256,20 @@ class TurnStore(StoreBase):
 
 
 def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
-    """The first transaction's statements. The conversation's row is locked first (its message
-    counter is bumped), and only then is the running turn checked and the history read: on
-    PostgreSQL a statement sees the database as it was when the statement began, so a check
-    made before taking the lock could miss a turn committed while it waited."""
+    """The first transaction's statements: the input appended as ``append`` does (the
+    conversation's row locked first), the turn marked running, the path to the reply read."""
     cid, now = given.conversation_id, given.now
-    before, conversation_model, conversation_params = reserve(
-        conn, given.tenant, cid, len(given.messages), now
-    )
-    if before + len(given.messages) == 0:
+    appended = append(conn, given.tenant, cid, given.messages, given.parent_id, now)
+    if appended.next.parent_id is None:
         raise ValidationFailed(
             "The conversation has no messages yet: send at least one with the turn."
         )
-    check_no_running_turn(conn, cid, now)
-    appended = insert_messages(conn, message_rows(cid, given.messages, before + 1, now))
     turn = TurnOut(
         id=uuid7(),
         conversation_id=cid,
         status="running",
-        model=given.model or conversation_model,
-        params={**(conversation_params or {}), **(given.params or {})},
+        model=given.model or appended.model,
+        params={**(appended.params or {}), **(given.params or {})},
         usage=None,
         finish_reason=None,
         error=None,
@@ -294,4 +296,5 @@ def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
             .where(IK.tenant == given.tenant, IK.key == given.idempotency_key)
             .values(turn_id=turn.id)
         )
-    return TurnStart(turn, appended, read_history(conn, cid))
+    history = read_history(conn, appended.next.parent_id)
+    return TurnStart(turn, appended.messages, history, appended.next)
