@@ -2,7 +2,7 @@
 
 Revision ID: 6c2e9a4f1d37
 Revises: 75deb8b81ab5
-Create Date: 2026-12-07 09:00:00+00:00
+Create Date: 2026-12-06 21:50:00+00:00
 
 Turns imported before this revision are recognised by what an import wrote: no attempt and no
 upstream time, in a conversation that was imported, and not running. A turn of this deployment
