@@ -140,6 +140,28 @@ async def test_a_reply_that_cannot_be_stored_fails_the_turn_and_is_kept(
     assert text_of(replay) == expected
 
 
+async def stream_until(
+    client: httpx.AsyncClient,
+    url: str,
+    ask: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    deltas: int,
+) -> list[tuple[str | None, str, Any]]:
+    """A streamed turn's events until ``deltas`` deltas have come; then the client hangs up."""
+    seen: list[tuple[str | None, str, Any]] = []
+    body = {"messages": [ask], "stream": True}
+    async with client.stream("POST", url, json=body, headers=headers) as response:
+        buffer = ""
+        async for chunk in response.aiter_text():
+            buffer += chunk
+            complete, _, buffer = buffer.rpartition("\n\n")
+            seen += events_of(complete)
+            if sum(n == "message.delta" for _, n, _ in seen) >= deltas:
+                break
+    return seen
+
+
 def compact_pages(database_url: str) -> int:
     """The pages a SQLite database needs, once the free pages earlier tests left are given back
     (a cap at its page count would leave them free to write in)."""
@@ -238,20 +260,8 @@ async def test_a_stream_resumes_exactly_in_another_process_and_after_the_end(
         async with httpx.AsyncClient(timeout=60) as client:
             cid = await new_conversation(client, first.url, headers)
             upstream.push_fault(Fault(kind="slow", delay=0.05))
-            seen: list[tuple[str | None, str, Any]] = []
-            async with client.stream(
-                "POST",
-                f"{first.url}/v1/conversations/{cid}/turns",
-                json={"messages": [ask], "stream": True},
-                headers=headers,
-            ) as response:
-                buffer = ""
-                async for chunk in response.aiter_text():
-                    buffer += chunk
-                    complete, _, buffer = buffer.rpartition("\n\n")
-                    seen += events_of(complete)
-                    if sum(n == "message.delta" for _, n, _ in seen) >= 4:
-                        break  # the connection drops
+            url = f"{first.url}/v1/conversations/{cid}/turns"
+            seen = await stream_until(client, url, ask, headers, deltas=4)  # then it drops
             turn_id = seen[0][2]["turn"]["id"]
             last_id = seen[-1][0]
             assert last_id is not None
@@ -303,20 +313,7 @@ async def test_a_live_resume_in_the_same_process_gives_exactly_the_rest(
     ask = {"role": "user", "content": " ".join(f"w{i}" for i in range(40))}
     cid = await new_conversation(client, "", alice)
     upstream.push_fault(Fault(kind="slow", delay=0.05))
-    seen: list[tuple[str | None, str, Any]] = []
-    async with client.stream(
-        "POST",
-        f"/v1/conversations/{cid}/turns",
-        json={"messages": [ask], "stream": True},
-        headers=alice,
-    ) as response:
-        buffer = ""
-        async for chunk in response.aiter_text():
-            buffer += chunk
-            complete, _, buffer = buffer.rpartition("\n\n")
-            seen += events_of(complete)
-            if sum(n == "message.delta" for _, n, _ in seen) >= 3:
-                break
+    seen = await stream_until(client, f"/v1/conversations/{cid}/turns", ask, alice, deltas=3)
     turn_id = seen[0][2]["turn"]["id"]
     rest = events_of(
         (
