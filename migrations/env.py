@@ -21,9 +21,13 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def database_url() -> str:
+def database_url() -> tuple[str, bool]:
+    """The URL, and whether it leads to a pooler in transaction mode."""
     url = config.attributes.get("database_url")
-    return str(url) if url else Settings.from_env().database_url
+    if url:
+        return str(url), bool(config.attributes.get("transaction_pooler"))
+    settings = Settings.from_env()
+    return settings.database_url, settings.db_transaction_pooler
 
 
 def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
@@ -52,7 +56,7 @@ def configure(connection: Connection | None = None, **extra: Any) -> None:
 
 
 def run_migrations_offline() -> None:
-    configure(url=database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    configure(url=database_url()[0], literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.run_migrations()
 
@@ -64,7 +68,8 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_async_migrations() -> None:
-    engine = make_engine(database_url(), pool_size=1)
+    url, transaction_pooler = database_url()
+    engine = make_engine(url, pool_size=1, transaction_pooler=transaction_pooler)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(do_run_migrations)

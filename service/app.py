@@ -78,7 +78,11 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         own_engine = engine is None
         own_client = http_client is None
-        db = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        db = engine or make_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            transaction_pooler=settings.db_transaction_pooler,
+        )
         client = http_client or make_http_client(settings)
         store = Store(db)
         upstream = UpstreamClient(

@@ -56,14 +56,20 @@ def _migrate(settings: Settings) -> None:
     from service.migrate import upgrade
 
     try:
-        upgrade(settings.database_url)
+        upgrade(settings.database_url, transaction_pooler=settings.db_transaction_pooler)
     except Exception as exc:
         sys.exit(f"convstore: could not migrate {_where(settings)}: {exc}")
 
 
 def _with_store(settings: Settings, work: Callable[[Store], Awaitable[_T]]) -> _T:
     async def run() -> _T:
-        store = Store(make_engine(settings.database_url, pool_size=1))
+        store = Store(
+            make_engine(
+                settings.database_url,
+                pool_size=1,
+                transaction_pooler=settings.db_transaction_pooler,
+            )
+        )
         try:
             return await work(store)
         finally:

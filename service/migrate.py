@@ -12,17 +12,19 @@ import migrations
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
 
-def alembic_config(database_url: str) -> Config:
-    """An Alembic config pointing at the packaged migrations and the given database."""
+def alembic_config(database_url: str, *, transaction_pooler: bool = False) -> Config:
+    """An Alembic config pointing at the packaged migrations and the given database (behind a
+    pooler in transaction mode, with ``transaction_pooler``)."""
     config = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.exists() else Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     config.attributes["database_url"] = database_url
+    config.attributes["transaction_pooler"] = transaction_pooler
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "head", *, transaction_pooler: bool = False) -> None:
     """Apply every migration up to ``revision``. Must not be called inside a running loop."""
-    command.upgrade(alembic_config(database_url), revision)
+    command.upgrade(alembic_config(database_url, transaction_pooler=transaction_pooler), revision)
 
 
 def check(database_url: str) -> None:

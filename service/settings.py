@@ -39,6 +39,9 @@ class Settings:
     upstream_max_connections: int = 10_000
     max_reply_chars: int = 2_000_000
     db_pool_size: int = 20
+    # The database URLs lead to a pooler in transaction mode (PgBouncer): no named prepared
+    # statements, since the next transaction may run on another server connection.
+    db_transaction_pooler: bool = False
     turn_lease: float = 60.0
     key_cache_ttl: float = 5.0
     log_level: str = "INFO"
@@ -71,6 +74,7 @@ class Settings:
             ),
             max_reply_chars=int(_number(env, "CONVSTORE_MAX_REPLY_CHARS", 2_000_000, whole=True)),
             db_pool_size=int(_number(env, "CONVSTORE_DB_POOL_SIZE", 20, whole=True)),
+            db_transaction_pooler=_flag(env, "CONVSTORE_DB_TRANSACTION_POOLER"),
             turn_lease=_number(env, "CONVSTORE_TURN_LEASE", 60.0),
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
@@ -105,6 +109,11 @@ class Settings:
                     f"CONVSTORE_DATABASE_URL names a SQLite file in {folder}, which is not an "
                     "existing directory"
                 )
+        if self.db_transaction_pooler and url.drivername != "postgresql+asyncpg":
+            raise SettingsError(
+                "CONVSTORE_DB_TRANSACTION_POOLER is for PostgreSQL behind a pooler; "
+                "CONVSTORE_DATABASE_URL is not a postgresql+asyncpg:// URL"
+            )
         upstream = urlsplit(self.upstream_url)
         if upstream.scheme not in ("http", "https") or not upstream.netloc:
             raise SettingsError(

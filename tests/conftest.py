@@ -50,7 +50,8 @@ async def _pg_execute(url: str, statement: str) -> None:
         await engine.dispose()
 
 
-def _postgres_database() -> Iterator[str]:
+def postgres_database() -> Iterator[str]:
+    """A new empty PostgreSQL database (dropped at the end), or a skip (a failure under CI)."""
     name = f"convstore_test_{uuid.uuid4().hex[:12]}"
     try:
         asyncio.run(_pg_execute(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
@@ -76,7 +77,7 @@ def database_url(
         upgrade(url)
         yield url
         return
-    for url in _postgres_database():
+    for url in postgres_database():
         upgrade(url)
         yield url
 
@@ -84,7 +85,7 @@ def database_url(
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A migrated PostgreSQL database of its own, for what only PostgreSQL has."""
-    for url in _postgres_database():
+    for url in postgres_database():
         upgrade(url)
         yield url
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 import uvicorn
 from litestar import Litestar
 
-from service.fake_upstream import FakeUpstream
+from service.fake_upstream import FakeUpstream, expected_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,3 +205,63 @@ class TcpRelay:
         finally:
             writer.transport.abort()
             self.writers.discard(writer)
+
+
+async def stored_messages(
+    client: httpx.AsyncClient, headers: dict[str, str], cid: str, base: str = ""
+) -> list[dict[str, Any]]:
+    """Every message of the conversation's active path, page after page."""
+    messages: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if cursor:
+            params["cursor"] = cursor
+        page = (
+            await client.get(
+                f"{base}/v1/conversations/{cid}/messages", params=params, headers=headers
+            )
+        ).json()
+        messages += page["data"]
+        if not page["has_more"]:
+            return messages
+        cursor = page["next_cursor"]
+
+
+async def check_conversation(
+    client: httpx.AsyncClient, base: str, headers: dict[str, str], cid: str
+) -> int:
+    """Messages 1..n without gaps, strictly user/assistant, each reply answering exactly the
+    history before it. Returns the number of replies."""
+    messages = await stored_messages(client, headers, cid, base)
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
+    for index in range(1, len(messages), 2):
+        history = [{"role": m["role"], "content": m["content"]} for m in messages[:index]]
+        assert messages[index]["content"] == expected_reply(history), index
+    return len(messages) // 2
+
+
+async def turn_until_taken(
+    client: httpx.AsyncClient,
+    bases: list[str],
+    headers: dict[str, str],
+    cid: str,
+    content: str,
+    answers: Counter[int],
+    *,
+    attempts: int = 25,
+) -> None:
+    """Ask for a turn until one is taken, waiting a little after each 409 (another turn of
+    the conversation running), over each of ``bases`` in turn; counts the answers."""
+    for attempt in range(attempts):
+        response = await client.post(
+            f"{bases[attempt % len(bases)]}/v1/conversations/{cid}/turns",
+            json={"messages": [{"role": "user", "content": content}]},
+            headers=headers,
+        )
+        answers[response.status_code] += 1
+        if response.status_code == 201:
+            return
+        assert response.json()["code"] == "turn_in_progress", response.text
+        await asyncio.sleep(random.uniform(0.01, 0.1))

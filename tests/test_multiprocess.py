@@ -8,48 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from live import server
+from live import check_conversation, server, turn_until_taken
 
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
 from service.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def check_conversation(
-    client: httpx.AsyncClient, base: str, headers: dict[str, str], cid: str
-) -> int:
-    """Messages 1..n without gaps, strictly user/assistant, each reply answering exactly the
-    history before it. Returns the number of replies."""
-    messages: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 100}
-        if cursor:
-            params["cursor"] = cursor
-        page = (
-            await client.get(
-                f"{base}/v1/conversations/{cid}/messages", params=params, headers=headers
-            )
-        ).json()
-        messages += page["data"]
-        if not page["has_more"]:
-            break
-        cursor = page["next_cursor"]
-    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
-    assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
-    for index in range(1, len(messages), 2):
-        history = [{"role": m["role"], "content": m["content"]} for m in messages[:index]]
-        assert messages[index]["content"] == expected_reply(history), index
-    return len(messages) // 2
 
 
 async def test_two_processes_many_concurrent_turns(
@@ -72,18 +42,8 @@ async def test_two_processes_many_concurrent_turns(
 
             async def user(number: int) -> None:
                 cid = conversations[number % len(conversations)]
-                for attempt in range(25):
-                    url = urls[(number + attempt) % 2]
-                    response = await client.post(
-                        f"{url}/v1/conversations/{cid}/turns",
-                        json={"messages": [{"role": "user", "content": f"q{number}"}]},
-                        headers=headers,
-                    )
-                    answers[response.status_code] += 1
-                    if response.status_code == 201:
-                        return
-                    assert response.json()["code"] == "turn_in_progress", response.text
-                    await asyncio.sleep(random.uniform(0.01, 0.1))
+                bases = urls[number % 2 :] + urls[: number % 2]
+                await turn_until_taken(client, bases, headers, cid, f"q{number}", answers)
 
             await asyncio.gather(*(user(n) for n in range(120)))
             assert set(answers) <= {201, 409}, answers

@@ -35,6 +35,7 @@ def test_values_are_read() -> None:
             "CONVSTORE_UPSTREAM_TIMEOUT": "12.5",
             "CONVSTORE_UPSTREAM_MAX_CONNECTIONS": "500",
             "CONVSTORE_MAX_REPLY_CHARS": "100000",
+            "CONVSTORE_DB_TRANSACTION_POOLER": "1",
         }
     )
     assert settings.database_url == "postgresql+asyncpg://u@h/db"
@@ -44,6 +45,7 @@ def test_values_are_read() -> None:
     assert settings.upstream_timeout == 12.5
     assert settings.upstream_max_connections == 500
     assert settings.max_reply_chars == 100_000
+    assert settings.db_transaction_pooler is True
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,9 @@ def test_values_are_read() -> None:
         ("CONVSTORE_UPSTREAM_MAX_CONNECTIONS", "many", "CONVSTORE_UPSTREAM_MAX_CONNECTIONS"),
         ("CONVSTORE_MAX_REPLY_CHARS", "0", "CONVSTORE_MAX_REPLY_CHARS"),
         ("CONVSTORE_MAX_REPLY_CHARS", "1e6", "CONVSTORE_MAX_REPLY_CHARS"),
+        # A pooler setting for a SQLite file is a mistake in the deployment.
+        ("CONVSTORE_DB_TRANSACTION_POOLER", "1", "CONVSTORE_DB_TRANSACTION_POOLER"),
+        ("CONVSTORE_DB_TRANSACTION_POOLER", "yes please", "CONVSTORE_DB_TRANSACTION_POOLER"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, says: str) -> None:

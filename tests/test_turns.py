@@ -8,6 +8,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from live import stored_messages
 from strategies import messages
 
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
@@ -24,24 +25,6 @@ async def new_conversation(client: Client, headers: dict[str, str], **body: Any)
 
 async def turn(client: Client, headers: dict[str, str], cid: str, **body: Any) -> Any:
     return await client.post(f"/v1/conversations/{cid}/turns", json=body, headers=headers)
-
-
-async def stored_messages(
-    client: Client, headers: dict[str, str], cid: str
-) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 100}
-        if cursor:
-            params["cursor"] = cursor
-        page = (
-            await client.get(f"/v1/conversations/{cid}/messages", params=params, headers=headers)
-        ).json()
-        messages += page["data"]
-        if not page["has_more"]:
-            return messages
-        cursor = page["next_cursor"]
 
 
 def as_sent(message: dict[str, Any]) -> dict[str, Any]:

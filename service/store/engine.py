@@ -33,11 +33,31 @@ def json_dumps(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def make_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
+# asyncpg behind a pooler in transaction mode (PgBouncer's pool_mode=transaction): each
+# transaction may run on another server connection, so a statement prepared under a name in
+# one transaction is missing ("prepared statement ... does not exist") or a name is taken
+# ("already exists") in the next. No statement cache (SQLAlchemy's nor asyncpg's own), and
+# every statement the unnamed one: SQLAlchemy's documented hook for naming statements, given
+# the empty name. Its documented recipe of unique names works too, but leaves each statement
+# prepared on the server connection until PgBouncer runs DISCARD ALL, which in transaction
+# mode it does only with server_reset_query_always; the unnamed statement is replaced by the
+# next one, so nothing piles up whatever the pooler's settings.
+TRANSACTION_POOLER_CONNECT_ARGS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": lambda: "",
+}
+
+
+def make_engine(
+    database_url: str, *, pool_size: int = 20, transaction_pooler: bool = False
+) -> AsyncEngine:
     """An engine tuned for the service: WAL and a busy timeout on SQLite, pooling on PostgreSQL.
 
     On SQLite, transactions begun on ``StoreBase.writer`` start with ``BEGIN IMMEDIATE``, so two
-    writers queue on the database lock instead of failing with "database is locked".
+    writers queue on the database lock instead of failing with "database is locked". With
+    ``transaction_pooler``, PostgreSQL statements are never prepared under a name, so the URL
+    may lead to PgBouncer in transaction mode.
     """
     url = make_url(database_url)
     options: dict[str, Any] = {
@@ -50,6 +70,8 @@ def make_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
         _tune_sqlite(engine)
         return engine
+    if transaction_pooler:
+        options["connect_args"] = TRANSACTION_POOLER_CONNECT_ARGS
     engine = create_async_engine(url, **options)
     _replace_closed_connections(engine)
     return engine
