@@ -83,8 +83,15 @@ def create_app(
             pool_size=settings.db_pool_size,
             transaction_pooler=settings.db_transaction_pooler,
         )
+        read_db = None
+        if settings.read_database_url:
+            read_db = make_engine(
+                settings.read_database_url,
+                pool_size=settings.db_pool_size,
+                transaction_pooler=settings.db_transaction_pooler,
+            )
         client = http_client or make_http_client(settings)
-        store = Store(db)
+        store = Store(db, read_db)
         upstream = UpstreamClient(
             client,
             base_url=settings.upstream_url,
@@ -117,6 +124,8 @@ def create_app(
                 await client.aclose()
             if own_engine:
                 await db.dispose()
+            if read_db is not None:
+                await read_db.dispose()
 
     configure_logging(settings.log_level)
     openapi_router, render_plugins = schema_router()

@@ -63,18 +63,18 @@ def _migrate(settings: Settings) -> None:
 
 def _with_store(settings: Settings, work: Callable[[Store], Awaitable[_T]]) -> _T:
     async def run() -> _T:
-        store = Store(
-            make_engine(
-                settings.database_url,
-                pool_size=1,
-                transaction_pooler=settings.db_transaction_pooler,
-            )
-        )
+        engines = [
+            make_engine(url, pool_size=1, transaction_pooler=settings.db_transaction_pooler)
+            for url in (settings.database_url, settings.read_database_url)
+            if url
+        ]
+        store = Store(*engines)
         try:
             return await work(store)
         finally:
             await store.close()
-            await store.engine.dispose()
+            for engine in engines:
+                await engine.dispose()
 
     return asyncio.run(run())
 

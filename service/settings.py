@@ -27,6 +27,9 @@ class Settings:
     """Everything the service is configured with; see the README's configuration table."""
 
     database_url: str = DEFAULT_DATABASE_URL
+    # A streaming replica of the database, for the reads that may lag (lists, search, exports,
+    # admin reads and stats); None reads everything from the database.
+    read_database_url: str | None = None
     upstream_url: str = DEFAULT_UPSTREAM_URL
     xai_api_key: str | None = field(default=None, repr=False)
     default_model: str = "grok-4"
@@ -62,6 +65,7 @@ class Settings:
             )
         settings = cls(
             database_url=env.get("CONVSTORE_DATABASE_URL", DEFAULT_DATABASE_URL),
+            read_database_url=env.get("CONVSTORE_READ_DATABASE_URL") or None,
             upstream_url=env.get("CONVSTORE_UPSTREAM_URL", DEFAULT_UPSTREAM_URL),
             xai_api_key=env.get("XAI_API_KEY") or None,
             default_model=env.get("CONVSTORE_DEFAULT_MODEL", "grok-4"),
@@ -109,6 +113,8 @@ class Settings:
                     f"CONVSTORE_DATABASE_URL names a SQLite file in {folder}, which is not an "
                     "existing directory"
                 )
+        if self.read_database_url is not None:
+            self._validate_read_database_url(url.drivername)
         if self.db_transaction_pooler and url.drivername != "postgresql+asyncpg":
             raise SettingsError(
                 "CONVSTORE_DB_TRANSACTION_POOLER is for PostgreSQL behind a pooler; "
@@ -137,6 +143,19 @@ class Settings:
             raise SettingsError("CONVSTORE_DB_POOL_SIZE must be at least 1")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError("CONVSTORE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+
+    def _validate_read_database_url(self, primary_driver: str) -> None:
+        try:
+            driver = make_url(self.read_database_url or "").drivername
+        except ArgumentError as exc:
+            raise SettingsError(
+                f"CONVSTORE_READ_DATABASE_URL is not a database URL: {self.read_database_url!r}"
+            ) from exc
+        if driver != "postgresql+asyncpg" or primary_driver != driver:
+            raise SettingsError(
+                "CONVSTORE_READ_DATABASE_URL is a PostgreSQL replica of the database "
+                "(postgresql+asyncpg://), for a CONVSTORE_DATABASE_URL that is PostgreSQL too"
+            )
 
     @property
     def is_sqlite(self) -> bool:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import uvicorn
 from litestar import Litestar
 
 from service.fake_upstream import FakeUpstream, expected_reply
+from service.store import Store, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -265,3 +267,15 @@ async def turn_until_taken(
             return
         assert response.json()["code"] == "turn_in_progress", response.text
         await asyncio.sleep(random.uniform(0.01, 0.1))
+
+
+async def new_tenant_key(
+    database_url: str, *, admin: bool = False, transaction_pooler: bool = False
+) -> dict[str, str]:
+    """Headers of a new key of a new tenant of its own, made in the given database."""
+    store = Store(make_engine(database_url, pool_size=1, transaction_pooler=transaction_pooler))
+    try:
+        _, key = await store.create_key(f"t-{uuid.uuid4().hex[:8]}", is_admin=admin)
+    finally:
+        await store.engine.dispose()
+    return {"Authorization": f"Bearer {key}"}

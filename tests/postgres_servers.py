@@ -106,3 +106,62 @@ max_client_conn = 500
         process.terminate()
         process.wait(timeout=30)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _postgres_programs() -> tuple[str, ...]:
+    """Where Debian keeps PostgreSQL's server programs, newest version first."""
+    return tuple(str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True))
+
+
+def _run_as_postgres(command: list[str], folder: Path) -> None:
+    done = subprocess.run(
+        [*_as_postgres_user(), *command], cwd=folder, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        message = f"{command[0]} failed: {done.stderr.strip()}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@contextlib.contextmanager
+def streaming_replica() -> Iterator[int]:
+    """A hot standby of the local PostgreSQL, streaming its WAL: ``pg_basebackup -R`` of the
+    whole server into a temporary folder, started with ``pg_ctl`` on a free port. Databases
+    created on the server afterwards appear on it too. Yields its port.
+
+    The server must accept replication connections from 127.0.0.1 (`.ci/run` adds the
+    pg_hba.conf line)."""
+    programs = _postgres_programs()
+    basebackup = require_program("pg_basebackup", folders=programs)
+    pg_ctl = require_program("pg_ctl", folders=programs)
+    folder = _shared_folder("convstore-replica-")
+    data = folder / "data"
+    port = free_port()
+    try:
+        _run_as_postgres(
+            [
+                *(basebackup, "-h", POSTGRES_HOST, "-p", str(POSTGRES_PORT), "-U", "postgres"),
+                *("-D", str(data), "-R", "-X", "stream", "--checkpoint=fast"),
+            ],
+            folder,
+        )
+        (data / "postgresql.conf").write_text(
+            f"listen_addresses = '{POSTGRES_HOST}'\nport = {port}\n"
+            f"unix_socket_directories = '{folder}'\nhot_standby = on\nshared_buffers = 32MB\n"
+            # A standby query that replay would cancel waits for it instead.
+            "max_standby_streaming_delay = -1\n"
+        )
+        (data / "pg_hba.conf").write_text(f"host all all {POSTGRES_HOST}/32 trust\n")
+        if os.geteuid() == 0:
+            for name in ("postgresql.conf", "pg_hba.conf"):
+                shutil.chown(data / name, "postgres", "postgres")
+        log = folder / "replica.log"
+        _run_as_postgres(
+            [pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"], folder
+        )
+        yield port
+    finally:
+        if (data / "postmaster.pid").exists():
+            _run_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], folder)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -8,7 +8,6 @@ many client connections share few server connections and each transaction may la
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,13 +17,13 @@ import asyncpg
 import httpx
 import pytest
 from conftest import postgres_database
-from live import check_conversation, server, turn_until_taken
+from live import check_conversation, new_tenant_key, server, turn_until_taken
 from postgres_servers import pgbouncer, with_port
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
-from service.store import Store, make_engine
+from service.store import make_engine
 
 POOL_SIZE = 3  # server connections PgBouncer keeps to the database
 
@@ -53,20 +52,10 @@ async def client(bounced: Bounced) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def new_key(bounced: Bounced, *, admin: bool = False) -> dict[str, str]:
-    """Headers of a new key of a tenant of its own."""
-    store = Store(make_engine(bounced.url, pool_size=1, transaction_pooler=True))
-    try:
-        _, key = await store.create_key(f"t-{uuid.uuid4().hex[:8]}", is_admin=admin)
-    finally:
-        await store.engine.dispose()
-    return {"Authorization": f"Bearer {key}"}
-
-
 async def test_turns_one_after_another(
     client: httpx.AsyncClient, bounced: Bounced, upstream: FakeUpstream
 ) -> None:
-    headers = await new_key(bounced)
+    headers = await new_tenant_key(bounced.url, transaction_pooler=True)
     created = await client.post("/v1/conversations", json={"title": "pooled"}, headers=headers)
     assert created.status_code == 201, created.text
     cid = created.json()["id"]
@@ -85,7 +74,7 @@ async def test_turns_one_after_another(
 async def test_many_concurrent_turns_share_three_server_connections(
     client: httpx.AsyncClient, bounced: Bounced, upstream: FakeUpstream
 ) -> None:
-    headers = await new_key(bounced)
+    headers = await new_tenant_key(bounced.url, transaction_pooler=True)
     upstream.push_fault(Fault(kind="slow", delay=0.02, times=100_000))
     conversations = []
     for i in range(6):
@@ -107,7 +96,7 @@ async def test_many_concurrent_turns_share_three_server_connections(
 
 
 async def test_streamed_turn(client: httpx.AsyncClient, bounced: Bounced) -> None:
-    headers = await new_key(bounced)
+    headers = await new_tenant_key(bounced.url, transaction_pooler=True)
     cid = (await client.post("/v1/conversations", json={}, headers=headers)).json()["id"]
     question = [{"role": "user", "content": "tell me a long story"}]
     async with client.stream(
@@ -125,8 +114,8 @@ async def test_streamed_turn(client: httpx.AsyncClient, bounced: Bounced) -> Non
 
 
 async def test_lists_pages_and_search(client: httpx.AsyncClient, bounced: Bounced) -> None:
-    headers = await new_key(bounced)
-    admin = await new_key(bounced, admin=True)
+    headers = await new_tenant_key(bounced.url, transaction_pooler=True)
+    admin = await new_tenant_key(bounced.url, admin=True, transaction_pooler=True)
     made = []
     for i in range(7):
         title = f"pooled walrus {i}" if i % 2 else f"pooled otter {i}"
@@ -150,7 +139,7 @@ async def test_lists_pages_and_search(client: httpx.AsyncClient, bounced: Bounce
 async def test_no_prepared_statement_is_left_on_the_server_connections(
     client: httpx.AsyncClient, bounced: Bounced
 ) -> None:
-    headers = await new_key(bounced)
+    headers = await new_tenant_key(bounced.url, transaction_pooler=True)
     for _ in range(5):
         cid = (await client.post("/v1/conversations", json={}, headers=headers)).json()["id"]
         await client.post(

@@ -36,6 +36,7 @@ def test_values_are_read() -> None:
             "CONVSTORE_UPSTREAM_MAX_CONNECTIONS": "500",
             "CONVSTORE_MAX_REPLY_CHARS": "100000",
             "CONVSTORE_DB_TRANSACTION_POOLER": "1",
+            "CONVSTORE_READ_DATABASE_URL": "postgresql+asyncpg://u@replica/db",
         }
     )
     assert settings.database_url == "postgresql+asyncpg://u@h/db"
@@ -46,6 +47,7 @@ def test_values_are_read() -> None:
     assert settings.upstream_max_connections == 500
     assert settings.max_reply_chars == 100_000
     assert settings.db_transaction_pooler is True
+    assert settings.read_database_url == "postgresql+asyncpg://u@replica/db"
 
 
 @pytest.mark.parametrize(
@@ -71,11 +73,24 @@ def test_values_are_read() -> None:
         # A pooler setting for a SQLite file is a mistake in the deployment.
         ("CONVSTORE_DB_TRANSACTION_POOLER", "1", "CONVSTORE_DB_TRANSACTION_POOLER"),
         ("CONVSTORE_DB_TRANSACTION_POOLER", "yes please", "CONVSTORE_DB_TRANSACTION_POOLER"),
+        # A read replica is PostgreSQL's, of a PostgreSQL database.
+        ("CONVSTORE_READ_DATABASE_URL", "postgresql+asyncpg://u@h/db", "CONVSTORE_READ_DATABASE"),
+        ("CONVSTORE_READ_DATABASE_URL", "nonsense", "CONVSTORE_READ_DATABASE_URL"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, says: str) -> None:
     with pytest.raises(SettingsError, match=says):
         Settings.from_env({name: value})
+
+
+def test_a_read_replica_must_be_postgresql() -> None:
+    with pytest.raises(SettingsError, match="CONVSTORE_READ_DATABASE_URL"):
+        Settings.from_env(
+            {
+                "CONVSTORE_DATABASE_URL": "postgresql+asyncpg://u@h/db",
+                "CONVSTORE_READ_DATABASE_URL": "sqlite+aiosqlite:///x.db",
+            }
+        )
 
 
 def test_admin_insecure_cookies_is_a_flag() -> None:

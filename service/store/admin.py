@@ -121,7 +121,7 @@ class AdminStore(StoreBase):
             created, ident = cursors.created("admin", cursor)
             query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
         query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
-        async with self._read() as conn:
+        async with self._read(may_lag=True) as conn:
             rows = (await conn.execute(query)).all()
         next_cursor = None
         if len(rows) > limit:
@@ -138,7 +138,7 @@ class AdminStore(StoreBase):
             .where(T.status == "failed", T.conversation_id.in_(list(conversation_ids)))
             .distinct()
         )
-        async with self._read() as conn:
+        async with self._read(may_lag=True) as conn:
             return set((await conn.scalars(query)).all())
 
     async def stats(self, *, days: int = 30) -> dict[str, Any]:
@@ -151,7 +151,7 @@ class AdminStore(StoreBase):
         own = T.imported.is_(false())
         since = utcnow() - timedelta(days=days)
         day = func.date(T.created_at)
-        async with self._read() as conn:
+        async with self._read(may_lag=True) as conn:
             conversations = (
                 await conn.execute(
                     select(func.count())

@@ -95,7 +95,7 @@ class ConversationStore(StoreBase):
             created, ident = cursors.created(scope, cursor)
             query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
         query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
-        async with self._read() as conn:
+        async with self._read(may_lag=True) as conn:
             rows = (await conn.execute(query)).all()
         items = [conversation_out(r) for r in rows[:limit]]
         next_cursor = None
@@ -326,7 +326,7 @@ class ConversationStore(StoreBase):
         """The message at ``seq`` on the conversation's active path, or on the path through
         ``through`` and down its newest replies (any tenant's: for admins); None if there is
         none."""
-        async with self._read() as conn:
+        async with self._read(may_lag=True) as conn:
             if through is None:
                 head = (
                     await conn.execute(select(C.head_id).where(C.id == conversation_id))

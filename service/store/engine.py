@@ -108,10 +108,15 @@ def _replace_closed_connections(engine: AsyncEngine) -> None:
 
 
 class StoreBase:
-    """The engine, and the two kinds of transaction every part of the store uses."""
+    """The engine, and the two kinds of transaction every part of the store uses.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    With ``read_engine`` (a streaming replica of the database), the reads that say they may
+    lag go to it; everything else, writes and the reads a client expects to show its own
+    writes, go to ``engine``."""
+
+    def __init__(self, engine: AsyncEngine, read_engine: AsyncEngine | None = None) -> None:
         self.engine = engine
+        self.reader = read_engine or engine
         self.writer = engine.execution_options(convstore_write=True)
         self._cursors: Cursors | None = None
 
@@ -126,8 +131,11 @@ class StoreBase:
             yield conn
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+    async def _read(self, *, may_lag: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection to read with: the database's, or with ``may_lag`` the read replica's
+        if there is one, for reads that need not show a write made a moment ago (lists,
+        search, exports, admin reads, stats): they may be behind by the replica's lag."""
+        async with (self.reader if may_lag else self.engine).connect() as conn:
             yield conn
 
     async def _owned(self, conn: AsyncConnection, tenant: str, conversation_id: uuid.UUID) -> None:

@@ -83,11 +83,11 @@ class TranscriptStore(ConversationStore):
 
     async def export_one(self, tenant: str | None, conversation_id: uuid.UUID) -> ExportRows:
         """Everything a transcript holds for one conversation (any tenant's if ``tenant`` is
-        None, for admins)."""
+        None, for admins, read from the replica if there is one)."""
         query = select(*EXPORT_CONVERSATION_COLUMNS).where(C.id == conversation_id)
         if tenant is not None:
             query = query.where(C.tenant == tenant)
-        async with self._read() as conn:
+        async with self._read(may_lag=tenant is None) as conn:
             row = (await conn.execute(query)).first()
             if row is None:
                 raise NotFound("No conversation has this id.")
@@ -98,7 +98,7 @@ class TranscriptStore(ConversationStore):
         """One path of any tenant's conversation, for admins to read: the active path, or the
         path through ``through`` and down its newest replies (``NotFound`` if the conversation
         has no such message); with every turn, and how many messages it holds in all."""
-        async with self._read() as conn:
+        async with self._read(may_lag=True) as conn:
             row = (
                 await conn.execute(
                     select(*EXPORT_CONVERSATION_COLUMNS).where(C.id == conversation_id)
@@ -149,7 +149,7 @@ class TranscriptStore(ConversationStore):
             if after is not None:
                 query = query.where(tuple_(C.created_at, C.id) > tuple_(*after))
             query = query.order_by(C.created_at, C.id).limit(batch_size)
-            async with self._read() as conn:
+            async with self._read(may_lag=True) as conn:
                 rows = (await conn.execute(query)).all()
                 if not rows:
                     return
@@ -161,7 +161,7 @@ class TranscriptStore(ConversationStore):
             after = (rows[-1].created_at, rows[-1].id)
 
     async def count_conversations(self, filters: ConversationFilter) -> int:
-        async with self._read() as conn:
+        async with self._read(may_lag=True) as conn:
             count: int = (
                 await conn.execute(
                     filters.apply(select(func.count()).select_from(conversation_table))
