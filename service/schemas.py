@@ -26,6 +26,16 @@ Model = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Title = Annotated[str, Meta(max_length=1_000, pattern=NO_NUL)]
 Text = Annotated[str, Meta(max_length=MAX_CONTENT_CHARS, pattern=NO_NUL)]
 Identifier = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+# A frontend's id for one of its end users: opaque to the service.
+EndUser = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="The frontend's own id for the person the conversation is for.",
+    ),
+]
 Part = dict[str, Any]
 Content = Text | list[Part]
 
@@ -173,6 +183,7 @@ def _check_object(name: str, value: dict[str, Any]) -> None:
 
 class ConversationCreate(Strict):
     title: Title | None = None
+    user: EndUser | None = None
     model: Model | UnsetType = UNSET
     params: Params = msgspec.field(default_factory=dict)
     metadata: Metadata = msgspec.field(default_factory=dict)
@@ -184,6 +195,8 @@ class ConversationCreate(Strict):
 
 class ConversationPatch(Strict):
     title: Title | UnsetType | None = UNSET
+    user: EndUser | UnsetType | None = UNSET
+    archived: bool | UnsetType = UNSET
     model: Model | UnsetType = UNSET
     params: Params | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
@@ -266,6 +279,9 @@ class ConversationOut(Struct, omit_defaults=True):
     message_count: int
     created_at: datetime
     updated_at: datetime
+    # The frontend's own id for the person the conversation is for.
+    user: str | None
+    archived: bool
     head_id: uuid.UUID | None = None
     source_id: str | None = None
     forked_from_id: uuid.UUID | None = None

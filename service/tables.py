@@ -141,6 +141,9 @@ class Conversation(Base):
         Index("ix_conversation_created", "created_at", "id"),
         # Importing the same transcript twice finds the first import instead of duplicating it.
         Index("uq_conversation_tenant_source", "tenant", "source_id", unique=True),
+        # A frontend lists one end user's conversations newest first. (On PostgreSQL, a GIN
+        # index on the metadata, made by hand in its migration, finds `metadata.<key>=<value>`.)
+        Index("ix_conversation_tenant_end_user", "tenant", "end_user", "created_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
@@ -160,6 +163,9 @@ class Conversation(Base):
     source_id: Mapped[str | None] = mapped_column(String(200), default=None)
     forked_from_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     forked_through_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The frontend's own id for the person the conversation is for (`user` in the API).
+    end_user: Mapped[str | None] = mapped_column(String(200), default=None)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Branch(Base):

@@ -59,6 +59,12 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     return message
 
 
+# A frontend's ids for its end users: any text but NUL.
+end_users = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"),
+    min_size=1,
+    max_size=40,
+)
 conversation_fields = st.fixed_dictionaries(
     {
         "title": st.one_of(st.none(), texts),
@@ -69,6 +75,7 @@ conversation_fields = st.fixed_dictionaries(
         "metadata": st.dictionaries(
             texts, st.one_of(texts, st.integers(), st.booleans()), max_size=3
         ),
+        "user": st.one_of(st.none(), end_users),
     }
 )
 conversations = st.builds(
@@ -101,6 +108,7 @@ def trees(draw: st.DrawFn) -> dict[str, Any]:
         "conversation": {
             "id": "tree",
             **draw(conversation_fields),
+            "archived": draw(st.booleans()),
             "head_id": placed[head]["id"],
         },
         "messages": placed,

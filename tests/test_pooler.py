@@ -118,10 +118,11 @@ async def test_lists_pages_and_search(client: httpx.AsyncClient, bounced: Bounce
     admin = await new_tenant_key(bounced.url, admin=True, transaction_pooler=True)
     made = []
     for i in range(7):
-        title = f"pooled walrus {i}" if i % 2 else f"pooled otter {i}"
-        made.append(
-            (await client.post("/v1/conversations", json={"title": title}, headers=headers)).json()
-        )
+        body = {
+            "title": f"pooled walrus {i}" if i % 2 else f"pooled otter {i}",
+            "user": f"u{i % 3}",
+        }
+        made.append((await client.post("/v1/conversations", json=body, headers=headers)).json())
     seen: list[str] = []
     cursor: str | None = None
     while True:
@@ -132,8 +133,16 @@ async def test_lists_pages_and_search(client: httpx.AsyncClient, bounced: Bounce
         if not page["has_more"]:
             break
     assert seen == [c["id"] for c in reversed(made)]
+    walruses = {c["id"] for i, c in enumerate(made) if i % 2}
     found = (await client.get("/admin/conversations", params={"q": "walrus"}, headers=admin)).json()
-    assert {c["id"] for c in found["data"]} == {c["id"] for i, c in enumerate(made) if i % 2}
+    assert {c["id"] for c in found["data"]} == walruses
+    found = (await client.get("/v1/conversations", params={"q": "walrus"}, headers=headers)).json()
+    assert {c["id"] for c in found["data"]} == walruses
+    params = {"user": "u1", "metadata.none": "x"}
+    found = (await client.get("/v1/conversations", params=params, headers=headers)).json()
+    assert found["data"] == []
+    found = (await client.get("/v1/conversations", params={"user": "u1"}, headers=headers)).json()
+    assert [c["id"] for c in found["data"]] == [made[4]["id"], made[1]["id"]]
 
 
 async def test_no_prepared_statement_is_left_on_the_server_connections(

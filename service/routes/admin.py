@@ -14,7 +14,15 @@ from msgspec import Struct
 
 from service import transcripts
 from service.errors import BadRequest
-from service.routes.params import Admin, ConversationId, Cursor, Limit
+from service.routes.params import (
+    Admin,
+    Archived,
+    ConversationId,
+    Cursor,
+    EndUserFilter,
+    Limit,
+    Query,
+)
 from service.routes.transcripts import attachment, export_stream
 from service.schemas import NO_NUL, ConversationOut, MessageOut, TurnOut
 from service.store import ConversationFilter, Store
@@ -24,12 +32,6 @@ Tenant = Annotated[
 ]
 Model = Annotated[
     str | None, QueryParameter(max_length=200, pattern=NO_NUL, description="Only this model's.")
-]
-Query = Annotated[
-    str | None,
-    QueryParameter(
-        max_length=500, pattern=NO_NUL, description="Words to find in titles or message content."
-    ),
 ]
 After = Annotated[datetime | None, QueryParameter(description="Created at or after (ISO 8601).")]
 Before = Annotated[datetime | None, QueryParameter(description="Created before (ISO 8601).")]
@@ -64,6 +66,8 @@ async def provide_filters(
     created_after: After = None,
     created_before: Before = None,
     status: Status = None,
+    user: EndUserFilter = None,
+    archived: Archived = None,
 ) -> ConversationFilter:
     """The admin routes' filters, from their query parameters. It takes the admin key first,
     so that a request without one is a 401 whatever its parameters."""
@@ -79,6 +83,8 @@ async def provide_filters(
         created_after=created_after,
         created_before=created_before,
         status=status,
+        user=user,
+        archived=archived,
         dialect=store.dialect,
     )
 

@@ -7,11 +7,21 @@ from typing import Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.params import FromQuery, JSONBody
 from msgspec import UNSET
 
 from service.idempotency import idempotent
-from service.routes.params import Caller, ConversationId, Cursor, Head, Limit, MessageId
+from service.routes.params import (
+    Caller,
+    ConversationFilters,
+    ConversationId,
+    Cursor,
+    Head,
+    Limit,
+    MessageId,
+    provide_conversation_filters,
+)
 from service.schemas import (
     ConversationCreate,
     ConversationCreated,
@@ -49,18 +59,27 @@ class ConversationController(Controller):
                 params=data.params,
                 metadata=data.metadata,
                 messages=[message_fields(m) for m in data.messages],
+                user=data.user,
             )
             created = ConversationCreated(**msgspec.structs.asdict(conversation), messages=messages)
             return Response(created, status_code=201)
 
         return await idempotent(request, principal, state.turns, run)
 
-    @get("/", summary="List conversations, newest first")
+    @get(
+        "/",
+        summary="List conversations, newest first",
+        dependencies={"filters": Provide(provide_conversation_filters)},
+    )
     async def list_conversations(
-        self, principal: Caller, state: State, limit: Limit = 20, cursor: Cursor = None
+        self, filters: ConversationFilters, state: State, limit: Limit = 20, cursor: Cursor = None
     ) -> ConversationPage:
+        """The tenant's conversations, newest first, in keyset pages; ``user``, ``archived``
+        and ``q`` (words in titles or messages) filter them, and so does each
+        ``metadata.<key>=<value>`` (up to ten): the metadata has this key with exactly this
+        string value."""
         items, next_cursor = await state.store.list_conversations(
-            principal.tenant, limit=limit, cursor=cursor
+            filters, limit=limit, cursor=cursor
         )
         return ConversationPage(items, next_cursor is not None, next_cursor)
 
@@ -75,7 +94,10 @@ class ConversationController(Controller):
 
     @patch(
         "/{conversation_id:uuid}",
-        summary="Change a conversation's title, model, params or metadata, or switch branch",
+        summary=(
+            "Change a conversation's title, user, archived, model, params or metadata, "
+            "or switch branch"
+        ),
     )
     async def patch_conversation(
         self,
@@ -89,7 +111,7 @@ class ConversationController(Controller):
         call pages to a sibling's latest state; 409 while a turn runs."""
         changes = {
             name: value
-            for name in ("title", "model", "params", "metadata")
+            for name in ("title", "user", "archived", "model", "params", "metadata")
             if (value := getattr(data, name)) is not UNSET
         }
         store: Store = state.store

@@ -7,13 +7,19 @@ from typing import Any, Literal
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.params import FromPath, FromQuery, JSONBody, RawBody
 from litestar.response import Stream
 
 from service import transcripts
 from service.idempotency import idempotent
 from service.imports import Importer
-from service.routes.params import Caller, ConversationId
+from service.routes.params import (
+    Caller,
+    ConversationFilters,
+    ConversationId,
+    provide_conversation_filters,
+)
 from service.schemas import ConversationOut, ForkCreate, ImportSummary
 from service.store import ConversationFilter, Store
 
@@ -109,13 +115,13 @@ class TranscriptController(Controller):
         "/export",
         summary="Export every conversation of the tenant as NDJSON transcripts",
         response_description="application/x-ndjson: one transcript per line, streamed",
+        dependencies={"filters": Provide(provide_conversation_filters)},
     )
-    async def export_all(self, principal: Caller, state: State) -> Stream:
-        """Every conversation of the caller's tenant, oldest first, one transcript per line.
+    async def export_all(self, filters: ConversationFilters, state: State) -> Stream:
+        """Every conversation of the caller's tenant, oldest first, one transcript per line,
+        filtered as the list is (``user``, ``archived``, ``q``, ``metadata.<key>``).
         Streamed with constant memory, whatever the number of conversations."""
-        return export_stream(
-            state.store, ConversationFilter(tenant=principal.tenant), "conversations.ndjson"
-        )
+        return export_stream(state.store, filters, "conversations.ndjson")
 
     @post(
         "/conversations/{conversation_id:uuid}/fork",

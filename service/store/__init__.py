@@ -6,8 +6,9 @@ The store speaks in plain values and response Structs; it knows nothing of HTTP 
 from __future__ import annotations
 
 from service.schemas import Reply
-from service.store.admin import AdminSessionStore, AdminStore, ConversationFilter
+from service.store.admin import AdminSessionStore, AdminStore
 from service.store.engine import StoreBase, make_engine
+from service.store.filters import ConversationFilter
 from service.store.idempotency import IdempotencyStore
 from service.store.keys import KeyStore
 from service.store.records import (

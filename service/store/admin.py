@@ -6,34 +6,19 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    column,
-    delete,
-    false,
-    func,
-    insert,
-    literal_column,
-    select,
-    table,
-    text,
-    tuple_,
-    union,
-)
+from sqlalchemy import delete, false, func, insert, select
 
 from service.store.engine import StoreBase
+from service.store.filters import ConversationFilter
 from service.store.records import (
     AS,
     CONVERSATION_COLUMNS,
     IMPORTING,
     C,
     K,
-    M,
     Principal,
     T,
     hash_key,
@@ -48,86 +33,13 @@ from service.tables import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationFilter:
-    """Which conversations a read covers: one tenant's, or (for admins) any filter.
-
-    ``q`` is text to find in titles or message content, through the database's own text
-    index (PostgreSQL full-text search, SQLite FTS5); ``status`` keeps conversations having
-    a turn in that status.
-    """
-
-    tenant: str | None = None
-    model: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    q: str | None = None
-    status: str | None = None
-    dialect: str = "sqlite"
-
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        if self.tenant is not None:
-            query = query.where(C.tenant == self.tenant)
-        else:  # every tenant's, but none still being imported
-            query = query.where(C.tenant != IMPORTING)
-        if self.model is not None:
-            query = query.where(C.model == self.model)
-        if self.created_after is not None:
-            query = query.where(C.created_at >= self.created_after)
-        if self.created_before is not None:
-            query = query.where(C.created_at < self.created_before)
-        if self.status is not None:
-            query = query.where(C.id.in_(select(T.conversation_id).where(T.status == self.status)))
-        if self.q is not None and self.q.strip():
-            query = query.where(text_match(self.dialect, self.q))
-        return query
-
-
-_SIMPLE: ColumnElement[Any] = literal_column("'simple'::regconfig")
-_EMPTY: ColumnElement[Any] = literal_column("''::text")
-_SEARCH_TEXT = table("search_text", column("conv"))
-
-
-def text_match(dialect: str, q: str) -> ColumnElement[bool]:
-    """Conversations whose title or any message contains every word of ``q``."""
-    if dialect == "postgresql":
-        # Each side must read exactly like its GIN index's expression, and the two sides are a
-        # UNION of ids (an OR of the two would make the planner scan every conversation).
-        query = func.plainto_tsquery(_SIMPLE, q)
-        titled = conversation_table.alias("titled")
-        in_titles = select(titled.c.id).where(
-            func.to_tsvector(_SIMPLE, func.coalesce(titled.c.title, _EMPTY)).op("@@")(query)
-        )
-        in_messages = select(M.conversation_id).where(
-            func.to_tsvector(_SIMPLE, func.search_content_text(M.content)).op("@@")(query)
-        )
-        return C.id.in_(union(in_titles, in_messages))
-    words = [w for w in q.split() if w]
-    phrase = " ".join('"' + w.replace('"', '""') + '"' for w in words)
-    matches = select(_SEARCH_TEXT.c.conv).where(
-        text("search_text MATCH :search_query").bindparams(search_query=f"body : ({phrase})")
-    )
-    return C.id.in_(matches)
-
-
 class AdminStore(StoreBase):
     async def admin_list(
         self, filters: ConversationFilter, *, limit: int, cursor: str | None
     ) -> tuple[list[Any], str | None]:
         """Conversations of every tenant, newest first, with their tenant; keyset pages."""
         query = filters.apply(select(*CONVERSATION_COLUMNS, C.tenant))
-        cursors = await self.cursors()
-        if cursor:
-            created, ident = cursors.created("admin", cursor)
-            query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
-        query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
-        async with self._read(may_lag=True) as conn:
-            rows = (await conn.execute(query)).all()
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = cursors.encode("admin", rows[-1].created_at, rows[-1].id)
-        return list(rows), next_cursor
+        return await self._conversation_page(query, scope="admin", limit=limit, cursor=cursor)
 
     async def with_failed_turns(self, conversation_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these conversations have a failed turn (the list page marks them)."""

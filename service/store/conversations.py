@@ -8,12 +8,13 @@ from typing import Any
 
 import msgspec
 from msgspec import UNSET
-from sqlalchemy import Connection, delete, exists, insert, literal, select, tuple_, update
+from sqlalchemy import Connection, delete, exists, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import BadRequest, NotFound
 from service.schemas import ConversationOut, MessageOut, ParentId
 from service.store.engine import StoreBase
+from service.store.filters import ConversationFilter
 from service.store.messages import (
     NO_SUCH_MESSAGE,
     append,
@@ -57,6 +58,7 @@ class ConversationStore(StoreBase):
         params: dict[str, Any],
         metadata: dict[str, Any],
         messages: list[dict[str, Any]],
+        user: str | None = None,
     ) -> tuple[ConversationOut, list[MessageOut]]:
         now = utcnow()
         conversation_id = uuid7()
@@ -72,14 +74,14 @@ class ConversationStore(StoreBase):
             created_at=now,
             updated_at=now,
             head_id=rows[-1]["id"] if rows else None,
+            user=user,
+            archived=False,
         )
 
         def create(conn: Connection) -> list[MessageOut]:
-            conn.execute(
-                insert(conversation_table).values(
-                    tenant=tenant, **msgspec.structs.asdict(conversation)
-                )
-            )
+            values = msgspec.structs.asdict(conversation)
+            values["end_user"] = values.pop("user")
+            conn.execute(insert(conversation_table).values(tenant=tenant, **values))
             return insert_messages(conn, place, rows)
 
         async with self._write() as conn:
@@ -87,21 +89,16 @@ class ConversationStore(StoreBase):
         return conversation, stored
 
     async def list_conversations(
-        self, tenant: str, *, limit: int, cursor: str | None
+        self, filters: ConversationFilter, *, limit: int, cursor: str | None
     ) -> tuple[list[ConversationOut], str | None]:
-        query = select(*CONVERSATION_COLUMNS).where(C.tenant == tenant)
-        cursors, scope = await self.cursors(), f"conversations:{tenant}"
-        if cursor:
-            created, ident = cursors.created(scope, cursor)
-            query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
-        query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
-        async with self._read(may_lag=True) as conn:
-            rows = (await conn.execute(query)).all()
-        items = [conversation_out(r) for r in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            next_cursor = cursors.encode(scope, items[-1].created_at, items[-1].id)
-        return items, next_cursor
+        """One tenant's conversations (``filters.tenant``) that pass the filters, newest
+        first; keyset pages."""
+        query = filters.apply(select(*CONVERSATION_COLUMNS))
+        scope = f"conversations:{filters.tenant}"
+        rows, next_cursor = await self._conversation_page(
+            query, scope=scope, limit=limit, cursor=cursor
+        )
+        return [conversation_out(r) for r in rows], next_cursor
 
     async def get_conversation(self, tenant: str, conversation_id: uuid.UUID) -> ConversationOut:
         async with self._read() as conn:
@@ -129,7 +126,8 @@ class ConversationStore(StoreBase):
         now = utcnow()
 
         def update_it(conn: Connection) -> Any:
-            values = {**changes, "updated_at": now}
+            values = {COLUMN_OF.get(k, k): v for k, v in changes.items()}
+            values["updated_at"] = now
             if head_id is not None:
                 lock_conversation(conn, tenant, conversation_id)
                 check_no_running_turn(conn, conversation_id, now)
@@ -348,6 +346,8 @@ class ConversationStore(StoreBase):
 
 
 PATH_MESSAGES = path(*MESSAGE_COLUMNS)
+# The column of a conversation's field where their names differ.
+COLUMN_OF = {"user": "end_user"}
 
 
 def newest_leaf(conversation_id: uuid.UUID, message_id: uuid.UUID) -> Any:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
-from sqlalchemy import event, select
+from sqlalchemy import Select, event, select, tuple_
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -137,6 +137,25 @@ class StoreBase:
         search, exports, admin reads, stats): they may be behind by the replica's lag."""
         async with (self.reader if may_lag else self.engine).connect() as conn:
             yield conn
+
+    async def _conversation_page(
+        self, query: Select[Any], *, scope: str, limit: int, cursor: str | None
+    ) -> tuple[list[Any], str | None]:
+        """A keyset page of the conversations ``query`` selects (with their ``created_at`` and
+        ``id``), newest first, from where a cursor signed for ``scope`` says; a read that may
+        lag."""
+        cursors = await self.cursors()
+        if cursor:
+            created, ident = cursors.created(scope, cursor)
+            query = query.where(tuple_(C.created_at, C.id) < tuple_(created, ident))
+        query = query.order_by(C.created_at.desc(), C.id.desc()).limit(limit + 1)
+        async with self._read(may_lag=True) as conn:
+            rows = (await conn.execute(query)).all()
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = cursors.encode(scope, rows[-1].created_at, rows[-1].id)
+        return list(rows), next_cursor
 
     async def _owned(self, conn: AsyncConnection, tenant: str, conversation_id: uuid.UUID) -> None:
         """Raise ``NotFound`` unless the tenant has this conversation."""

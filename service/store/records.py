@@ -66,6 +66,8 @@ CONVERSATION_COLUMNS = (
     C.source_id,
     C.forked_from_id,
     C.forked_through_seq,
+    C.end_user.label("user"),
+    C.archived,
 )
 TURN_COLUMNS = (
     T.id,

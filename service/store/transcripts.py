@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.schemas import ConversationOut
-from service.store.admin import ConversationFilter
 from service.store.conversations import PATH_MESSAGES, ConversationStore, newest_leaf
+from service.store.filters import ConversationFilter
 from service.store.messages import (
     NO_SUCH_MESSAGE,
     Place,
@@ -314,7 +314,13 @@ class TranscriptStore(ConversationStore):
             source = (
                 await conn.execute(
                     select(
-                        C.title, C.model, C.params, C["metadata"], C.message_count, C.head_id
+                        C.title,
+                        C.model,
+                        C.params,
+                        C["metadata"],
+                        C.end_user,
+                        C.message_count,
+                        C.head_id,
                     ).where(C.id == conversation_id, C.tenant == tenant)
                 )
             ).first()
@@ -345,6 +351,7 @@ class TranscriptStore(ConversationStore):
                     model=source.model,
                     params=source.params,
                     metadata=source.metadata,
+                    end_user=source.end_user,
                     head_id=rows[-1]["id"] if rows else None,
                     message_count=count,
                     created_at=now,
