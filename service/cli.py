@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -353,6 +354,19 @@ def cmd_fake_upstream(args: argparse.Namespace) -> None:
     fake_upstream.main(["--host", args.host, "--port", str(args.port)])
 
 
+def cmd_openapi(args: argparse.Namespace) -> None:
+    from service.app import create_app
+    from service.openapi import complete
+
+    app = create_app(Settings())
+    document = complete(app.openapi_schema.to_schema())
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+
+
 def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -435,6 +449,12 @@ def parser() -> argparse.ArgumentParser:
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9100)
     fake.set_defaults(func=cmd_fake_upstream)
+
+    openapi = sub.add_parser(
+        "openapi", help="write the OpenAPI document the service serves at /schema/openapi.json"
+    )
+    openapi.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
+    openapi.set_defaults(func=cmd_openapi)
     return p
 
 
