@@ -18,7 +18,9 @@ TYPES = {
     403: "permission_error",
     429: "rate_limit_error",
 }
-_FIELD = re.compile(r"at `\$\.([^`]+)`")
+# Where the framework's validation messages name the field: "… - at `$.input[0].role`",
+# "Object contains unknown field `bogus`".
+_FIELD = re.compile(r"at `\$\.([^`]+)`|unknown field `([^`]+)`")
 
 
 def status_of(error: ServiceError) -> int:
@@ -28,10 +30,12 @@ def status_of(error: ServiceError) -> int:
 def error_body(error: ServiceError) -> dict[str, Any]:
     """The OpenAI error object for a service error."""
     param = error.extra.get("param")
+    errors = error.extra.get("errors") or [{}]
+    if param is None and errors[0].get("key") not in (None, "data"):
+        param = str(errors[0]["key"])
     if param is None:
-        # The framework's validation errors name the field as a JSON path: `$.input[0].role`.
         found = _FIELD.search(error.detail)
-        param = found[1] if found else None
+        param = (found[1] or found[2]) if found else None
     status = status_of(error)
     kind = TYPES.get(status)
     if kind is None:

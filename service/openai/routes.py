@@ -18,7 +18,7 @@ import msgspec
 from litestar import Controller, Response, Router, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import JSONBody, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
 from msgspec import UNSET
 
@@ -62,6 +62,11 @@ After: TypeAlias = Annotated[
 Include: TypeAlias = Annotated[
     list[str] | None, QueryParameter(description="Accepted; every item is complete already.")
 ]
+ResponseId: TypeAlias = Annotated[str, PathParameter(description="A response id (`resp_…`).")]
+ConversationId: TypeAlias = Annotated[
+    str, PathParameter(description="A conversation id (`conv_…`).")
+]
+ItemId: TypeAlias = Annotated[str, PathParameter(description="An item id (`msg_…`, `fc_…`, …).")]
 HISTORY_FIELDS = tuple(column.name for column in HISTORY_COLUMNS)
 NO_CONVERSATION = uuid.UUID(int=0)
 
@@ -108,7 +113,7 @@ class ResponseController(Controller):
 
     @get("/{response_id:str}", summary="Get a response")
     async def get_response(
-        self, response_id: str, principal: Caller, state: State
+        self, response_id: ResponseId, principal: Caller, state: State
     ) -> dict[str, Any]:
         turn, reply = await state.store.response_turn(principal.tenant, response_ident(response_id))
         return response_resource(turn, reply, stored=True)
@@ -119,7 +124,7 @@ class ResponseController(Controller):
         summary="Delete a response: its reply (and what follows it) and its turn",
     )
     async def delete_response(
-        self, response_id: str, principal: Caller, state: State
+        self, response_id: ResponseId, principal: Caller, state: State
     ) -> dict[str, Any]:
         store: Store = state.store
         turn, reply = await store.response_turn(principal.tenant, response_ident(response_id))
@@ -138,7 +143,7 @@ class ResponseController(Controller):
     )
     async def list_input_items(
         self,
-        response_id: str,
+        response_id: ResponseId,
         principal: Caller,
         state: State,
         page: NamedDependency[ItemPage],
@@ -340,7 +345,7 @@ class ConversationController(Controller):
 
     @get("/{conversation_id:str}", summary="Get a conversation")
     async def get_conversation(
-        self, conversation_id: str, principal: Caller, state: State
+        self, conversation_id: ConversationId, principal: Caller, state: State
     ) -> dict[str, Any]:
         found = await state.store.get_conversation(
             principal.tenant, conversation_uuid(conversation_id)
@@ -350,7 +355,7 @@ class ConversationController(Controller):
     @post("/{conversation_id:str}", status_code=200, summary="Change a conversation's metadata")
     async def update_conversation(
         self,
-        conversation_id: str,
+        conversation_id: ConversationId,
         data: JSONBody[ConversationUpdate],
         principal: Caller,
         state: State,
@@ -362,7 +367,7 @@ class ConversationController(Controller):
 
     @delete("/{conversation_id:str}", status_code=200, summary="Delete a conversation")
     async def delete_conversation(
-        self, conversation_id: str, principal: Caller, state: State
+        self, conversation_id: ConversationId, principal: Caller, state: State
     ) -> dict[str, Any]:
         await state.store.delete_conversation(principal.tenant, conversation_uuid(conversation_id))
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
@@ -370,7 +375,7 @@ class ConversationController(Controller):
     @get("/{conversation_id:str}/items", summary="List a conversation's items (its active path)")
     async def list_items(
         self,
-        conversation_id: str,
+        conversation_id: ConversationId,
         principal: Caller,
         state: State,
         page: NamedDependency[ItemPage],
@@ -385,7 +390,7 @@ class ConversationController(Controller):
     )
     async def create_items(
         self,
-        conversation_id: str,
+        conversation_id: ConversationId,
         data: JSONBody[ItemsCreate],
         principal: Caller,
         state: State,
@@ -401,7 +406,7 @@ class ConversationController(Controller):
 
     @get("/{conversation_id:str}/items/{item_id:str}", summary="Get an item")
     async def get_item(
-        self, conversation_id: str, item_id: str, principal: Caller, state: State
+        self, conversation_id: ConversationId, item_id: ItemId, principal: Caller, state: State
     ) -> dict[str, Any]:
         message = await state.store.find_message(
             principal.tenant, conversation_uuid(conversation_id), item_id_uuid(item_id)
@@ -417,7 +422,7 @@ class ConversationController(Controller):
         summary="Delete an item: its message, and every message after it on its branch",
     )
     async def delete_item(
-        self, conversation_id: str, item_id: str, principal: Caller, state: State
+        self, conversation_id: ConversationId, item_id: ItemId, principal: Caller, state: State
     ) -> dict[str, Any]:
         store: Store = state.store
         ident = conversation_uuid(conversation_id)
