@@ -25,9 +25,9 @@ from msgspec import UNSET
 from service.errors import Conflict, NotFound
 from service.openai.errors import OPENAI_EXCEPTION_HANDLERS
 from service.openai.shapes import (
-    ConversationCreate,
-    ConversationUpdate,
-    ItemsCreate,
+    OpenAIConversationCreate,
+    OpenAIConversationUpdate,
+    OpenAIItemsCreate,
     ResponseCreate,
     chat_params,
     conversation_object,
@@ -329,7 +329,7 @@ class ConversationController(Controller):
 
     @post("/", status_code=200, summary="Create a conversation, as OpenAI's Conversations API")
     async def create_conversation(
-        self, data: JSONBody[ConversationCreate], principal: Caller, state: State
+        self, data: JSONBody[OpenAIConversationCreate], principal: Caller, state: State
     ) -> dict[str, Any]:
         store: Store = state.store
         messages = input_messages(data.items or [], "items")
@@ -356,7 +356,7 @@ class ConversationController(Controller):
     async def update_conversation(
         self,
         conversation_id: ConversationId,
-        data: JSONBody[ConversationUpdate],
+        data: JSONBody[OpenAIConversationUpdate],
         principal: Caller,
         state: State,
     ) -> dict[str, Any]:
@@ -391,7 +391,7 @@ class ConversationController(Controller):
     async def create_items(
         self,
         conversation_id: ConversationId,
-        data: JSONBody[ItemsCreate],
+        data: JSONBody[OpenAIItemsCreate],
         principal: Caller,
         state: State,
         include: Include = None,

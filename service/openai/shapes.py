@@ -27,6 +27,7 @@ from service.schemas import (
     Model,
     TurnOut,
     check_params,
+    holds_nul,
     message_fields,
 )
 from service.turns import KEPT_PARAMS
@@ -80,16 +81,16 @@ class ResponseCreate(Strict):
     prompt: dict[str, Any] | None = None
 
 
-class ConversationCreate(Strict):
+class OpenAIConversationCreate(Strict):
     items: Annotated[list[dict[str, Any]], Meta(max_length=20)] | None = None
     metadata: Metadata | None = None
 
 
-class ConversationUpdate(Strict):
+class OpenAIConversationUpdate(Strict):
     metadata: Metadata
 
 
-class ItemsCreate(Strict):
+class OpenAIItemsCreate(Strict):
     items: Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=20)]
 
 
@@ -302,6 +303,8 @@ def chat_params(request: ResponseCreate) -> dict[str, Any]:
         check_params(params)
     except ValueError as exc:
         raise invalid(str(exc), None) from None
+    if holds_nul(kept):
+        raise invalid("`instructions` and `metadata` may not hold NUL characters.", None)
     params[KEPT_PARAMS] = {k: v for k, v in kept.items() if v is not None}
     return params
 
