@@ -7,17 +7,31 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, delete, or_, select
+from sqlalchemy import Connection, bindparam, delete, or_, select
 
 from service.errors import NotFound, TurnInProgress
 from service.schemas import MessageOut, TurnOut
 from service.store.conversations import PATH_MESSAGES
 from service.store.engine import StoreBase
 from service.store.messages import read_history
-from service.store.records import MESSAGE_COLUMNS, TURN_COLUMNS, C, M, T, message_out, turn_out
-from service.tables import conversation_table, turn_table
+from service.store.records import MESSAGE_COLUMNS, TURN_COLUMNS, C, M, T, message_out
+from service.tables import conversation_table, message_table, turn_table
 
 NO_SUCH_RESPONSE = "No response has this id."
+
+
+# A turn of a tenant's conversation with its reply, in one statement (the reply's columns
+# prefixed ``m_``).
+_RESPONSE = (
+    select(*TURN_COLUMNS, *(c.label(f"m_{c.name}") for c in MESSAGE_COLUMNS))
+    .join(conversation_table, C.id == T.conversation_id)
+    .outerjoin(message_table, M.id == T.reply_id)
+    .where(T.id == bindparam("turn_id"), C.tenant == bindparam("tenant"))
+)
+
+
+def turn_out_of(row: Any) -> TurnOut:
+    return TurnOut(**{column.name: row._mapping[column.name] for column in TURN_COLUMNS})
 
 
 class ResponseStore(StoreBase):
@@ -27,24 +41,17 @@ class ResponseStore(StoreBase):
         """A turn of one of the tenant's conversations, with its reply (None until it has
         one). Raises ``NotFound`` if there is no such turn, or if its reply was deleted."""
         async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    select(*TURN_COLUMNS)
-                    .join(conversation_table, C.id == T.conversation_id)
-                    .where(T.id == turn_id, C.tenant == tenant)
-                )
-            ).first()
-            if row is None:
-                raise NotFound(NO_SUCH_RESPONSE)
-            turn = turn_out(row)
-            if turn.reply_id is None:
-                return turn, None
-            reply = (
-                await conn.execute(select(*MESSAGE_COLUMNS).where(M.id == turn.reply_id))
-            ).first()
-        if reply is None:
+            row = (await conn.execute(_RESPONSE, {"turn_id": turn_id, "tenant": tenant})).first()
+        if row is None:
             raise NotFound(NO_SUCH_RESPONSE)
-        return turn, message_out(reply)
+        turn = turn_out_of(row)
+        if turn.reply_id is None:
+            return turn, None
+        if row.m_id is None:  # the reply was deleted
+            raise NotFound(NO_SUCH_RESPONSE)
+        return turn, MessageOut(
+            **{column.name: row._mapping[f"m_{column.name}"] for column in MESSAGE_COLUMNS}
+        )
 
     async def path_from(
         self,
