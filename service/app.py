@@ -21,6 +21,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.events import KEEPALIVE_SECONDS
 from service.imports import Importer
 from service.observability import ObservedLitestar, configure_logging
+from service.openai.routes import openai_router
 from service.openapi import schema_router
 from service.ratelimit import TurnRateLimit
 from service.routes.admin import AdminController
@@ -123,6 +124,7 @@ def create_app(
             TranscriptController,
             AdminController,
             AdminPages,
+            openai_router(),
             health,
             ready,
             metrics,

@@ -287,6 +287,24 @@ def _full_reply(messages: list[Any]) -> str:
     return f"echo: {_last_user_text(messages)} [n={len(messages)} h={expected_digest(messages)}]"
 
 
+def _json_reply(body: dict[str, Any], text: str) -> str:
+    """With ``response_format`` json_schema, the reply is a JSON object whose required
+    properties hold ``text`` (strings), 0 (numbers) or false (booleans); otherwise ``text``."""
+    found = body.get("response_format")
+    spec = found.get("json_schema") if isinstance(found, dict) else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        return text
+    blanks = {"integer": 0, "number": 0, "boolean": False}
+    properties = schema.get("properties") or {}
+    return json.dumps(
+        {
+            name: blanks.get(str((properties.get(name) or {}).get("type")), text)
+            for name in schema.get("required") or ()
+        }
+    )
+
+
 def _words(text: str, limit: int | None) -> tuple[list[str], bool]:
     """``text`` split into reply tokens, cut to ``limit``; whether it was cut."""
     pieces = _WORD_RE.findall(text)
@@ -440,7 +458,7 @@ def _plan(body: dict[str, Any], model: _Model, model_name: str, reasoning_on: bo
     limit = body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens")
-    pieces, cut = _words(_full_reply(messages), limit)
+    pieces, cut = _words(_json_reply(body, _full_reply(messages)), limit)
     finish = "length" if cut else "stop"
     return _Reply(model, model_name, pieces, reasoning, None, finish, prompt, len(pieces))
 

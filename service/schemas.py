@@ -30,7 +30,8 @@ Part = dict[str, Any]
 Content = Text | list[Part]
 
 # Parameters the service itself sets on every upstream request; a client may not override them.
-RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "n"})
+# ``response`` holds what the OpenAI-compatible surface keeps with a turn (``turns.KEPT_PARAMS``).
+RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "n", "response"})
 
 
 class Strict(Struct, forbid_unknown_fields=True, omit_defaults=True):

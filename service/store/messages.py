@@ -375,6 +375,14 @@ def path(*columns: Any, in_conversation: bool = False) -> Select[Any]:
     )
 
 
+_HISTORY = path(*HISTORY_COLUMNS).order_by(M.seq)
+
+
+def read_history(conn: Connection, head_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The path ending at ``head_id`` as the upstream receives it, in seq order."""
+    return [history_entry(*row) for row in conn.execute(_HISTORY, {"head_id": head_id})]
+
+
 # A turn's path, with what placing its input after the path's last message needs to know.
 _TURN_PATH = path(
     *HISTORY_COLUMNS,

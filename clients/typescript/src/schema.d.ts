@@ -331,6 +331,130 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/openai/v1/responses": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Create a response (a turn), as OpenAI's Responses API does */
+        post: operations["OpenaiV1ResponsesCreateResponse"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/responses/{response_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get a response */
+        get: operations["OpenaiV1ResponsesResponseIdGetResponse"];
+        put?: never;
+        post?: never;
+        /** Delete a response: its reply (and what follows it) and its turn */
+        delete: operations["OpenaiV1ResponsesResponseIdDeleteResponse"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/responses/{response_id}/input_items": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List a response's input: the path of messages its reply follows */
+        get: operations["OpenaiV1ResponsesResponseIdInputItemsListInputItems"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/conversations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Create a conversation, as OpenAI's Conversations API */
+        post: operations["OpenaiV1ConversationsCreateConversation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/conversations/{conversation_id}/items": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List a conversation's items (its active path) */
+        get: operations["OpenaiV1ConversationsConversationIdItemsListItems"];
+        put?: never;
+        /** Add items to a conversation (after its head), without asking the model */
+        post: operations["OpenaiV1ConversationsConversationIdItemsCreateItems"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/conversations/{conversation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get a conversation */
+        get: operations["OpenaiV1ConversationsConversationIdGetConversation"];
+        put?: never;
+        /** Change a conversation's metadata */
+        post: operations["OpenaiV1ConversationsConversationIdUpdateConversation"];
+        /** Delete a conversation */
+        delete: operations["OpenaiV1ConversationsConversationIdDeleteConversation"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openai/v1/conversations/{conversation_id}/items/{item_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get an item */
+        get: operations["OpenaiV1ConversationsConversationIdItemsItemIdGetItem"];
+        put?: never;
+        post?: never;
+        /** Delete an item: its message, and every message after it on its branch */
+        delete: operations["OpenaiV1ConversationsConversationIdItemsItemIdDeleteItem"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -505,6 +629,10 @@ export interface components {
             };
             head_id?: string;
         };
+        /** ConversationRef */
+        ConversationRef: {
+            id: string;
+        };
         /** ForkCreate */
         ForkCreate: {
             through_seq?: number | null;
@@ -565,6 +693,27 @@ export interface components {
         MessagesAppended: {
             data: components["schemas"]["MessageOut"][];
         };
+        /** OpenAIConversationCreate */
+        OpenAIConversationCreate: {
+            items?: {
+                [key: string]: unknown;
+            }[] | null;
+            metadata?: {
+                [key: string]: string;
+            } | null;
+        };
+        /** OpenAIConversationUpdate */
+        OpenAIConversationUpdate: {
+            metadata: {
+                [key: string]: string;
+            };
+        };
+        /** OpenAIItemsCreate */
+        OpenAIItemsCreate: {
+            items: {
+                [key: string]: unknown;
+            }[];
+        };
         /** RefusedImport */
         RefusedImport: {
             source_id: string;
@@ -572,6 +721,54 @@ export interface components {
             detail: string;
             problems: components["schemas"]["ImportProblem"][];
             problem_count: number;
+        };
+        /** ResponseCreate */
+        ResponseCreate: {
+            model?: string | null;
+            input?: string | {
+                [key: string]: unknown;
+            }[] | null;
+            instructions?: string | null;
+            previous_response_id?: string | null;
+            conversation?: string | components["schemas"]["ConversationRef"] | null;
+            store?: boolean | null;
+            stream?: boolean | null;
+            stream_options?: {
+                [key: string]: unknown;
+            } | null;
+            tools?: {
+                [key: string]: unknown;
+            }[] | null;
+            tool_choice?: string | {
+                [key: string]: unknown;
+            } | null;
+            parallel_tool_calls?: boolean | null;
+            text?: {
+                [key: string]: unknown;
+            } | null;
+            reasoning?: {
+                [key: string]: unknown;
+            } | null;
+            max_output_tokens?: number | null;
+            max_tool_calls?: number | null;
+            temperature?: number | null;
+            top_p?: number | null;
+            presence_penalty?: number | null;
+            frequency_penalty?: number | null;
+            top_logprobs?: number | null;
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            user?: string | null;
+            safety_identifier?: string | null;
+            prompt_cache_key?: string | null;
+            service_tier?: string | null;
+            truncation?: string | null;
+            background?: boolean | null;
+            include?: string[] | null;
+            prompt?: {
+                [key: string]: unknown;
+            } | null;
         };
         /** SystemMessage */
         SystemMessage: {
@@ -652,6 +849,15 @@ export interface components {
             instance?: string;
         } & {
             [key: string]: unknown;
+        };
+        /** @description An error in OpenAI's shape (the `/openai/v1` surface). */
+        OpenAIError: {
+            error: {
+                message: string;
+                type: string;
+                param: string | null;
+                code: string | null;
+            };
         };
         Transcript_messageId: string;
         /** Format: date-time */
@@ -2882,6 +3088,1197 @@ export interface operations {
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    OpenaiV1ResponsesCreateResponse: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResponseCreate"];
+            };
+        };
+        responses: {
+            /** @description The response object, or with `stream: true` a text/event-stream of the Responses events (response.created … response.completed) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                    "text/event-stream": unknown;
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "A turn is already running in this conversation; wait for it to finish.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "turn_in_progress"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Request Entity Too Large",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "payload_too_large"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "The model is rate limited: Too many requests.",
+                     *         "type": "rate_limit_error",
+                     *         "param": null,
+                     *         "code": "upstream_rate_limited"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "The model rejected the request (400): Model grok-4 does not support parameter presencePenalty.",
+                     *         "type": "server_error",
+                     *         "param": null,
+                     *         "code": "upstream_error"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Gateway Timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "The model did not answer within 3600 s.",
+                     *         "type": "server_error",
+                     *         "param": null,
+                     *         "code": "upstream_timeout"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ResponsesResponseIdGetResponse: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A response id (`resp_…`). */
+                response_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ResponsesResponseIdDeleteResponse: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A response id (`resp_…`). */
+                response_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "A turn is already running in this conversation; wait for it to finish.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "turn_in_progress"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ResponsesResponseIdInputItemsListInputItems: {
+        parameters: {
+            query?: {
+                /** @description How many items (1 to 100). */
+                limit?: number;
+                /** @description Oldest first, or newest first. */
+                order?: "asc" | "desc";
+                /** @description List the items after this one. */
+                after?: string | null;
+                /** @description Accepted; every item is complete already. */
+                include?: string[] | null;
+            };
+            header?: never;
+            path: {
+                /** @description A response id (`resp_…`). */
+                response_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ConversationsCreateConversation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OpenAIConversationCreate"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Request Entity Too Large",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "payload_too_large"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ConversationsConversationIdItemsListItems: {
+        parameters: {
+            query?: {
+                /** @description How many items (1 to 100). */
+                limit?: number;
+                /** @description Oldest first, or newest first. */
+                order?: "asc" | "desc";
+                /** @description List the items after this one. */
+                after?: string | null;
+                /** @description Accepted; every item is complete already. */
+                include?: string[] | null;
+            };
+            header?: never;
+            path: {
+                /** @description A conversation id (`conv_…`). */
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ConversationsConversationIdItemsCreateItems: {
+        parameters: {
+            query?: {
+                /** @description Accepted; every item is complete already. */
+                include?: string[] | null;
+            };
+            header?: never;
+            path: {
+                /** @description A conversation id (`conv_…`). */
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OpenAIItemsCreate"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "A turn is already running in this conversation; wait for it to finish.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "turn_in_progress"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Request Entity Too Large",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "payload_too_large"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ConversationsConversationIdGetConversation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A conversation id (`conv_…`). */
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ConversationsConversationIdUpdateConversation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A conversation id (`conv_…`). */
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OpenAIConversationUpdate"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Request Entity Too Large",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "payload_too_large"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ConversationsConversationIdDeleteConversation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A conversation id (`conv_…`). */
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ConversationsConversationIdItemsItemIdGetItem: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A conversation id (`conv_…`). */
+                conversation_id: string;
+                /** @description An item id (`msg_…`, `fc_…`, …). */
+                item_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+        };
+    };
+    OpenaiV1ConversationsConversationIdItemsItemIdDeleteItem: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A conversation id (`conv_…`). */
+                conversation_id: string;
+                /** @description An item id (`msg_…`, `fc_…`, …). */
+                item_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "`cursor` is not a cursor this API handed out.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "bad_request"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "Send an API key as `Authorization: Bearer <key>`.",
+                     *         "type": "authentication_error",
+                     *         "param": null,
+                     *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "No conversation has this id.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
                 };
             };
         };
