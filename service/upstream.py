@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import aiohttp
 import httpx
@@ -29,6 +29,7 @@ import msgspec
 from service.schemas import Reply
 
 log = logging.getLogger("convstore.upstream")
+_T = TypeVar("_T")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BACKOFF = 8.0
@@ -451,15 +452,11 @@ class UpstreamClient:
         return delay
 
 
-class StreamAccumulator:
-    """Parses an upstream SSE stream line by line and accumulates the reply.
-
-    Follows the observed xAI order: role on the first delta, empty deltas while reasoning, no
-    ``finish_reason`` key until the finish chunk, whole tool calls, a usage chunk with empty
-    ``choices``, then ``[DONE]``. Comment lines (``: keepalive``) and other SSE fields are skipped.
-    A reply (content, reasoning and tool call arguments) past ``max_chars`` characters raises
-    ``UpstreamReplyTooLarge``.
-    """
+class StreamReader:
+    """What every reader of a streamed reply shares: the text accumulated so far, the budget of
+    characters (content, reasoning and tool call arguments past ``max_chars`` raise
+    ``UpstreamReplyTooLarge``) and the SSE framing: only ``data:`` lines count, comment lines
+    (``: keepalive``) and other fields are skipped, and ``data: [DONE]`` is an end."""
 
     END: ClassVar[str] = "[DONE]"
 
@@ -467,28 +464,59 @@ class StreamAccumulator:
         self.model = requested_model
         self.content: list[str] = []
         self.reasoning: list[str] = []
-        self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.started = False
         self.done = False
         self.chars_left = max_chars
         self.max_chars = max_chars
 
-    def feed_line(self, line: bytes) -> dict[str, str] | None:
-        """Take one line; return the text delta it carried, if any."""
+    def data(self, line: bytes) -> bytes | None:
+        """The JSON a line carries, if any; ``[DONE]`` calls ``ended`` instead."""
         if not line.startswith(b"data:"):
             return None
         data = line[5:].strip()
         if data == b"[DONE]":
-            self.done = True
+            self.ended()
             return None
+        return data
+
+    def ended(self) -> None:
+        self.done = True
+
+    @staticmethod
+    def decode(decoder: msgspec.json.Decoder[_T], data: bytes) -> _T:
         try:
-            chunk = _chunk_decoder.decode(data)
+            return decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise UpstreamBadResponse(
                 f"The model's stream held something unreadable: {exc}"
             ) from exc
+
+    def _take(self, chars: int) -> None:
+        self.chars_left -= chars
+        if self.chars_left < 0:
+            raise UpstreamReplyTooLarge(too_large_text(self.max_chars))
+
+
+class StreamAccumulator(StreamReader):
+    """Parses an upstream chat-completions SSE stream line by line and accumulates the reply.
+
+    Follows the observed xAI order: role on the first delta, empty deltas while reasoning, no
+    ``finish_reason`` key until the finish chunk, whole tool calls, a usage chunk with empty
+    ``choices``, then ``[DONE]``.
+    """
+
+    def __init__(self, requested_model: str, max_chars: int = DEFAULT_MAX_REPLY_CHARS) -> None:
+        super().__init__(requested_model, max_chars)
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+
+    def feed_line(self, line: bytes) -> dict[str, str] | None:
+        """Take one line; return the text delta it carried, if any."""
+        data = self.data(line)
+        if data is None:
+            return None
+        chunk = self.decode(_chunk_decoder, data)
         if chunk.error is not None:
             message = (
                 chunk.error
@@ -519,11 +547,6 @@ class StreamAccumulator:
             for call in piece.tool_calls or ():
                 self._merge_tool_call(call)
         return delta or None
-
-    def _take(self, chars: int) -> None:
-        self.chars_left -= chars
-        if self.chars_left < 0:
-            raise UpstreamReplyTooLarge(too_large_text(self.max_chars))
 
     def _merge_tool_call(self, call: _DeltaToolCall) -> None:
         # xAI sends each call whole; OpenAI-style streams send the arguments in pieces.

@@ -29,6 +29,7 @@ from service.upstream import (
     MAX_FINISH_REASON_CHARS,
     MAX_MODEL_CHARS,
     ReplyAccumulator,
+    StreamReader,
     UpstreamApi,
     UpstreamBadResponse,
     UpstreamReplyTooLarge,
@@ -349,7 +350,7 @@ _REASONING_DELTAS = frozenset(
 _ENDS = frozenset({"response.completed", "response.incomplete"})
 
 
-class ResponsesStreamAccumulator:
+class ResponsesStreamAccumulator(StreamReader):
     """Reads a Responses event stream line by line and accumulates the reply.
 
     Text deltas (``response.output_text.delta``) become ``content`` deltas and reasoning
@@ -362,38 +363,27 @@ class ResponsesStreamAccumulator:
     "error"}`` raise ``UpstreamBadResponse``. Other event types and SSE fields are skipped.
     """
 
-    END: ClassVar[str] = "response.completed"
+    END: ClassVar[str] = "response.completed"  # or response.incomplete
 
     def __init__(self, requested_model: str, max_chars: int) -> None:
-        self.model = requested_model
-        self.content: list[str] = []
-        self.reasoning: list[str] = []
+        super().__init__(requested_model, max_chars)
         self.encrypted: str | None = None
         self.calls: dict[int, dict[str, Any]] = {}  # by output index
         self.streamed: set[str | int] = set()  # items whose deltas came: ids, output indexes
         self.reasoning_at: tuple[str | None, int] | None = None  # the last reasoning piece's part
         self.status: str | None = None
         self.incomplete: Any = None
-        self.usage: dict[str, Any] | None = None
-        self.started = False
-        self.done = False
-        self.chars_left = max_chars
-        self.max_chars = max_chars
+
+    def ended(self) -> None:
+        # [DONE] (which xAI's Responses streams do not send) ends nothing by itself.
+        self.done = self.done or self.status is not None
 
     def feed_line(self, line: bytes) -> dict[str, str] | None:
         """Take one line; return the text delta it carried, if any."""
-        if not line.startswith(b"data:"):
+        data = self.data(line)
+        if data is None:
             return None
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            self.done = self.done or self.status is not None
-            return None
-        try:
-            event = _event_decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamBadResponse(
-                f"The model's stream held something unreadable: {exc}"
-            ) from exc
+        event = self.decode(_event_decoder, data)
         kind = event.type
         if kind in ("error", "response.failed") or (not kind and event.error is not None):
             message = _stream_error(event)
@@ -488,11 +478,6 @@ class ResponsesStreamAccumulator:
             items = output if isinstance(output, list) else []
             reasoning = [i for i in items if isinstance(i, dict) and i.get("type") == "reasoning"]
             self.encrypted = _encrypted(reasoning)
-
-    def _take(self, chars: int) -> None:
-        self.chars_left -= chars
-        if self.chars_left < 0:
-            raise UpstreamReplyTooLarge(too_large_text(self.max_chars))
 
     def reply(self) -> Reply:
         calls = [self.calls[i] for i in sorted(self.calls)]
