@@ -415,6 +415,20 @@ def _usage(
     }
 
 
+class _Pace(NamedTuple):
+    """How a stream's events fall due: each ``slow`` seconds after the one before, a content
+    event ``paced.delay`` more (in ``paced.chunks`` pieces); given ``drop``, the stream is cut
+    at its finish or at the content event after ``drop`` of them."""
+
+    slow: float
+    drop: int | None
+    paced: Fault | None
+
+    @property
+    def pieces(self) -> int | None:
+        return self.paced.chunks if self.paced is not None else None
+
+
 @dataclass(slots=True)
 class _Reply:
     """What the fake answers to one valid request, before it is shaped as JSON or SSE."""
@@ -1184,7 +1198,7 @@ class FakeUpstream:
             )
             drop = fault.after_chunks if fault is not None and fault.kind == "drop_stream" else None
             send = self._stream_response if responses else self._stream
-            return await send(exchange, reply, usage=usage, slow=slow, drop=drop, paced=paced)
+            return await send(exchange, reply, usage=usage, pace=_Pace(slow, drop, paced))
         if paced is not None:
             slow = paced.delay * paced.chunks
         if slow and not await self._pause(slow, exchange):
@@ -1210,26 +1224,21 @@ class FakeUpstream:
                 _Problem(503, "unavailable", "The fake upstream is shutting down.")
             )
 
-    async def _stream(
-        self,
-        exchange: _Exchange,
-        reply: _Reply,
-        *,
-        usage: bool,
-        slow: float,
-        drop: int | None,
-        paced: Fault | None,
-    ) -> None:
+    async def _open_stream(self, exchange: _Exchange) -> None:
         await exchange.start(
             200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         )
         if self.keepalive:
             await exchange.chunk(b": keepalive\n\n")
+
+    async def _stream(
+        self, exchange: _Exchange, reply: _Reply, *, usage: bool, pace: _Pace
+    ) -> None:
+        await self._open_stream(exchange)
         contents = reasonings = 0  # chunks sent so far, for legacy usage
         finished = False
-        pieces = paced.chunks if paced is not None else None
-        deltas = _deltas(reply, self.chunk_size, pieces)
-        async for delta, kind in self._due(exchange, deltas, slow=slow, drop=drop, paced=paced):
+        deltas = _deltas(reply, self.chunk_size, pace.pieces)
+        async for delta, kind in self._due(exchange, deltas, pace):
             finish = finished = kind == "finish"
             contents += kind == "content"
             reasonings += kind == "reasoning"
@@ -1251,7 +1260,7 @@ class FakeUpstream:
         if not finished:
             return None  # cut (drop_stream: no finish chunk, no [DONE]), or the client left
         if usage:
-            if slow and not await self._pause(slow, exchange):
+            if pace.slow and not await self._pause(pace.slow, exchange):
                 return await self._aborted(exchange)
             final = _chunk(reply, [])
             final["usage"] = reply.usage()
@@ -1260,22 +1269,15 @@ class FakeUpstream:
         return None
 
     async def _due(
-        self,
-        exchange: _Exchange,
-        events: Iterable[tuple[dict[str, Any], _ChunkKind]],
-        *,
-        slow: float,
-        drop: int | None,
-        paced: Fault | None,
+        self, exchange: _Exchange, events: Iterable[tuple[dict[str, Any], _ChunkKind]], pace: _Pace
     ) -> AsyncIterator[tuple[dict[str, Any], _ChunkKind]]:
-        """A stream's events as they fall due: each ``slow`` seconds after the one before (and
-        a content event ``paced.delay`` more). Given ``drop``, none from the finish or the
-        content event after ``drop`` of them on; none after the client left, either."""
+        """A stream's events as they fall due (``_Pace``); none after the client left."""
         contents = 0
+        drop, paced = pace.drop, pace.paced
         for event, kind in events:
             if drop is not None and (kind == "finish" or (kind == "content" and contents >= drop)):
                 return  # cut; the server closes the socket
-            wait = slow + (paced.delay if paced is not None and kind == "content" else 0.0)
+            wait = pace.slow + (paced.delay if paced is not None and kind == "content" else 0.0)
             if wait and not await self._pause(wait, exchange):
                 await self._aborted(exchange)
                 return
@@ -1283,26 +1285,14 @@ class FakeUpstream:
             yield event, kind
 
     async def _stream_response(
-        self,
-        exchange: _Exchange,
-        reply: _Reply,
-        *,
-        usage: bool,
-        slow: float,
-        drop: int | None,
-        paced: Fault | None,
+        self, exchange: _Exchange, reply: _Reply, *, usage: bool, pace: _Pace
     ) -> None:
         """A Responses stream: ``event:``/``data:`` pairs, each event with its sequence number,
         ending with ``response.completed`` (or ``response.incomplete``); no ``[DONE]``."""
-        await exchange.start(
-            200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-        )
-        if self.keepalive:
-            await exchange.chunk(b": keepalive\n\n")
-        pieces = paced.chunks if paced is not None else None
-        events = _response_events(reply, self.chunk_size, pieces, usage=usage)
+        await self._open_stream(exchange)
+        events = _response_events(reply, self.chunk_size, pace.pieces, usage=usage)
         number = 0
-        async for event, kind in self._due(exchange, events, slow=slow, drop=drop, paced=paced):
+        async for event, kind in self._due(exchange, events, pace):
             event["sequence_number"] = number
             number += 1
             data = b"event: %s\ndata: %s\n\n" % (event["type"].encode(), msgspec.json.encode(event))
