@@ -897,10 +897,10 @@ class FakeUpstream:
     """A fake xAI API: an ASGI 3 application plus controls, optionally served on a socket.
 
     Faults may be pushed, and ``requests``/``calls`` read, from any thread while the server
-    runs in its own thread. ``requests`` keeps the last ``max_recorded`` chat-completions
-    requests, each ``{"body": <decoded JSON, or the raw text if not JSON>, "headers":
-    {<lowercased name>: value}}``; ``calls`` counts every chat-completions request received,
-    including refused ones.
+    runs in its own thread. ``requests`` keeps the last ``max_recorded`` chat-completions and
+    Responses requests, each ``{"body": <decoded JSON, or the raw text if not JSON>, "headers":
+    {<lowercased name>: value}}``; ``calls`` counts every such request received, including
+    refused ones.
 
     Options: ``reasoning=False`` makes every model answer without ``reasoning_content`` and
     reasoning tokens; ``chunk_size`` is the number of words per streamed content delta;
@@ -1894,7 +1894,8 @@ def main(argv: list[str] | None = None) -> None:
         type=_count,
         default=1000,
         metavar="N",
-        help="chat-completions requests kept for GET /_fake/requests (default 1000; 0: none). "
+        help="chat-completions and Responses requests kept for GET /_fake/requests "
+        "(default 1000; 0: none). "
         "They are kept decoded: 1,000 requests with 10,000-message histories take over 1 GB",
     )
     args = parser.parse_args(argv)
