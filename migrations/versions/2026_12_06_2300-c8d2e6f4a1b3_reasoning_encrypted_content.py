@@ -2,7 +2,7 @@
 
 Revision ID: c8d2e6f4a1b3
 Revises: a3f1c7e2b9d4
-Create Date: 2026-12-07 09:00:00+00:00
+Create Date: 2026-12-06 23:00:00+00:00
 
 ``message.reasoning_encrypted_content`` holds a reply's reasoning as the Responses upstream
 gives it (``include: ["reasoning.encrypted_content"]``), opaque; it is sent back with the
