@@ -6,9 +6,9 @@
                                               [--profile DIR] [--quiet-wait 60]
 
 Each simulated user owns one conversation (a system message to start) and one keep-alive
-connection (benchmarks/lean_http.py: a client that costs a tenth of httpx's CPU, which would be
-taken from the cores the service runs on), and loops: POST a turn with one user message, wait
-for the answer, repeat. After ``--warmup`` seconds, every answer that
+connection (aiohttp's client, which costs about a third of httpx's CPU per request: the load
+generator's CPU is taken from the cores the service runs on), and loops: POST a turn with one
+user message, wait for the answer, repeat. After ``--warmup`` seconds, every answer that
 arrives within the next ``--duration`` seconds is counted: turns per second, median and p95
 latency, and the answers that were not 201, by status.
 
@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import msgspec
 
@@ -58,7 +59,6 @@ from benchmarks.harness import (
     summary,
     table,
 )
-from benchmarks.lean_http import LeanConnection
 from benchmarks.procs import CORES, CpuMeter, add_quiet_wait, child_matching, wait_for_quiet
 
 SYSTEM = "You are a concise assistant. Answer in one short paragraph."
@@ -167,29 +167,28 @@ async def fake_alone(
     front of it). Each history begins as ``start`` (a system message by default)."""
     headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
     histories: list[list[dict[str, Any]]] = []
-    connections = [LeanConnection(upstream, headers) for _ in range(users)]
+    url = f"{upstream}/chat/completions"
+    connector = aiohttp.TCPConnector(limit=users)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
 
-    def user(http: LeanConnection) -> Step:
-        messages = list(start or [{"role": "system", "content": SYSTEM}])
-        histories.append(messages)
+        def user() -> Step:
+            messages = list(start or [{"role": "system", "content": SYSTEM}])
+            histories.append(messages)
 
-        async def step(n: int) -> tuple[int, dict[str, float]]:
-            body = {"model": "grok-4", "messages": [*messages, question(n)]}
-            status, _, answer = await http.request("POST", "/chat/completions", body)
-            if status == 200:
-                reply = msgspec.json.decode(answer)["choices"][0]["message"]["content"]
-                messages.extend([question(n), {"role": "assistant", "content": reply}])
-            return status, {}
+            async def step(n: int) -> tuple[int, dict[str, float]]:
+                body = {"model": "grok-4", "messages": [*messages, question(n)]}
+                async with session.post(url, data=encode(body), headers=JSON) as answer:
+                    status, data = answer.status, await answer.read()
+                if status == 200:
+                    reply = msgspec.json.decode(data)["choices"][0]["message"]["content"]
+                    messages.extend([question(n), {"role": "assistant", "content": reply}])
+                return status, {}
 
-        return step
+            return step
 
-    try:
         run = await drive(
-            [user(c) for c in connections], warmup, duration, 200, meter or CpuMeter()
+            [user() for _ in range(users)], warmup, duration, 200, meter or CpuMeter()
         )
-    finally:
-        for connection in connections:
-            await connection.close()
     run.history = [len(h) for h in histories]
     return run
 
@@ -215,29 +214,30 @@ async def through_service(
             created.raise_for_status()
             conversations.append(created.json()["id"])
 
-        def user(cid: str) -> Step:
-            lean = LeanConnection(base, headers)
-            connections.append(lean)
+        connector = aiohttp.TCPConnector(limit=users)
+        async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
 
-            async def step(n: int) -> tuple[int, dict[str, float]]:
-                status, answer_headers, _ = await lean.request(
-                    "POST", f"/v1/conversations/{cid}/turns", {"messages": [question(n)]}
-                )
-                return status, server_timing(answer_headers.get("server-timing"))
+            def user(cid: str) -> Step:
+                url = f"{base}/v1/conversations/{cid}/turns"
 
-            return step
+                async def step(n: int) -> tuple[int, dict[str, float]]:
+                    body = encode({"messages": [question(n)]})
+                    async with session.post(url, data=body, headers=JSON) as answer:
+                        await answer.read()
+                        return answer.status, server_timing(answer.headers.get("server-timing"))
 
-        connections: list[LeanConnection] = []
-        meter = CpuMeter(database)
-        try:
+                return step
+
+            meter = CpuMeter(database)
             run = await drive([user(c) for c in conversations], warmup, duration, 201, meter)
-        finally:
-            for connection in connections:
-                await connection.close()
         for cid in conversations:
             got = await http.get(f"/v1/conversations/{cid}")
             run.history.append(got.json()["message_count"])
     return run
+
+
+encode = msgspec.json.Encoder().encode
+JSON = {"content-type": "application/json"}
 
 
 def run_async(coroutine: Awaitable[Run]) -> Run:

@@ -21,6 +21,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.events import KEEPALIVE_SECONDS
 from service.imports import Importer
 from service.observability import ObservedLitestar, configure_logging
+from service.openai.routes import openai_router
 from service.openapi import schema_router
 from service.ratelimit import TurnRateLimit
 from service.routes.admin import AdminController
@@ -32,6 +33,7 @@ from service.settings import Settings, check_upstream_proxy
 from service.store import Store, make_engine
 from service.turns import TurnRunner
 from service.upstream import UpstreamClient
+from service.upstream_responses import upstream_api
 from service.web import TEMPLATES, AdminPages
 
 __version__ = "0.1.0"
@@ -101,6 +103,7 @@ def create_app(
             retry_deadline=settings.upstream_retry_deadline,
             backoff=retry_backoff,
             max_reply_chars=settings.max_reply_chars,
+            api=upstream_api(settings.upstream_api),
         )
         app.state.settings = settings
         app.state.store = store
@@ -136,6 +139,7 @@ def create_app(
             TranscriptController,
             AdminController,
             AdminPages,
+            openai_router(),
             health,
             ready,
             metrics,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -89,6 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     print(f"convstore: database {_where(settings)} is at the newest schema", flush=True)
     print(
         f"convstore: upstream {settings.upstream_url}"
+        + ("" if settings.upstream_api == "chat_completions" else f" ({settings.upstream_api})")
         + ("" if settings.xai_api_key else " (XAI_API_KEY is not set)"),
         flush=True,
     )
@@ -359,6 +361,19 @@ def cmd_fake_upstream(args: argparse.Namespace) -> None:
     fake_upstream.main(["--host", args.host, "--port", str(args.port)])
 
 
+def cmd_openapi(args: argparse.Namespace) -> None:
+    from service.app import create_app
+    from service.openapi import complete
+
+    app = create_app(Settings())
+    document = complete(app.openapi_schema.to_schema())
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+
+
 def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -441,6 +456,12 @@ def parser() -> argparse.ArgumentParser:
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9100)
     fake.set_defaults(func=cmd_fake_upstream)
+
+    openapi = sub.add_parser(
+        "openapi", help="write the OpenAPI document the service serves at /schema/openapi.json"
+    )
+    openapi.add_argument("--output", "-o", default="-", help="a file (default: standard output)")
+    openapi.set_defaults(func=cmd_openapi)
     return p
 
 

@@ -122,13 +122,23 @@ def problem_response(error: ServiceError, request: Request[Any, Any, Any]) -> Re
 
 
 def handle_service_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    assert isinstance(exc, ServiceError)
-    return problem_response(exc, request)
+    return problem_response(service_error(request, exc), request)
 
 
-def handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Render the framework's own errors (404 route, 405, 413, bad JSON, validation) as problems."""
-    assert isinstance(exc, HTTPException)
+def service_error(request: Request[Any, Any, Any], exc: Exception) -> ServiceError:
+    """What the caller is told of any exception: a ``ServiceError`` as it is; the framework's
+    own errors (404 route, 405, 413, bad JSON, validation) and the rest as the problems they
+    are (an unexpected one logged)."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, HTTPException):
+        return _http_problem(exc)
+    if isinstance(exc, RecursionError):
+        return _too_deep(request)
+    return _unexpected(request, exc)
+
+
+def _http_problem(exc: HTTPException) -> ServiceError:
     status = exc.status_code
     error: ServiceError
     if isinstance(exc, ValidationException):
@@ -139,7 +149,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Re
         error.code = _HTTP_CODES.get(status, f"http_{status}")
     if exc.headers:
         error.headers.update(exc.headers)
-    return problem_response(error, request)
+    return error
 
 
 def _validation_problem(exc: ValidationException) -> ServiceError:
@@ -193,39 +203,34 @@ def database_unavailable(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE
 
 
-def handle_too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def _too_deep(request: Request[Any, Any, Any]) -> ServiceError:
     """msgspec refuses to decode JSON nested past Python's recursion limit; the schemas refuse
     what nests past ``MAX_JSON_DEPTH`` (both before anything is stored)."""
     log.warning(
         "refused a JSON body nested too deeply on %s %s", request.method, request.scope["path"]
     )
-    error = ValidationFailed(
+    return ValidationFailed(
         f"The JSON body nests arrays and objects too deeply; at most {MAX_JSON_DEPTH} levels are "
         "allowed inside params, metadata and content."
     )
-    return problem_response(error, request)
 
 
-def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> ServiceError:
     if database_unavailable(exc):
         log.error(
             "the database is unavailable on %s %s: %r", request.method, request.scope["path"], exc
         )
-        error: ServiceError = DatabaseUnavailable(
+        return DatabaseUnavailable(
             "The database is unavailable or full; nothing was changed. Retry later.",
             headers={"retry-after": "5"},
         )
-        return problem_response(error, request)
     log.exception("unhandled error on %s %s", request.method, request.scope["path"])
-    error = ServiceError("An unexpected error happened; it has been logged.")
-    return problem_response(error, request)
+    return ServiceError("An unexpected error happened; it has been logged.")
 
 
-EXCEPTION_HANDLERS = {
-    ServiceError: handle_service_error,
-    HTTPException: handle_http_exception,
-    RecursionError: handle_too_deep,
-    Exception: handle_unexpected,
-}
+# Every key names a class the framework could otherwise match first (handlers are looked up by
+# the exception's classes, most specific first), so a router can replace them all.
+HANDLED = (ServiceError, HTTPException, RecursionError, Exception)
+EXCEPTION_HANDLERS = dict.fromkeys(HANDLED, handle_service_error)
 
 __all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "ServiceError"]

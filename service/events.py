@@ -134,6 +134,11 @@ class TurnFeed:
         self._changed = asyncio.Event()
 
     @property
+    def started(self) -> Any:
+        """What the turn started with (the data of ``turn.started``)."""
+        return self._started
+
+    @property
     def ended(self) -> bool:
         return self._terminal is not None
 
@@ -152,24 +157,43 @@ class TurnFeed:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    async def updates(self) -> AsyncIterator[tuple[str, Any] | None]:
+        """Every delta as ``("message.delta", delta)``, then live ones, then the terminal event
+        as ``(event, data)``; None whenever nothing happened for ``keepalive`` seconds."""
+        index = 0
+        while True:
+            changed = self._changed
+            while index < len(self._deltas):
+                index += 1
+                yield "message.delta", self._deltas[index - 1][1]
+            if self._terminal is not None:
+                yield self._terminal
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), self.keepalive)
+            except TimeoutError:
+                yield None
+
     async def follow(self, after: Position | None = None) -> AsyncIterator[bytes]:
         """The events after ``after`` (None: all of them), then live ones until the end, with a
         keep-alive comment whenever nothing else was sent for ``keepalive`` seconds."""
         if after is None:
             yield sse("turn.started", self._started, STARTED_ID)
             after = Position()
-        sent, index = after, 0
-        while True:
-            changed = self._changed
-            while index < len(self._deltas):
-                start, delta = self._deltas[index]
-                index += 1
-                end = start.after(delta)
-                if sent.covers(end):
-                    continue
+        sent, start = after, Position()
+        async for update in self.updates():
+            if update is None:
+                yield KEEPALIVE
+                continue
+            event, data = update
+            if event != "message.delta":
+                yield sse(event, data, END_ID)
+                return
+            end = start.after(data)
+            if not sent.covers(end):
                 piece = text_after(
-                    delta.get("reasoning_content", ""),
-                    delta.get("content", ""),
+                    data.get("reasoning_content", ""),
+                    data.get("content", ""),
                     Position(
                         max(0, sent.reasoning - start.reasoning),
                         max(0, sent.content - start.content),
@@ -177,10 +201,4 @@ class TurnFeed:
                 )
                 sent = Position(max(sent.reasoning, end.reasoning), max(sent.content, end.content))
                 yield sse("message.delta", piece, sent.id)
-            if self._terminal is not None:
-                yield sse(*self._terminal, END_ID)
-                return
-            try:
-                await asyncio.wait_for(changed.wait(), self.keepalive)
-            except TimeoutError:
-                yield KEEPALIVE
+            start = end

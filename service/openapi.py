@@ -36,7 +36,13 @@ STRICT_BODIES = (
     "ToolMessage",
     "ToolCall",
     "FunctionCall",
+    "ResponseCreate",
+    "ConversationRef",
+    "OpenAIConversationCreate",
+    "OpenAIConversationUpdate",
+    "OpenAIItemsCreate",
 )
+OPENAI = "/openai/v1"
 MESSAGES = ("SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage")
 CODES = {
     400: ("bad_request", "`cursor` is not a cursor this API handed out."),
@@ -71,6 +77,23 @@ PROBLEM_SCHEMA = {
     },
     "additionalProperties": True,
 }
+OPENAI_ERROR_SCHEMA = {
+    "type": "object",
+    "description": "An error in OpenAI's shape (the `/openai/v1` surface).",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 IDEMPOTENCY_HEADER = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -100,6 +123,33 @@ def problem(status: int) -> dict[str, Any]:
             "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}
         }
     return response
+
+
+def openai_error(status: int) -> dict[str, Any]:
+    code, detail = CODES.get(status, ("bad_request", _phrase(status)))
+    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status)
+    kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
+    example = {"error": {"message": detail, "type": kind, "param": None, "code": code}}
+    schema = {"$ref": "#/components/schemas/OpenAIError"}
+    return {
+        "description": _phrase(status),
+        "content": {"application/json": {"schema": schema, "example": example}},
+    }
+
+
+def _openai_statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
+    statuses = {400, 401}
+    if "{" in path or (method == "post" and path.endswith("/responses")):
+        statuses.add(404)  # an id, or a previous response or conversation, that is not there
+    if "requestBody" in operation:
+        statuses.add(413)
+    if method == "post" and path.endswith(("/responses", "/items")):
+        statuses.add(409)  # a turn running in the conversation
+    if method == "delete" and "/responses/" in path:
+        statuses.add(409)
+    if method == "post" and path.endswith("/responses"):
+        statuses |= {429, 502, 504}
+    return statuses
 
 
 def _phrase(status: int) -> str:
@@ -155,6 +205,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(document)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
+    schemas["OpenAIError"] = OPENAI_ERROR_SCHEMA
     transcript_parts, transcript = _transcript_components()
     schemas.update(transcript_parts)
     schemas["Transcript"] = transcript
@@ -181,6 +232,9 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             if path in PUBLIC:
                 operation["security"] = []
                 responses.pop("400", None)
+            elif path.startswith(OPENAI):
+                for status in sorted(_openai_statuses(path, method, operation)):
+                    responses[str(status)] = openai_error(status)
             else:
                 for status in sorted(_statuses(path, method, operation)):
                     responses[str(status)] = problem(status)
@@ -220,6 +274,12 @@ def _media_types(path: str, method: str, operation: dict[str, Any]) -> None:
     elif path.endswith("/events") and ok:
         ok["content"] = {
             "text/event-stream": {"schema": {"description": "Events whose data are JSON objects."}}
+        }
+    elif path == f"{OPENAI}/responses" and method == "post" and ok:
+        ok["content"]["text/event-stream"] = {
+            "schema": {
+                "description": "With `stream: true`: the Responses events (data are JSON objects)."
+            }
         }
     elif path.endswith("/turns") and method == "post" and ok:
         ok["content"]["text/event-stream"] = {

@@ -40,7 +40,8 @@ Part = dict[str, Any]
 Content = Text | list[Part]
 
 # Parameters the service itself sets on every upstream request; a client may not override them.
-RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "n"})
+# ``response`` holds what the OpenAI-compatible surface keeps with a turn (``turns.KEPT_PARAMS``).
+RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "n", "response"})
 
 
 class Strict(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -136,6 +137,8 @@ class AssistantMessage(Strict, tag_field="role", tag="assistant"):
     name: Name | UnsetType = UNSET
     tool_calls: list[ToolCall] | UnsetType = UNSET
     reasoning_content: Text | UnsetType = UNSET
+    # Opaque: what xAI's Responses API returned as the reply's encrypted reasoning.
+    reasoning_encrypted_content: Text | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _check_parts(self.content)
@@ -243,6 +246,7 @@ class Reply(Struct):
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     model: str = ""
+    reasoning_encrypted_content: str | None = None
 
 
 # ---- responses ---------------------------------------------------------------------------
@@ -260,6 +264,7 @@ class MessageOut(Struct, omit_defaults=True):
     tool_calls: Any = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    reasoning_encrypted_content: str | None = None
     model: str | None = None
     finish_reason: str | None = None
     usage: Any = None

@@ -30,6 +30,7 @@ from service.observability import observe_turn
 from service.ratelimit import TurnRateLimit
 from service.schemas import MessageOut, Reply, TurnCreate, TurnOut, TurnResult, message_fields
 from service.store import Principal, Store, TurnStart
+from service.tables import uuid7
 from service.upstream import (
     Attempted,
     UpstreamClient,
@@ -47,9 +48,28 @@ RECORD_ATTEMPTS = 3  # tries to record a turn's failure before leaving it to its
 UPSTREAM_STATUS = {"upstream_timeout": 504, "upstream_rate_limited": 429}
 
 
+# A turn's params under this key are kept with the turn but never sent as they are: what the
+# OpenAI-compatible surface remembers of a response (its ``instructions``, sent first as a
+# system message for that turn only, ``previous_response_id`` and ``metadata``).
+KEPT_PARAMS = "response"  # one of schemas.RESERVED_PARAMS: /v1 callers cannot set it
+
+
 def upstream_body(start: TurnStart) -> dict[str, Any]:
     """The chat-completions request for a turn: the params, then what the service decides."""
-    return {**start.params, "model": start.model, "messages": start.history}
+    return chat_body(start.params, start.model, start.history)
+
+
+def chat_body(params: dict[str, Any], model: str, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chat-completions request for ``history``: the params (without those only kept, the
+    instructions among them put first in the messages), then the model and the messages."""
+    kept = params.get(KEPT_PARAMS)
+    if kept is None:
+        return {**params, "model": model, "messages": history}
+    sent = {name: value for name, value in params.items() if name != KEPT_PARAMS}
+    instructions = kept.get("instructions") if isinstance(kept, dict) else None
+    if instructions:
+        history = [{"role": "system", "content": instructions}, *history]
+    return {**sent, "model": model, "messages": history}
 
 
 def upstream_failure(exc: UpstreamError) -> dict[str, Any]:
@@ -388,6 +408,70 @@ class TurnRunner:
             usage=reply.usage if reply is not None else None,
         )
 
+    async def answer(
+        self,
+        caller: Principal,
+        *,
+        model: str,
+        params: dict[str, Any],
+        history: list[dict[str, Any]],
+        stream: bool,
+        conversation_id: uuid.UUID | None = None,
+    ) -> tuple[TurnFeed, asyncio.Task[Reply]]:
+        """A model call that stores nothing (a response with ``store: false``): ``history``
+        and ``params`` sent as a turn's would be, the answer told to the feed's followers
+        (``turn.completed`` with the reply, or ``turn.failed`` with the problem) and returned
+        by the task. ``conversation_id`` (the conversation it continues, if any) goes upstream
+        for its prompt cache."""
+        self.rate_limit.check(caller)
+        answer_id = uuid7()
+        feed = TurnFeed(answer_id, None, keepalive=self.keepalive)
+        body = chat_body(params, model, history)
+        routed = str(conversation_id or answer_id)
+        started = time.time()
+
+        async def relay(delta: dict[str, str]) -> None:
+            feed.delta(delta)
+
+        async def run() -> Reply:
+            try:
+                if stream:
+                    attempted = await self.upstream.stream(
+                        body, conversation_id=routed, on_delta=relay
+                    )
+                else:
+                    attempted = await self.upstream.complete(body, conversation_id=routed)
+            except UpstreamError as exc:
+                elapsed = time.time() - started
+                observe_turn(
+                    exc.code, seconds=elapsed, upstream_seconds=elapsed, model=model, usage=None
+                )
+                error = turn_error(answer_id, upstream_failure(exc))
+                feed.end("turn.failed", error.problem())
+                raise error from None
+            reply = attempted.reply
+            elapsed = time.time() - started
+            observe_turn(
+                "completed",
+                seconds=elapsed,
+                upstream_seconds=elapsed,
+                model=model,
+                usage=reply.usage,
+            )
+            feed.end("turn.completed", {"reply": reply})
+            return reply
+
+        task = asyncio.create_task(run())
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[Reply]) -> None:
+            self.tasks.discard(t)
+            if not t.cancelled():
+                t.exception()  # retrieved: a failure is answered, not "never retrieved"
+
+        task.add_done_callback(done)
+        return feed, task
+
     # ---- following ----------------------------------------------------------------------
 
     async def follow(self, turn: TurnOut, after: Position | None) -> AsyncIterator[bytes]:
@@ -470,6 +554,7 @@ def _reply_fields(reply: Reply) -> dict[str, Any]:
     return {
         "content": reply.content,
         "reasoning_content": reply.reasoning_content,
+        "reasoning_encrypted_content": reply.reasoning_encrypted_content,
         "tool_calls": reply.tool_calls,
         "finish_reason": reply.finish_reason,
         "usage": reply.usage,

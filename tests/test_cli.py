@@ -75,6 +75,22 @@ def test_keys_create_list_limit_revoke(tmp_path: Path) -> None:
     assert "no key has the id or prefix 'not-a-key'" in bad.stderr
 
 
+def test_openapi_writes_the_served_document(tmp_path: Path) -> None:
+    """``convstore openapi`` writes the document ``/schema/openapi.json`` serves, with no
+    database and no server."""
+    from service.app import create_app
+    from service.openapi import complete
+    from service.settings import Settings
+
+    run(["openapi", "--output", "openapi.json"], cwd=tmp_path)
+    written = json.loads((tmp_path / "openapi.json").read_text(encoding="utf-8"))
+    assert written == complete(create_app(Settings()).openapi_schema.to_schema())
+    assert "/v1/conversations/{conversation_id}/turns" in written["paths"]
+    assert not list(tmp_path.glob("*.db"))  # no database was made
+    printed = run(["openapi"], cwd=tmp_path).stdout
+    assert json.loads(printed) == written
+
+
 def test_a_sqlite_file_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db"
     result = run(["keys", "list"], tmp_path, env={"CONVSTORE_DATABASE_URL": url}, check=False)

@@ -20,11 +20,20 @@ from service.store.records import (
     Principal,
     StoredAnswer,
 )
+from service.store.responses import ResponseStore
 from service.store.transcripts import TranscriptStore
 from service.store.turns import TurnStart, TurnStore
 
 
-class Store(KeyStore, TranscriptStore, TurnStore, AdminStore, AdminSessionStore, IdempotencyStore):
+class Store(
+    KeyStore,
+    TranscriptStore,
+    TurnStore,
+    AdminStore,
+    AdminSessionStore,
+    IdempotencyStore,
+    ResponseStore,
+):
     """The conversation store over one SQLAlchemy async engine."""
 
 

@@ -25,7 +25,6 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
-    case,
     func,
     insert,
     select,
@@ -45,7 +44,14 @@ ABANDONED = {
     "detail": "The server running this turn stopped before it finished.",
 }
 # The columns of a stored message that go upstream, in the history of a turn.
-HISTORY_COLUMNS = (M.role, M.content, M.name, M.tool_calls, M.tool_call_id)
+HISTORY_COLUMNS = (
+    M.role,
+    M.content,
+    M.name,
+    M.tool_calls,
+    M.tool_call_id,
+    M.reasoning_encrypted_content,
+)
 NO_SUCH_MESSAGE = "No message has this id in this conversation."
 
 
@@ -89,39 +95,70 @@ def following(row: dict[str, Any]) -> Place:
 
 
 _child = message_table.alias("child")
+_parent = message_table.alias("parent")
 # The statements of a turn are built once: a recursive CTE takes longer to build than to run.
-_ROOTS = select(func.count()).where(
-    M.conversation_id == bindparam("conversation_id"), M.parent_id.is_(None)
+# What a writer checks before it places new messages, as columns any statement can carry
+# (uncorrelated subqueries: each runs once, whatever the rows): the conversation's running
+# turn, and how the message given as ``parent`` is followed.
+_RUNNING = (
+    T.conversation_id == bindparam("conversation_id"),
+    T.status == "running",
 )
-_PARENT = (
-    select(
-        M.branch_id,
-        M.seq,
-        func.count(_child.c.id),
-        # A reply on the parent's own branch is the message after it there.
-        func.count(case((_child.c.branch_id == M.branch_id, 1))),
+_WRITER_CHECKS = (
+    select(T.id).where(*_RUNNING).scalar_subquery().label("running_id"),
+    select(T.deadline_at).where(*_RUNNING).scalar_subquery().label("running_deadline"),
+)
+
+
+def _followers(parent: Any) -> tuple[Any, Any]:
+    """How many messages follow ``parent`` (a bound id), and how many of them on its branch
+    (at most one: the message after it there)."""
+    children = select(func.count()).where(_child.c.parent_id == parent)
+    branch = select(_parent.c.branch_id).where(_parent.c.id == parent).scalar_subquery()
+    return (
+        children.scalar_subquery().label("children"),
+        children.where(_child.c.branch_id == branch).scalar_subquery().label("followed"),
     )
-    .outerjoin(_child, _child.c.parent_id == M.id)
-    .where(M.id == bindparam("parent_id"), M.conversation_id == bindparam("conversation_id"))
-    .group_by(M.branch_id, M.seq)
+
+
+_PLACE_COLUMNS = (M.branch_id, M.seq, *_followers(bindparam("parent_id")), *_WRITER_CHECKS)
+_PARENT = select(*_PLACE_COLUMNS).where(
+    M.id == bindparam("parent_id"), M.conversation_id == bindparam("conversation_id")
+)
+_ROOTS = select(
+    select(func.count())
+    .where(M.conversation_id == bindparam("conversation_id"), M.parent_id.is_(None))
+    .scalar_subquery(),
+    *_WRITER_CHECKS,
 )
 
 
-def locate(conn: Connection, conversation_id: uuid.UUID, parent_id: uuid.UUID | None) -> Place:
-    """The place of a new message after ``parent_id`` (None: a new first message), read with
-    one statement; raises ``NotFound`` if the conversation has no such message."""
+def place_of(conversation_id: uuid.UUID, parent_id: uuid.UUID, row: Any) -> Place:
+    """The place after ``parent_id``, from a row of its ``_PLACE_COLUMNS``."""
+    return place_after(
+        conversation_id,
+        (parent_id, row.branch_id, row.seq),
+        continues=not row.followed,
+        siblings=row.children,
+    )
+
+
+def locate(
+    conn: Connection, conversation_id: uuid.UUID, parent_id: uuid.UUID | None, now: datetime
+) -> Place:
+    """The place of a new message after ``parent_id`` (None: a new first message), read
+    with one statement that also checks no turn runs (``settle_running``); raises
+    ``NotFound`` if the conversation has no such message."""
+    params = {"conversation_id": conversation_id, "parent_id": parent_id}
     if parent_id is None:
-        roots = conn.execute(_ROOTS, {"conversation_id": conversation_id}).scalar_one()
+        roots, running_id, deadline = conn.execute(_ROOTS, params).one()
+        settle_running(conn, running_id, deadline, now)
         return place_after(conversation_id, None, continues=False, siblings=roots)
-    row = conn.execute(
-        _PARENT, {"parent_id": parent_id, "conversation_id": conversation_id}
-    ).first()
+    row = conn.execute(_PARENT, params).first()
     if row is None:
         raise NotFound(NO_SUCH_MESSAGE)
-    branch_id, seq, children, followed = row
-    return place_after(
-        conversation_id, (parent_id, branch_id, seq), continues=not followed, siblings=children
-    )
+    settle_running(conn, row.running_id, row.running_deadline, now)
+    return place_of(conversation_id, parent_id, row)
 
 
 def message_rows(
@@ -143,6 +180,7 @@ def message_rows(
             "tool_calls": message.get("tool_calls"),
             "tool_call_id": message.get("tool_call_id"),
             "reasoning_content": message.get("reasoning_content"),
+            "reasoning_encrypted_content": message.get("reasoning_encrypted_content"),
             "model": message.get("model"),
             "finish_reason": message.get("finish_reason"),
             "usage": message.get("usage"),
@@ -201,31 +239,40 @@ def lock_conversation(conn: Connection, tenant: str, conversation_id: uuid.UUID)
     return row
 
 
+# Updates of a conversation's and a turn's row, built once: what they set is given with the
+# parameters (the keys that name columns).
+SET_CONVERSATION = update(conversation_table).where(C.id == bindparam("conversation_id"))
+SET_RUNNING_TURN = update(turn_table).where(T.id == bindparam("turn_id"), T.status == "running")
+
+
 def touch(conn: Connection, conversation_id: uuid.UUID, now: datetime, **head: Any) -> None:
     """Mark the conversation updated at ``now``; with ``head_id`` and ``message_count``, make
     that message (at that seq) the end of its active path."""
-    conn.execute(
-        update(conversation_table).where(C.id == conversation_id).values(updated_at=now, **head)
-    )
+    conn.execute(SET_CONVERSATION, {"conversation_id": conversation_id, "updated_at": now, **head})
 
 
 def check_no_running_turn(conn: Connection, conversation_id: uuid.UUID, now: datetime) -> None:
-    """Raise 409 ``turn_in_progress`` if a turn runs in the conversation. A running turn whose
-    lease ran out belonged to a server that stopped: it is marked failed (``abandoned``)."""
-    running = conn.execute(
-        select(T.id, T.deadline_at).where(
-            T.conversation_id == conversation_id, T.status == "running"
-        )
-    ).first()
-    if running is None:
+    """Raise 409 ``turn_in_progress`` if a turn runs in the conversation (see
+    ``settle_running``)."""
+    running_id, deadline = conn.execute(
+        select(*_WRITER_CHECKS), {"conversation_id": conversation_id}
+    ).one()
+    settle_running(conn, running_id, deadline, now)
+
+
+def settle_running(
+    conn: Connection, turn_id: uuid.UUID | None, deadline: datetime | None, now: datetime
+) -> None:
+    """Given the conversation's running turn (None: there is none), raise 409
+    ``turn_in_progress`` if it still runs. A running turn whose lease ran out belonged to a
+    server that stopped: it is marked failed (``abandoned``)."""
+    if turn_id is None or deadline is None:
         return
-    turn_id, deadline = running
     if deadline > now:
         raise turn_in_progress(turn_id, deadline - now)
     conn.execute(
-        update(turn_table)
-        .where(T.id == turn_id, T.status == "running")
-        .values(status="failed", error=ABANDONED, completed_at=now)
+        SET_RUNNING_TURN,
+        {"turn_id": turn_id, "status": "failed", "error": ABANDONED, "completed_at": now},
     )
 
 
@@ -250,6 +297,7 @@ class Appended:
     params: dict[str, Any]
     messages: list[MessageOut]
     next: Place
+    history: list[dict[str, Any]]  # the path down to ``next``'s parent, if it was asked for
 
 
 def append(
@@ -259,35 +307,46 @@ def append(
     messages: list[dict[str, Any]],
     parent_id: ParentId,
     now: datetime,
+    *,
+    with_history: bool = False,
 ) -> Appended:
     """Append messages after ``parent_id`` (unset: after the head; None: as a new first
-    message), refused while a turn runs; the head becomes the last of them.
+    message), refused while a turn runs; the head becomes the last of them. With
+    ``with_history``, also read the path down to the last of them (as the upstream receives
+    it): the parent's path is read by the statement that places the messages.
 
     The conversation's row is locked first, and only then is the running turn checked and the
     tree read: on PostgreSQL a statement sees the database as it was when the statement began,
     so a check made before taking the lock could miss a turn committed while it waited."""
     conversation = lock_conversation(conn, tenant, conversation_id)
-    check_no_running_turn(conn, conversation_id, now)
     parent = conversation.head_id if parent_id is UNSET else parent_id
-    place = locate(conn, conversation_id, parent)
+    history: list[dict[str, Any]] = []
+    if with_history and parent is not None:
+        place, history = _locate_with_history(conn, conversation_id, parent, now)
+    else:
+        place = locate(conn, conversation_id, parent, now)
     if not messages:
         touch(conn, conversation_id, now)
-        return Appended(conversation.model, conversation.params, [], place)
+        return Appended(conversation.model, conversation.params, [], place, history)
     rows = message_rows(place, messages, now)
     stored = insert_messages(conn, place, rows)
     touch(conn, conversation_id, now, head_id=rows[-1]["id"], message_count=rows[-1]["seq"])
-    return Appended(conversation.model, conversation.params, stored, following(rows[-1]))
+    if with_history:
+        history.extend(history_entry(*(row[c.name] for c in HISTORY_COLUMNS)) for row in rows)
+    next_place = following(rows[-1])
+    return Appended(conversation.model, conversation.params, stored, next_place, history)
 
 
 # ---- reading paths ------------------------------------------------------------------------
 
 
-def path(*columns: Any) -> Select[Any]:
+def path(*columns: Any, in_conversation: bool = False) -> Select[Any]:
     """``columns`` of the messages on the path from the root down to the message given as the
-    ``head_id`` parameter, as one statement: a recursive CTE climbs the head's chain of
-    branches, each with the range of seqs it gives the path (after its fork, up to where its
-    child branch forked or the head), and each range is read from the index on (branch_id,
-    seq). Callers add the order."""
+    ``head_id`` parameter (with ``in_conversation``: only if it is in the conversation given
+    as the ``conversation_id`` parameter), as one statement: a recursive CTE climbs the head's
+    chain of branches, each with the range of seqs it gives the path (after its fork, up to
+    where its child branch forked or the head), and each range is read from the index on
+    (branch_id, seq). Callers add the order."""
     head = message_table.alias("head")
     chain = (
         select(
@@ -297,7 +356,10 @@ def path(*columns: Any) -> Select[Any]:
             head.c.seq.label("high"),
         )
         .join_from(head, branch_table, B.id == head.c.branch_id)
-        .where(head.c.id == bindparam("head_id", type_=M.id.type))
+        .where(
+            head.c.id == bindparam("head_id", type_=M.id.type),
+            *([head.c.conversation_id == bindparam("conversation_id")] if in_conversation else []),
+        )
         .cte("chain", recursive=True)
     )
     up = branch_table.alias("up")
@@ -325,21 +387,56 @@ _HISTORY = path(*HISTORY_COLUMNS).order_by(M.seq)
 
 
 def read_history(conn: Connection, head_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The path ending at ``head_id`` as the upstream receives it, in seq order. Each entry has
-    ``role`` and ``content``, and the tool fields it has."""
-    history: list[dict[str, Any]] = []
-    for role, content, name, tool_calls, tool_call_id in conn.execute(
-        _HISTORY, {"head_id": head_id}
-    ):
-        entry: dict[str, Any] = {"role": role, "content": content}
-        if name is not None:
-            entry["name"] = name
-        if tool_calls is not None:
-            entry["tool_calls"] = tool_calls
-        if tool_call_id is not None:
-            entry["tool_call_id"] = tool_call_id
-        history.append(entry)
-    return history
+    """The path ending at ``head_id`` as the upstream receives it, in seq order."""
+    return [history_entry(*row) for row in conn.execute(_HISTORY, {"head_id": head_id})]
+
+
+# A turn's path, with what placing its input after the path's last message needs to know.
+_TURN_PATH = path(
+    *HISTORY_COLUMNS,
+    *_PLACE_COLUMNS[:2],
+    *_followers(bindparam("head_id")),
+    *_WRITER_CHECKS,
+    in_conversation=True,
+).order_by(M.seq)
+
+
+def _locate_with_history(
+    conn: Connection, conversation_id: uuid.UUID, parent_id: uuid.UUID, now: datetime
+) -> tuple[Place, list[dict[str, Any]]]:
+    """``locate`` after ``parent_id``, and the path down to it as the upstream receives it,
+    with one statement."""
+    rows = conn.execute(_TURN_PATH, {"head_id": parent_id, "conversation_id": conversation_id})
+    history, last = [], None
+    for last in rows:
+        history.append(history_entry(*last[: len(HISTORY_COLUMNS)]))
+    if last is None:
+        raise NotFound(NO_SUCH_MESSAGE)
+    settle_running(conn, last.running_id, last.running_deadline, now)
+    return place_of(conversation_id, parent_id, last), history
+
+
+def history_entry(
+    role: str,
+    content: Any,
+    name: str | None,
+    tool_calls: Any,
+    tool_call_id: str | None,
+    encrypted_reasoning: str | None,
+) -> dict[str, Any]:
+    """A message as the upstream receives it: ``role`` and ``content``, and the tool fields
+    and encrypted reasoning it has (the chat-completions request leaves the latter out:
+    ``service.upstream``)."""
+    entry: dict[str, Any] = {"role": role, "content": content}
+    if name is not None:
+        entry["name"] = name
+    if tool_calls is not None:
+        entry["tool_calls"] = tool_calls
+    if tool_call_id is not None:
+        entry["tool_call_id"] = tool_call_id
+    if encrypted_reasoning is not None:
+        entry["reasoning_encrypted_content"] = encrypted_reasoning
+    return entry
 
 
 def _siblings(among: ColumnElement[bool], ids: str) -> Select[Any]:

@@ -18,15 +18,16 @@ from service.schemas import MessageOut, ParentId, Reply, TurnOut
 from service.store.engine import StoreBase
 from service.store.messages import (
     ABANDONED,
+    SET_CONVERSATION,
+    SET_RUNNING_TURN,
     Place,
     append,
     insert_messages,
     message_rows,
-    read_history,
     turn_in_progress,
 )
 from service.store.records import IK, TURN_COLUMNS, C, T, turn_out
-from service.tables import conversation_table, idempotency_table, turn_table, utcnow, uuid7
+from service.tables import idempotency_table, turn_table, utcnow, uuid7
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,10 @@ class _NewTurn:
     now: datetime
     lease: timedelta
     idempotency_key: str | None
+
+
+_SET_HEAD = SET_CONVERSATION.returning(C.id)
+_INSERT_TURN = insert(turn_table)
 
 
 class _NotRunning(Exception):
@@ -122,6 +127,7 @@ class TurnStore(StoreBase):
             "content": reply.content,
             "tool_calls": reply.tool_calls,
             "reasoning_content": reply.reasoning_content,
+            "reasoning_encrypted_content": reply.reasoning_encrypted_content,
             "model": reply.model,
             "finish_reason": reply.finish_reason,
             "usage": reply.usage,
@@ -142,27 +148,30 @@ class TurnStore(StoreBase):
         def complete(conn: Connection) -> tuple[TurnOut, MessageOut]:
             # The conversation's row first, as every writer locks it first.
             taken = conn.execute(
-                update(conversation_table)
-                .where(C.id == turn.conversation_id)
-                .values(head_id=row["id"], message_count=place.seq, updated_at=now)
-                .returning(C.id)
+                _SET_HEAD,
+                {
+                    "conversation_id": turn.conversation_id,
+                    "head_id": row["id"],
+                    "message_count": place.seq,
+                    "updated_at": now,
+                },
             ).first()
             if taken is None:
                 raise _NotRunning  # the conversation was deleted
             done = conn.execute(
-                update(turn_table)
-                .where(T.id == turn.id, T.status == "running")
-                .values(
-                    status="completed",
-                    usage=reply.usage,
-                    finish_reason=reply.finish_reason,
-                    latency_ms=latency_ms,
-                    upstream_ms=upstream_ms,
-                    attempts=attempts,
-                    reply_seq=place.seq,
-                    reply_id=row["id"],
-                    completed_at=now,
-                )
+                SET_RUNNING_TURN,
+                {
+                    "turn_id": turn.id,
+                    "status": "completed",
+                    "usage": reply.usage,
+                    "finish_reason": reply.finish_reason,
+                    "latency_ms": latency_ms,
+                    "upstream_ms": upstream_ms,
+                    "attempts": attempts,
+                    "reply_seq": place.seq,
+                    "reply_id": row["id"],
+                    "completed_at": now,
+                },
             )
             if done.rowcount != 1:
                 raise _NotRunning  # rolls back: the head stays where it was
@@ -259,7 +268,9 @@ def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
     """The first transaction's statements: the input appended as ``append`` does (the
     conversation's row locked first), the turn marked running, the path to the reply read."""
     cid, now = given.conversation_id, given.now
-    appended = append(conn, given.tenant, cid, given.messages, given.parent_id, now)
+    appended = append(
+        conn, given.tenant, cid, given.messages, given.parent_id, now, with_history=True
+    )
     if appended.next.parent_id is None:
         raise ValidationFailed(
             "The conversation has no messages yet: send at least one with the turn."
@@ -278,17 +289,18 @@ def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
         completed_at=None,
     )
     conn.execute(
-        insert(turn_table).values(
-            id=turn.id,
-            conversation_id=cid,
-            status="running",
-            model=turn.model,
-            params=turn.params,
-            stream=given.stream,
-            attempts=0,
-            created_at=now,
-            deadline_at=now + given.lease,
-        )
+        _INSERT_TURN,
+        {
+            "id": turn.id,
+            "conversation_id": cid,
+            "status": "running",
+            "model": turn.model,
+            "params": turn.params,
+            "stream": given.stream,
+            "attempts": 0,
+            "created_at": now,
+            "deadline_at": now + given.lease,
+        },
     )
     if given.idempotency_key is not None:
         conn.execute(
@@ -296,5 +308,4 @@ def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
             .where(IK.tenant == given.tenant, IK.key == given.idempotency_key)
             .values(turn_id=turn.id)
         )
-    history = read_history(conn, appended.next.parent_id)
-    return TurnStart(turn, appended.messages, history, appended.next)
+    return TurnStart(turn, appended.messages, appended.history, appended.next)

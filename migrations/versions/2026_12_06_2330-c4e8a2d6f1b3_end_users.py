@@ -1,8 +1,8 @@
 """End users: a conversation's `user` (the frontend's id for its end user) and `archived`.
 
 Revision ID: c4e8a2d6f1b3
-Revises: a3f1c7e2b9d4
-Create Date: 2026-12-06 23:00:00+00:00
+Revises: c8d2e6f4a1b3
+Create Date: 2026-12-06 23:30:00+00:00
 
 A frontend lists one end user's conversations newest first: an index on (tenant, end_user,
 created_at, id) serves that list and its keyset pages. On PostgreSQL, a GIN index on the
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "c4e8a2d6f1b3"
-down_revision: str | None = "a3f1c7e2b9d4"
+down_revision: str | None = "c8d2e6f4a1b3"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
