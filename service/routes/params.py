@@ -27,3 +27,8 @@ Cursor: TypeAlias = Annotated[
 # The caller, from the bearer key (any key; admin routes ask for `admin`, an admin key).
 Caller: TypeAlias = NamedDependency[Principal]
 Admin: TypeAlias = NamedDependency[Principal]
+OfConversation: TypeAlias = Annotated[
+    uuid.UUID | None, QueryParameter(description="Only this conversation's.")
+]
+# The reason an admin gives for reading or deleting a conversation (``X-Admin-Reason``).
+AdminReason: TypeAlias = NamedDependency[str | None]
