@@ -7,11 +7,11 @@ Fills a fresh database (migrated, so SQLite's FTS5 triggers and PostgreSQL's GIN
 there) with ``--conversations`` small conversations created 400 days ago, bulk-inserted: a user
 message and a reply on one branch, and a completed turn, each. `convstore serve` runs against
 it (its own sweeper runs too, with retention off: it leaves these alone), with the fake
-upstream. ``--workers`` clients each run turns one after another in a conversation of their
-own: first for ``--before`` seconds, then while a sweeper in this process (another process
-sharing the database, as a second server would be) deletes every old conversation with
-``CONVSTORE_RETENTION_DAYS=365``, in its batches. Prints turn latency (p50, p99) before and
-during the sweep, and the sweep's rate of deletion.
+upstream. ``--workers`` clients each run turns one after another (20 in a conversation, then
+a new one, so histories stay short): first for ``--before`` seconds, then while a sweeper in
+this process (another process sharing the database, as a second server would be) deletes every
+old conversation with ``CONVSTORE_RETENTION_DAYS=365``, in its batches. Prints turn latency
+(p50, p99) before and during the sweep, and the sweep's rate of deletion.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ from service.tables import (
 
 CHUNK = 2000
 QUESTION = {"role": "user", "content": "What is the next step?"}
+# Turns a client runs in one conversation before it starts another: histories stay short, so
+# turn latency depends on the sweep, not on how long the benchmark has run.
+TURNS_PER_CONVERSATION = 20
 
 
 async def fill(url: str, conversations: int) -> float:
@@ -115,30 +118,33 @@ async def fill(url: str, conversations: int) -> float:
 
 
 async def turns_until(
-    client: httpx.AsyncClient, base: str, headers: dict[str, str], cid: str, done: asyncio.Event
+    client: httpx.AsyncClient, base: str, headers: dict[str, str], done: asyncio.Event
 ) -> list[float]:
-    """Turns one after another in one conversation until ``done``; their latencies (ms)."""
-    latencies = []
+    """Turns one after another (``TURNS_PER_CONVERSATION`` to a new conversation) until
+    ``done``; their latencies (ms)."""
+    latencies: list[float] = []
     while not done.is_set():
-        started = time.perf_counter()
-        answer = await client.post(
-            f"{base}/v1/conversations/{cid}/turns", json={"messages": [QUESTION]}, headers=headers
-        )
-        answer.raise_for_status()
-        latencies.append((time.perf_counter() - started) * 1000)
+        made = await client.post(f"{base}/v1/conversations", json={}, headers=headers)
+        made.raise_for_status()
+        turns = f"{base}/v1/conversations/{made.json()['id']}/turns"
+        for _ in range(TURNS_PER_CONVERSATION):
+            if done.is_set():
+                break
+            started = time.perf_counter()
+            answer = await client.post(turns, json={"messages": [QUESTION]}, headers=headers)
+            answer.raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
     return latencies
 
 
 async def phase(
-    client: httpx.AsyncClient,
-    base: str,
-    headers: dict[str, str],
-    ids: list[str],
-    work: Any,
+    client: httpx.AsyncClient, base: str, headers: dict[str, str], workers: int, work: Any
 ) -> tuple[list[float], Any]:
-    """Turns in every conversation of ``ids`` while ``work`` runs; latencies and its result."""
+    """Turns from ``workers`` clients while ``work`` runs; latencies and its result."""
     done = asyncio.Event()
-    runners = [asyncio.create_task(turns_until(client, base, headers, c, done)) for c in ids]
+    runners = [
+        asyncio.create_task(turns_until(client, base, headers, done)) for _ in range(workers)
+    ]
     try:
         result = await work
     finally:
@@ -151,12 +157,7 @@ async def measure(url: str, base: str, key: str, args: argparse.Namespace) -> li
     headers = {"Authorization": f"Bearer {key}"}
     store = Store(make_engine(url, pool_size=2))
     async with http_client(args.workers * 2) as client:
-        ids = []
-        for _ in range(args.workers):
-            made = await client.post(f"{base}/v1/conversations", json={}, headers=headers)
-            made.raise_for_status()
-            ids.append(made.json()["id"])
-        before, _ = await phase(client, base, headers, ids, asyncio.sleep(args.before))
+        before, _ = await phase(client, base, headers, args.workers, asyncio.sleep(args.before))
         sweeper = RetentionSweeper(store, retention_days=365)
 
         async def sweep() -> tuple[float, Any]:
@@ -164,7 +165,7 @@ async def measure(url: str, base: str, key: str, args: argparse.Namespace) -> li
             counts = await sweeper.sweep()
             return time.perf_counter() - started, counts
 
-        during, (seconds, counts) = await phase(client, base, headers, ids, sweep())
+        during, (seconds, counts) = await phase(client, base, headers, args.workers, sweep())
     await store.engine.dispose()
     rows = []
     for name, latencies in (("before", before), ("during the sweep", during)):

@@ -1,10 +1,13 @@
 """Retention: the sweeper that deletes expired conversations, in every server process.
 
 Each sweep deletes batches (``Store.sweep_expired``: one short transaction each, at most
-``SWEEP_CONVERSATIONS`` conversations and about ``SWEEP_MESSAGES`` messages) until none is left,
-pausing between batches so that turns get the database between them; each batch is logged and
-counted (``convstore_deleted_total{by="retention"}``). Processes sharing a database never
-delete the same conversation twice (see ``sweep_expired``).
+``SWEEP_CONVERSATIONS`` conversations, ``SQLITE_CONVERSATIONS`` on SQLite, and about
+``SWEEP_MESSAGES`` messages) until none is left. It is background work: after each batch it
+rests at least as long as the batch took, so it never takes more than half of the database's (or
+the machine's) time from turns; on SQLite at least ``SQLITE_PAUSE``, the longest sleep of
+SQLite's busy handler, so that a turn waiting for the write lock finds it free. Each batch is
+logged and counted (``convstore_deleted_total{by="retention"}``). Processes sharing a database
+never delete the same conversation twice (see ``sweep_expired``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from service.store.retention import SWEEP_CONVERSATIONS, SWEEP_MESSAGES
 log = logging.getLogger("convstore.retention")
 
 SWEEP_EVERY = 60.0  # seconds between sweeps (each process, with some jitter)
-BATCH_PAUSE = 0.01  # seconds between batches: SQLite's write lock has no queue
+BATCH_PAUSE = 0.01  # the least rest between batches, in seconds
+# SQLite's write lock has no queue: a writer waiting for it sleeps up to 100 ms between tries,
+# so batches there are smaller (about 40 ms of the lock) and the lock is left free that long.
+SQLITE_CONVERSATIONS = 25
+SQLITE_PAUSE = 0.1
 
 
 @dataclass
@@ -45,16 +52,18 @@ class RetentionSweeper:
         *,
         retention_days: int = 0,
         every: float = SWEEP_EVERY,
-        conversations: int = SWEEP_CONVERSATIONS,
+        conversations: int | None = None,
         messages: int = SWEEP_MESSAGES,
-        pause: float = BATCH_PAUSE,
+        pause: float | None = None,
     ) -> None:
+        sqlite = store.dialect == "sqlite"
         self.store = store
         self.retention_days = retention_days
         self.every = every
-        self.conversations = conversations
+        default = SQLITE_CONVERSATIONS if sqlite else SWEEP_CONVERSATIONS
+        self.conversations = conversations or default
         self.messages = messages
-        self.pause = pause
+        self.pause = (SQLITE_PAUSE if sqlite else BATCH_PAUSE) if pause is None else pause
         self._task: asyncio.Task[None] | None = None
 
     async def sweep(self) -> SweepCounts:
@@ -77,6 +86,7 @@ class RetentionSweeper:
             counts.messages += messages
             counts.turns += turns
             observe_deletions("retention", receipts)
+            took = time.perf_counter() - started
             log.info(
                 "retention deleted %d conversations (%d messages, %d turns)",
                 len(receipts),
@@ -87,11 +97,11 @@ class RetentionSweeper:
                         "conversations": len(receipts),
                         "messages": messages,
                         "turns": turns,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(took * 1000, 2),
                     }
                 },
             )
-            await asyncio.sleep(self.pause)
+            await asyncio.sleep(max(self.pause, took))
 
     def start(self) -> None:
         """Sweep every ``every`` seconds (the first sweep a random part of that after start, so
