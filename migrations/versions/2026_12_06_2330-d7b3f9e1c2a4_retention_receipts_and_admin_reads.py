@@ -1,8 +1,8 @@
 """Retention, deletion receipts and audited admin reads.
 
-Revision ID: c8d2e4f6a1b3
-Revises: a3f1c7e2b9d4
-Create Date: 2026-12-06 22:54:00+00:00
+Revision ID: d7b3f9e1c2a4
+Revises: c8d2e6f4a1b3
+Create Date: 2026-12-06 23:30:00+00:00
 
 A conversation gets ``expires_at`` (indexed: the retention sweeper's scan) and ``legal_hold``;
 an idempotency record the ``conversation_id`` its answer holds, so that deleting the
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "c8d2e4f6a1b3"
-down_revision: str | None = "a3f1c7e2b9d4"
+revision: str = "d7b3f9e1c2a4"
+down_revision: str | None = "c8d2e6f4a1b3"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
