@@ -3,8 +3,8 @@
 Each sweep deletes batches (``Store.sweep_expired``: one short transaction each, at most
 ``SWEEP_CONVERSATIONS`` conversations, ``SQLITE_CONVERSATIONS`` on SQLite, and about
 ``SWEEP_MESSAGES`` messages) until none is left. It is background work: after each batch it
-rests at least as long as the batch took, so it never takes more than half of the database's (or
-the machine's) time from turns; on SQLite at least ``SQLITE_PAUSE``, the longest sleep of
+rests at least as long as the batch held its locks, so it never takes more than half of the
+database's time from turns; on SQLite at least ``SQLITE_PAUSE``, the longest sleep of
 SQLite's busy handler, so that a turn waiting for the write lock finds it free. Each batch is
 logged and counted (``convstore_deleted_total{by="retention"}``). Processes sharing a database
 never delete the same conversation twice (see ``sweep_expired``).
@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from dataclasses import dataclass
 
 from service.observability import observe_deletions
@@ -71,12 +70,12 @@ class RetentionSweeper:
         holds the rest); what was deleted."""
         counts = SweepCounts()
         while True:
-            started = time.perf_counter()
-            receipts = await self.store.sweep_expired(
+            batch = await self.store.sweep_expired(
                 retention_days=self.retention_days,
                 conversations=self.conversations,
                 messages=self.messages,
             )
+            receipts = batch.receipts
             if not receipts:
                 return counts
             messages = sum(r.message_count for r in receipts)
@@ -86,7 +85,6 @@ class RetentionSweeper:
             counts.messages += messages
             counts.turns += turns
             observe_deletions("retention", receipts)
-            took = time.perf_counter() - started
             log.info(
                 "retention deleted %d conversations (%d messages, %d turns)",
                 len(receipts),
@@ -97,11 +95,11 @@ class RetentionSweeper:
                         "conversations": len(receipts),
                         "messages": messages,
                         "turns": turns,
-                        "duration_ms": round(took * 1000, 2),
+                        "duration_ms": round(batch.seconds * 1000, 2),
                     }
                 },
             )
-            await asyncio.sleep(max(self.pause, took))
+            await asyncio.sleep(max(self.pause, batch.seconds))
 
     def start(self) -> None:
         """Sweep every ``every`` seconds (the first sweep a random part of that after start, so

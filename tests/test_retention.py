@@ -237,8 +237,8 @@ async def test_a_sweep_works_in_small_batches(store: Store) -> None:
             messages=three,
             expires_at=past,
         )
-    assert len(await store.sweep_expired(messages=5)) == 1
-    assert len(await store.sweep_expired(messages=6)) == 2
+    assert len((await store.sweep_expired(messages=5)).receipts) == 1
+    assert len((await store.sweep_expired(messages=6)).receipts) == 2
 
 
 async def test_a_conversation_with_a_running_turn_waits_for_it(
@@ -258,13 +258,13 @@ async def test_a_conversation_with_a_running_turn_waits_for_it(
     }
     async with store.engine.begin() as conn:
         await conn.execute(turn_table.insert().values(**turn))
-    assert await store.sweep_expired() == []
+    assert (await store.sweep_expired()).receipts == []
     # A turn whose lease ran out belonged to a process that died: it holds nothing back.
     async with store.engine.begin() as conn:
         await conn.execute(
             update(turn_table).where(turn_table.c.id == turn["id"]).values(deadline_at=now)
         )
-    assert [r.conversation_id for r in await store.sweep_expired()] == [uuid.UUID(cid)]
+    assert [r.conversation_id for r in (await store.sweep_expired()).receipts] == [uuid.UUID(cid)]
 
 
 # ---- legal hold -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ answers hold its content. Receipts and admin reads hold no content and outlive i
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +77,15 @@ class Deleter:
     kind: str
     key_id: uuid.UUID | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SweptBatch:
+    """What one sweep transaction deleted, and how long it held its locks (from its first
+    statement, once it had the write lock on SQLite, to its commit)."""
+
+    receipts: list[DeletionReceipt]
+    seconds: float
 
 
 def on_hold(conversation_id: uuid.UUID) -> Conflict:
@@ -160,9 +170,9 @@ class RetentionStore(StoreBase):
         retention_days: int = 0,
         conversations: int = SWEEP_CONVERSATIONS,
         messages: int = SWEEP_MESSAGES,
-    ) -> list[DeletionReceipt]:
+    ) -> SweptBatch:
         """Delete one batch of expired conversations, in one short transaction; their receipts
-        (an empty list when none is left). Expired: past its ``expires_at``, or (with
+        (none when none is left). Expired: past its ``expires_at``, or (with
         ``retention_days``, for one without) created more than that many days ago. Never one
         under a legal hold, being imported, or with a turn running.
 
@@ -214,7 +224,9 @@ class RetentionStore(StoreBase):
             return delete_completely(conn, taken, Deleter("retention"), now, reasons)
 
         async with self._write() as conn:
-            return await conn.run_sync(run)
+            started = time.perf_counter()
+            receipts = await conn.run_sync(run)
+        return SweptBatch(receipts, time.perf_counter() - started)
 
     async def set_legal_hold(self, conversation_id: uuid.UUID, hold: bool) -> Any:
         """Put any tenant's conversation under a legal hold, or lift it; the conversation's row
