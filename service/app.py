@@ -24,7 +24,9 @@ from service.observability import ObservedLitestar, configure_logging
 from service.openai.routes import openai_router
 from service.openapi import schema_router
 from service.ratelimit import TurnRateLimit
+from service.retention import SWEEP_EVERY, RetentionSweeper
 from service.routes.admin import AdminController
+from service.routes.audit import AccountabilityController
 from service.routes.conversations import ConversationController
 from service.routes.health import health, metrics, ready
 from service.routes.transcripts import TranscriptController
@@ -71,9 +73,11 @@ def create_app(
     engine: AsyncEngine | None = None,
     retry_backoff: float = 0.5,
     keepalive: float = KEEPALIVE_SECONDS,
+    sweep_every: float = SWEEP_EVERY,
 ) -> Litestar:
     """Build the service. Collaborators passed in are used as given and not closed by the app;
-    those it creates itself it disposes of on shutdown."""
+    those it creates itself it disposes of on shutdown. Every instance runs a retention
+    sweeper (every ``sweep_every`` seconds)."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
@@ -117,10 +121,14 @@ def create_app(
         )
         app.state.turns = turns
         app.state.importer = Importer(store, default_model=settings.default_model)
+        sweeper = RetentionSweeper(store, retention_days=settings.retention_days, every=sweep_every)
+        app.state.sweeper = sweeper
         turns.start()
+        sweeper.start()
         try:
             yield
         finally:
+            await sweeper.stop()
             await turns.stop()
             await store.close()
             if own_client:
@@ -137,6 +145,7 @@ def create_app(
             ConversationController,
             TurnController,
             TranscriptController,
+            AccountabilityController,
             AdminController,
             AdminPages,
             openai_router(),

@@ -1,4 +1,4 @@
-"""The ``convstore`` command: serve, migrate, keys, fake-upstream."""
+"""The ``convstore`` command: serve, migrate, keys, export, import, sweep, fake-upstream."""
 
 from __future__ import annotations
 
@@ -355,6 +355,26 @@ async def _import_other(importer: Importer, path: Path, tenant: str, source: str
     return counts
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from service.observability import configure_logging
+    from service.retention import RetentionSweeper
+
+    settings = _settings()
+    _announce_database(settings)
+    _migrate(settings)
+    configure_logging(settings.log_level)
+    counts = _with_store(
+        settings,
+        lambda s: RetentionSweeper(s, retention_days=settings.retention_days).sweep(),
+    )
+    print(
+        f"Deleted {_count(counts.conversations, 'expired conversation')} "
+        f"({_count(counts.messages, 'message')}, {_count(counts.turns, 'turn')}) "
+        f"in {counts.batches} {'batch' if counts.batches == 1 else 'batches'}.",
+        file=sys.stderr,
+    )
+
+
 def cmd_fake_upstream(args: argparse.Namespace) -> None:
     from service import fake_upstream
 
@@ -449,6 +469,12 @@ def parser() -> argparse.ArgumentParser:
         help="what made the file (default: convstore NDJSON transcripts)",
     )
     imp.set_defaults(func=cmd_import)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="delete expired conversations now (what every `serve` process does each minute)",
+    )
+    sweep.set_defaults(func=cmd_sweep)
 
     fake = sub.add_parser(
         "fake-upstream", help="serve an offline stand-in for the xAI API (demos and tests)"

@@ -17,6 +17,7 @@ import msgspec
 from litestar import Request, Response
 
 from service.errors import BadRequest, Conflict, ServiceError
+from service.schemas import ConversationOut
 from service.store import OrphanedTurn, Principal
 from service.turns import TurnRunner
 
@@ -88,6 +89,7 @@ async def idempotent(
                     key,
                     error.status,
                     error.problem(instance=request.scope["path"]),
+                    conversation_of(request),
                 )
             error.headers["idempotent-replayed"] = "true"
             raise
@@ -107,7 +109,11 @@ async def idempotent(
     except ServiceError as error:
         if acted(error):
             await store.finish_idempotency_key(
-                principal.tenant, key, error.status, error.problem(instance=request.scope["path"])
+                principal.tenant,
+                key,
+                error.status,
+                error.problem(instance=request.scope["path"]),
+                conversation_of(request),
             )
         else:
             await store.release_idempotency_key(principal.tenant, key)
@@ -117,6 +123,21 @@ async def idempotent(
         raise
     stored_body = remember(answer) if remember else msgspec.to_builtins(answer.content)
     await store.finish_idempotency_key(
-        principal.tenant, key, answer.status_code or 200, stored_body
+        principal.tenant,
+        key,
+        answer.status_code or 200,
+        stored_body,
+        conversation_of(request, answer),
     )
     return answer
+
+
+def conversation_of(
+    request: Request[Any, Any, Any], answer: Answer | None = None
+) -> uuid.UUID | None:
+    """The conversation a request acted on (its path's) or made (its answer's), if any."""
+    named = request.path_params.get("conversation_id")
+    if isinstance(named, uuid.UUID):
+        return named
+    content = answer.content if answer is not None else None
+    return content.id if isinstance(content, ConversationOut) else None

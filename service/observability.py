@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -73,6 +74,11 @@ UPSTREAM_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 TOKENS = Counter("convstore_tokens_total", "Tokens reported by the upstream", ["model", "kind"])
+DELETED = Counter(
+    "convstore_deleted_total",
+    "Conversations deleted, and their messages and turns, by who deleted them",
+    ["by", "what"],
+)
 DB_POOL_IN_USE = Gauge(
     "convstore_db_pool_connections_in_use",
     "Database connections checked out of the pool",
@@ -103,6 +109,15 @@ def observe_turn(
     ):
         if isinstance(value, int) and value > 0:
             TOKENS.labels(model, kind).inc(value)
+
+
+def observe_deletions(by: str, receipts: Sequence[Any]) -> None:
+    """Count deleted conversations and what they held (``by``: tenant, admin, retention)."""
+    if not receipts:
+        return
+    DELETED.labels(by, "conversations").inc(len(receipts))
+    DELETED.labels(by, "messages").inc(sum(r.message_count for r in receipts))
+    DELETED.labels(by, "turns").inc(sum(r.turn_count for r in receipts))
 
 
 def metrics_text(pool_in_use: int) -> tuple[bytes, str]:

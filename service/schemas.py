@@ -6,7 +6,7 @@ Unknown fields are rejected everywhere, so a client can never set ``seq``, ids o
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -184,6 +184,21 @@ def _check_object(name: str, value: dict[str, Any]) -> None:
         raise ValueError(f"`{name}` holds a NUL character")
 
 
+# An instant with its time zone (a time without one could mean anywhere's).
+Instant = Annotated[datetime, Meta(tz=True)]
+
+
+def in_utc(name: str, value: datetime | UnsetType | None) -> Any:
+    """An instant in UTC (other values as they are); refused if it is out of the range of
+    dates stored once taken to UTC (``9999-12-31T23:59:59-23:59`` is in the year 10000 there)."""
+    if not isinstance(value, datetime):
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"`{name}` is out of the range of dates this service stores") from None
+
+
 class ConversationCreate(Strict):
     title: Title | None = None
     user: EndUser | None = None
@@ -191,9 +206,12 @@ class ConversationCreate(Strict):
     params: Params = msgspec.field(default_factory=dict)
     metadata: Metadata = msgspec.field(default_factory=dict)
     messages: MessageList = msgspec.field(default_factory=list)
+    # Retention deletes the conversation after this instant (null: the default age, if any).
+    expires_at: Instant | None = None
 
     def __post_init__(self) -> None:
         check_params(self.params, self.metadata)
+        self.expires_at = in_utc("expires_at", self.expires_at)
 
 
 class ConversationPatch(Strict):
@@ -205,9 +223,11 @@ class ConversationPatch(Strict):
     metadata: Metadata | UnsetType = UNSET
     # Switch branch: the head becomes the newest leaf below this message.
     head_id: uuid.UUID | UnsetType = UNSET
+    expires_at: Instant | UnsetType | None = UNSET
 
     def __post_init__(self) -> None:
         check_params(self.params, self.metadata)
+        self.expires_at = in_utc("expires_at", self.expires_at)
 
 
 # The message new messages follow: unset for the conversation's head, null for none (a new
@@ -291,6 +311,9 @@ class ConversationOut(Struct, omit_defaults=True):
     source_id: str | None = None
     forked_from_id: uuid.UUID | None = None
     forked_through_seq: int | None = None
+    expires_at: datetime | None = None
+    # Set by an admin: no one may delete the conversation while it holds.
+    legal_hold: bool = False
 
 
 class TurnOut(Struct):
@@ -369,3 +392,45 @@ class ImportSummary(Struct):
     already_imported: list[str]
     skipped: list[str]
     refused: list[RefusedImport]
+
+
+class DeletionReceipt(Struct):
+    """That a conversation was deleted: by whom (``kind``: ``tenant``, ``admin`` or
+    ``retention``; ``key_id``: the key that asked, none for retention), when, why, and how
+    many messages (every branch's) and turns it had. Never any of its content."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    tenant: str
+    deleted_at: datetime
+    kind: str
+    key_id: uuid.UUID | None
+    reason: str | None
+    message_count: int
+    turn_count: int
+
+
+class DeletionPage(Struct):
+    data: list[DeletionReceipt]
+    has_more: bool
+    next_cursor: str | None
+
+
+class AdminReadOut(Struct):
+    """An admin's read of a conversation's messages: which admin key, when, through what
+    (``api``, ``page``: the admin web pages, ``export``: the admin NDJSON export) and the
+    reason it gave."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    tenant: str
+    key_id: uuid.UUID
+    read_at: datetime
+    via: str
+    reason: str | None
+
+
+class AdminReadPage(Struct):
+    data: list[AdminReadOut]
+    has_more: bool
+    next_cursor: str | None

@@ -18,6 +18,7 @@ DEFAULT_UPSTREAM_URL = "https://api.x.ai/v1"
 UPSTREAM_APIS = ("chat_completions", "responses")
 # The upstream client (httpx over aiohttp) speaks to HTTP and HTTPS proxies only.
 PROXY_SCHEMES = ("http", "https")
+MAX_RETENTION_DAYS = 365_000  # a thousand years: past it, dates leave the range stored
 
 
 class SettingsError(ValueError):
@@ -53,6 +54,11 @@ class Settings:
     log_level: str = "INFO"
     # The admin pages' session cookie without `Secure` over plain http (a trusted network only).
     admin_insecure_cookies: bool = False
+    # Conversations older than this many days (without an `expires_at` of their own) are
+    # deleted; 0 keeps them until deleted.
+    retention_days: int = 0
+    # Admin reads of a conversation's messages must give a reason (X-Admin-Reason).
+    admin_reason_required: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -88,6 +94,8 @@ class Settings:
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
             admin_insecure_cookies=_flag(env, "CONVSTORE_ADMIN_INSECURE_COOKIES"),
+            retention_days=int(_number(env, "CONVSTORE_RETENTION_DAYS", 0, whole=True)),
+            admin_reason_required=_flag(env, "CONVSTORE_ADMIN_REASON_REQUIRED"),
         )
         settings.validate()
         return settings
@@ -151,6 +159,10 @@ class Settings:
             raise SettingsError("CONVSTORE_MAX_REPLY_CHARS must be at least 1")
         if self.db_pool_size < 1:
             raise SettingsError("CONVSTORE_DB_POOL_SIZE must be at least 1")
+        if not 0 <= self.retention_days <= MAX_RETENTION_DAYS:
+            raise SettingsError(
+                f"CONVSTORE_RETENTION_DAYS must be 0 (off) to {MAX_RETENTION_DAYS} days"
+            )
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError("CONVSTORE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
 

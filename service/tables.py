@@ -144,6 +144,9 @@ class Conversation(Base):
         # A frontend lists one end user's conversations newest first. (On PostgreSQL, a GIN
         # index on the metadata, made by hand in its migration, finds `metadata.<key>=<value>`.)
         Index("ix_conversation_tenant_end_user", "tenant", "end_user", "created_at", "id"),
+        # The retention sweeper finds expired conversations (the default age uses
+        # ix_conversation_created).
+        Index("ix_conversation_expires_at", "expires_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
@@ -166,6 +169,10 @@ class Conversation(Base):
     # The frontend's own id for the person the conversation is for (`user` in the API).
     end_user: Mapped[str | None] = mapped_column(String(200), default=None)
     archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Retention deletes the conversation after this instant (None: the default age, if any).
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # An admin's hold: no deletion (by retention, its tenant or an admin) while it is set.
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Branch(Base):
@@ -286,6 +293,7 @@ class IdempotencyKey(Base):
     __table_args__ = (
         CheckConstraint("state IN ('running', 'done')", name="state"),
         Index("ix_idempotency_key_expires_at", "expires_at"),
+        Index("ix_idempotency_key_conversation_id", "conversation_id"),
     )
 
     tenant: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -297,11 +305,59 @@ class IdempotencyKey(Base):
     # The turn the request started, set in the turn's first transaction: after a crash, a retry
     # is answered by that turn's outcome rather than running the turn again.
     turn_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    # The conversation the request created or acted on (set with its answer, or when its turn
+    # starts): deleting the conversation deletes its stored answers, which hold its content.
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # A running claim whose lock ran out belongs to a process that died (the process renews the
     # lock while the request runs).
     locked_until: Mapped[datetime] = mapped_column()
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class DeletionReceipt(Base):
+    """That a conversation was deleted, by whom and why: never any of its content. Kept after
+    the conversation (no foreign key), so its tenant can see what became of it."""
+
+    __tablename__ = "deletion_receipt"
+    __table_args__ = (
+        CheckConstraint("kind IN ('tenant', 'admin', 'retention')", name="kind"),
+        Index("ix_deletion_receipt_tenant_deleted", "tenant", "deleted_at", "id"),
+        Index("ix_deletion_receipt_deleted", "deleted_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    tenant: Mapped[str] = mapped_column(String(200))
+    deleted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Who asked: the tenant (through one of its keys), an admin, or retention.
+    kind: Mapped[str] = mapped_column(String(16))
+    # The key that deleted it (None for retention).
+    key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # Every stored message (all branches) and turn the conversation had.
+    message_count: Mapped[int] = mapped_column(Integer)
+    turn_count: Mapped[int] = mapped_column(Integer)
+
+
+class AdminRead(Base):
+    """An admin's read of a conversation's messages (admin API, web pages, export): which key,
+    when, through what, and the reason given. Kept after the conversation is deleted."""
+
+    __tablename__ = "admin_read"
+    __table_args__ = (
+        CheckConstraint("via IN ('api', 'page', 'export')", name="via"),
+        Index("ix_admin_read_tenant_read", "tenant", "read_at", "id"),
+        Index("ix_admin_read_read", "read_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    tenant: Mapped[str] = mapped_column(String(200))
+    key_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    read_at: Mapped[datetime] = mapped_column(default=utcnow)
+    via: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class ServiceSecret(Base):
@@ -322,3 +378,5 @@ branch_table = cast(Table, Branch.__table__)
 turn_table = cast(Table, Turn.__table__)
 idempotency_table = cast(Table, IdempotencyKey.__table__)
 secret_table = cast(Table, ServiceSecret.__table__)
+deletion_receipt_table = cast(Table, DeletionReceipt.__table__)
+admin_read_table = cast(Table, AdminRead.__table__)

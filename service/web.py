@@ -39,10 +39,11 @@ from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from service import transcripts
+from service.audit import admin_reason
 from service.errors import Forbidden, NotFound, ServiceError
 from service.routes.transcripts import attachment
 from service.settings import Settings
-from service.store import ConversationFilter, PathView, Principal, Store
+from service.store import ConversationFilter, PathView, Principal, ReadBy, Store
 
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
@@ -453,7 +454,9 @@ def content_parts(content: Any, budget: MessageBudget) -> list[dict[str, Any]]:
     return parts
 
 
-def message_view(m: Any, view_url: str, path_query: str, view: PathView) -> dict[str, Any]:
+def message_view(
+    m: Any, view_url: str, path_query: str, view: PathView, keep: str = ""
+) -> dict[str, Any]:
     """One stored message of the path shown, ready for the template. Its text and JSON are cut
     short past ``MessageBudget``'s share, with a link to the whole message as JSON; if other
     messages share its parent, a pager to them (``< 2/3 >``)."""
@@ -483,7 +486,7 @@ def message_view(m: Any, view_url: str, path_query: str, view: PathView) -> dict
         "tool_call_id": m.tool_call_id,
         "reasoning": reasoning,
         "raw_url": f"{view_url}/m/{m.seq}{path_query}",
-        "pager": pager_view(m, view_url, view),
+        "pager": pager_view(m, view_url, view, keep),
         "reply": (
             {
                 "model": m.model,
@@ -497,17 +500,18 @@ def message_view(m: Any, view_url: str, path_query: str, view: PathView) -> dict
     }
 
 
-def pager_view(m: Any, view_url: str, view: PathView) -> dict[str, Any] | None:
+def pager_view(m: Any, view_url: str, view: PathView, keep: str = "") -> dict[str, Any] | None:
     """Where a message's siblings are: its place among them and links to the one before and
-    after it (each shown down its newest replies), or None if it has none."""
+    after it (each shown down its newest replies, ``keep`` added to their query), or None if it
+    has none."""
     if not m.sibling_count or m.sibling_count < 2:
         return None
     before, after = view.neighbours.get(m.id, (None, None))
     return {
         "index": m.sibling_index,
         "count": m.sibling_count,
-        "before": f"{view_url}?at={before}#m-{m.seq}" if before else None,
-        "after": f"{view_url}?at={after}#m-{m.seq}" if after else None,
+        "before": f"{view_url}?at={before}{keep}#m-{m.seq}" if before else None,
+        "after": f"{view_url}?at={after}{keep}#m-{m.seq}" if after else None,
     }
 
 
@@ -549,6 +553,8 @@ def conversation_view(c: Any) -> dict[str, Any]:
         "metadata": show_json(c.metadata) if c.metadata else None,
         "source_id": getattr(c, "source_id", None),
         "forked_from_id": str(c.forked_from_id) if getattr(c, "forked_from_id", None) else None,
+        "expires_at": when(getattr(c, "expires_at", None)),
+        "legal_hold": getattr(c, "legal_hold", False),
         "url": f"/admin/c/{c.id}",
     }
 
@@ -879,19 +885,35 @@ class AdminPages(Controller):
 
     @get("/c/{conversation_id:str}")
     async def conversation(
-        self, page_admin: PageAdmin, state: State, conversation_id: FromPath[str], at: Field = None
+        self,
+        page_admin: PageAdmin,
+        state: State,
+        conversation_id: FromPath[str],
+        at: Field = None,
+        reason: Field = None,
     ) -> Template:
         """One conversation read like a chat: the messages of its active path (or, with ``at``,
         of the path through that message and down its newest replies) in ``seq`` order, a
         pager on each message that has siblings, a mark where the conversation branches; then
         its turns (status, latency, usage, errors). 404 page if there is no such conversation
-        or message."""
+        or message. The read is recorded with ``reason``; where a reason is required and none
+        is given, the page asks for one first (and its links carry it on)."""
         cid = conversation_uuid(conversation_id)
         through = message_uuid(at) if at else None
+        settings: Settings = state.settings
+        if settings.admin_reason_required and not (reason or "").strip():
+            return Template(
+                "reason.html",
+                context=base_context(page_admin, action=f"/admin/c/{cid}", at=at),
+            )
+        reason = await record_page_read(state, page_admin, cid, reason)
         view = await state.store.path_view(cid, through)
         view_url = f"/admin/c/{cid}"
+        keep = f"&{urlencode({'reason': reason})}" if reason else ""
         path_query = "" if view.active else f"?at={through}"
-        messages = [message_view(m, view_url, path_query, view) for m in view.messages]
+        if keep:
+            path_query = f"{path_query}{keep}" if path_query else f"?{keep[1:]}"
+        messages = [message_view(m, view_url, path_query, view, keep) for m in view.messages]
         for message, after in zip(messages, view.messages[1:], strict=False):
             message["replies"] = after.sibling_count or 1
         on_path = {str(m.id): m.seq for m in view.messages}
@@ -899,7 +921,7 @@ class AdminPages(Controller):
         for turn in turns:
             reply = turn["reply_id"]
             turn["reply_url"] = (
-                (f"#m-{on_path[reply]}" if reply in on_path else f"{view_url}?at={reply}")
+                (f"#m-{on_path[reply]}" if reply in on_path else f"{view_url}?at={reply}{keep}")
                 if reply
                 else None
             )
@@ -913,6 +935,9 @@ class AdminPages(Controller):
                 total=view.total,
                 turns=turns,
                 failed_turns=sum(1 for t in turns if t["status"] == "failed"),
+                reason=reason,
+                active_url=f"{view_url}?{keep[1:]}" if keep else view_url,
+                download_url=f"{view_url}/download?{keep[1:]}" if keep else f"{view_url}/download",
             ),
         )
 
@@ -924,12 +949,14 @@ class AdminPages(Controller):
         conversation_id: FromPath[str],
         seq: FromPath[int],
         at: Field = None,
+        reason: Field = None,
     ) -> Response[bytes]:
         """One message as stored, as JSON (what the admin API gives for each message): all of
         what the conversation page cuts short. The message at ``seq`` on the path the page
-        showed: the active path, or the one through ``at``."""
+        showed: the active path, or the one through ``at``. The read is recorded."""
         cid = conversation_uuid(conversation_id)
         through = message_uuid(at) if at else None
+        await record_page_read(state, page_admin, cid, reason)
         # A number past any seq would overflow the database's integer: it names no message.
         in_range = 1 <= seq <= MAX_SEQ
         message = await state.store.message_at(cid, seq, through=through) if in_range else None
@@ -939,11 +966,16 @@ class AdminPages(Controller):
 
     @get("/c/{conversation_id:str}/download")
     async def download(
-        self, page_admin: PageAdmin, state: State, conversation_id: FromPath[str]
+        self,
+        page_admin: PageAdmin,
+        state: State,
+        conversation_id: FromPath[str],
+        reason: Field = None,
     ) -> Response[bytes]:
         """The conversation's JSON transcript as a download (what
-        ``GET /admin/conversations/{id}/export`` gives a bearer key)."""
+        ``GET /admin/conversations/{id}/export`` gives a bearer key). The read is recorded."""
         cid = conversation_uuid(conversation_id)
+        await record_page_read(state, page_admin, cid, reason)
         rows = await state.store.export_one(None, cid)
         return Response(
             transcripts.encode(transcripts.build(rows)),
@@ -1004,6 +1036,19 @@ def login_page(
         status_code=status,
         cookies=[] if secure is None else [_cookie(CSRF_COOKIE, token, LOGIN_PATH, secure=secure)],
     )
+
+
+async def record_page_read(
+    state: State, session: PageSession, conversation_id: uuid.UUID, reason: str | None
+) -> str | None:
+    """Record the signed-in admin's read of a conversation on these pages, with the reason it
+    gave (checked: a 400 page without one where one is required); the reason."""
+    settings: Settings = state.settings
+    store: Store = state.store
+    given = admin_reason(reason, required=settings.admin_reason_required, where="the page's reason")
+    read_by = ReadBy(session.principal.key_id, "page", given)
+    await store.record_admin_reads(read_by, [conversation_id])
+    return given
 
 
 def same_token(sent: str | None, expected: str | None) -> bool:

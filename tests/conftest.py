@@ -34,6 +34,8 @@ TABLES = (
     "admin_session",
     "api_key",
     "idempotency_key",
+    "deletion_receipt",
+    "admin_read",
 )
 
 

@@ -1,6 +1,6 @@
 """The TypeScript client in clients/typescript: its OpenAPI document is the one the service
 serves (regenerate with ``npm run generate`` there), and its own Node tests pass against a live
-server on each database (create, turn, stream, list, export)."""
+server on each database (create, turn, stream, list, list by end user, export)."""
 
 from __future__ import annotations
 
@@ -63,4 +63,4 @@ async def test_the_node_tests_pass_against_a_live_server(
     report = output.decode(errors="replace")
     assert process.returncode == 0, report
     assert "# fail 0" in report, report
-    assert "# pass 5" in report, report
+    assert "# pass 6" in report, report

@@ -208,8 +208,12 @@ def downgrade() -> None:
         op.execute(SQLITE_SEARCH_TRIGGER)
     with op.batch_alter_table("turn", schema=None) as batch_op:
         batch_op.drop_column("reply_id")
-    with op.batch_alter_table("conversation", schema=None) as batch_op:
-        batch_op.drop_column("head_id")
+    if op.get_bind().dialect.name == "sqlite":
+        # In place: a batch copy of the table would drop its text-search triggers.
+        op.execute("ALTER TABLE conversation DROP COLUMN head_id")
+    else:
+        with op.batch_alter_table("conversation", schema=None) as batch_op:
+            batch_op.drop_column("head_id")
     with op.batch_alter_table("branch", schema=None) as batch_op:
         batch_op.drop_index("ix_branch_parent_branch_id")
         batch_op.drop_index("ix_branch_conversation_id")

@@ -23,6 +23,7 @@ from litestar.response import Stream
 from msgspec import UNSET
 
 from service.errors import Conflict, NotFound
+from service.observability import observe_deletions
 from service.openai.errors import OPENAI_EXCEPTION_HANDLERS
 from service.openai.shapes import (
     OpenAIConversationCreate,
@@ -45,7 +46,7 @@ from service.openai.streaming import response_events
 from service.routes.params import Caller
 from service.routes.turns import SSE_HEADERS
 from service.schemas import ParentId, TurnCreate, TurnOut
-from service.store import Principal, Store
+from service.store import Deleter, Principal, Store
 from service.store.messages import HISTORY_COLUMNS
 from service.tables import utcnow
 from service.turns import TurnRunner
@@ -212,7 +213,11 @@ async def create_response(
         feed, task, _ = await runner.begin(principal, conversation, request)
     except BaseException:
         if created:  # nothing was asked: the conversation made for it goes too
-            await store.delete_conversation(principal.tenant, conversation)
+            await store.delete_conversation(
+                principal.tenant,
+                conversation,
+                Deleter("tenant", principal.key_id, "made for a response that did not start"),
+            )
         raise
     turn: TurnOut = feed.started["turn"]
     if stream:
@@ -369,7 +374,12 @@ class ConversationController(Controller):
     async def delete_conversation(
         self, conversation_id: ConversationId, principal: Caller, state: State
     ) -> dict[str, Any]:
-        await state.store.delete_conversation(principal.tenant, conversation_uuid(conversation_id))
+        receipt = await state.store.delete_conversation(
+            principal.tenant,
+            conversation_uuid(conversation_id),
+            Deleter("tenant", principal.key_id),
+        )
+        observe_deletions("tenant", [receipt])
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
     @get("/{conversation_id:str}/items", summary="List a conversation's items (its active path)")

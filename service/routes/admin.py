@@ -5,27 +5,39 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Response, get
+from litestar import Controller, Response, delete, get, patch
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.response import Stream
 from msgspec import Struct
 
 from service import transcripts
+from service.audit import provide_admin_reason
 from service.errors import BadRequest
+from service.observability import observe_deletions
 from service.routes.params import (
     Admin,
+    AdminReason,
     Archived,
     ConversationId,
     Cursor,
     EndUserFilter,
     Limit,
+    OfConversation,
     Query,
 )
 from service.routes.transcripts import attachment, export_stream
-from service.schemas import NO_NUL, ConversationOut, MessageOut, TurnOut
-from service.store import ConversationFilter, Store
+from service.schemas import (
+    NO_NUL,
+    AdminReadPage,
+    ConversationOut,
+    DeletionPage,
+    MessageOut,
+    Strict,
+    TurnOut,
+)
+from service.store import ConversationFilter, Deleter, ReadBy, Store
 
 Tenant = Annotated[
     str | None, QueryParameter(max_length=200, pattern=NO_NUL, description="Only this tenant's.")
@@ -49,6 +61,12 @@ class AdminConversationPage(Struct):
     data: list[AdminConversation]
     has_more: bool
     next_cursor: str | None
+
+
+class AdminConversationPatch(Strict):
+    # Under a legal hold no one may delete the conversation (nor its messages), retention
+    # included.
+    legal_hold: bool
 
 
 class AdminConversationDetail(Struct):
@@ -107,7 +125,10 @@ def admin_conversation(row: Any) -> AdminConversation:
 class AdminController(Controller):
     path = "/admin"
     tags = ("admin",)
-    dependencies = {"filters": Provide(provide_filters)}  # noqa: RUF012 - Litestar's own layout
+    dependencies = {  # noqa: RUF012 - Litestar's own layout
+        "filters": Provide(provide_filters),
+        "reason": Provide(provide_admin_reason),
+    }
 
     @get("/conversations", summary="Every tenant's conversations, newest first, filtered")
     async def list_conversations(
@@ -131,11 +152,14 @@ class AdminController(Controller):
         summary="One conversation with its tenant, every message and every turn",
     )
     async def get_conversation(
-        self, conversation_id: ConversationId, admin: Admin, state: State
+        self, conversation_id: ConversationId, admin: Admin, state: State, reason: AdminReason
     ) -> AdminConversationDetail:
         """The whole tree: every message with its ``parent_id``, by ``seq`` (parents first);
-        the conversation's ``head_id`` ends its active path."""
-        rows = await state.store.export_one(None, conversation_id)
+        the conversation's ``head_id`` ends its active path. The read is recorded (with
+        ``X-Admin-Reason``); the tenant sees it at ``GET /v1/audit``."""
+        store: Store = state.store
+        await store.record_admin_reads(ReadBy(admin.key_id, "api", reason), [conversation_id])
+        rows = await store.export_one(None, conversation_id)
         return AdminConversationDetail(
             conversation=admin_conversation(rows.conversation),
             messages=[MessageOut(**m._mapping) for m in rows.messages],
@@ -147,9 +171,12 @@ class AdminController(Controller):
         summary="Any tenant's conversation as a JSON transcript",
     )
     async def export_conversation(
-        self, conversation_id: ConversationId, admin: Admin, state: State
+        self, conversation_id: ConversationId, admin: Admin, state: State, reason: AdminReason
     ) -> Response[bytes]:
-        rows = await state.store.export_one(None, conversation_id)
+        """The read is recorded, as for ``GET /admin/conversations/{id}``."""
+        store: Store = state.store
+        await store.record_admin_reads(ReadBy(admin.key_id, "api", reason), [conversation_id])
+        rows = await store.export_one(None, conversation_id)
         return Response(
             transcripts.encode(transcripts.build(rows)),
             media_type="application/json",
@@ -171,7 +198,74 @@ class AdminController(Controller):
 
     @get("/export", summary="NDJSON transcripts of every matching conversation, streamed")
     async def export(
-        self, admin: Admin, state: State, filters: NamedDependency[ConversationFilter]
+        self,
+        admin: Admin,
+        state: State,
+        filters: NamedDependency[ConversationFilter],
+        reason: AdminReason,
     ) -> Stream:
-        """One transcript per line, oldest first, with constant memory."""
-        return export_stream(state.store, filters, "conversations.ndjson")
+        """One transcript per line, oldest first, with constant memory. Each conversation's
+        read is recorded (with ``X-Admin-Reason``) before its line is sent."""
+        read_by = ReadBy(admin.key_id, "export", reason)
+        return export_stream(state.store, filters, "conversations.ndjson", read_by=read_by)
+
+    @patch(
+        "/conversations/{conversation_id:uuid}",
+        summary="Put any tenant's conversation under a legal hold, or lift it",
+    )
+    async def patch_conversation(
+        self,
+        conversation_id: ConversationId,
+        admin: Admin,
+        state: State,
+        data: JSONBody[AdminConversationPatch],
+    ) -> AdminConversation:
+        """``{"legal_hold": true}``: no one may delete the conversation or its messages (its
+        tenant and admins get 409 ``legal_hold``) and retention skips it, until
+        ``{"legal_hold": false}``."""
+        row = await state.store.set_legal_hold(conversation_id, data.legal_hold)
+        return admin_conversation(row)
+
+    @delete(
+        "/conversations/{conversation_id:uuid}",
+        status_code=204,
+        summary="Delete any tenant's conversation completely",
+    )
+    async def delete_conversation(
+        self, conversation_id: ConversationId, admin: Admin, state: State, reason: AdminReason
+    ) -> None:
+        """Leaves a deletion receipt with the admin key's id and ``X-Admin-Reason``, which the
+        tenant sees at ``GET /v1/deletions``; 409 ``legal_hold`` while the conversation is
+        held."""
+        store: Store = state.store
+        receipt = await store.delete_conversation(
+            None, conversation_id, Deleter("admin", admin.key_id, reason)
+        )
+        observe_deletions("admin", [receipt])
+
+    @get("/deletions", summary="Every tenant's deletion receipts, newest first")
+    async def deletions(
+        self,
+        admin: Admin,
+        state: State,
+        tenant: Tenant = None,
+        limit: Limit = 20,
+        cursor: Cursor = None,
+    ) -> DeletionPage:
+        items, next_cursor = await state.store.list_deletions(tenant, limit=limit, cursor=cursor)
+        return DeletionPage(items, next_cursor is not None, next_cursor)
+
+    @get("/audit", summary="Every admin read of a conversation, newest first")
+    async def audit(
+        self,
+        admin: Admin,
+        state: State,
+        tenant: Tenant = None,
+        conversation_id: OfConversation = None,
+        limit: Limit = 20,
+        cursor: Cursor = None,
+    ) -> AdminReadPage:
+        items, next_cursor = await state.store.list_admin_reads(
+            tenant, conversation_id=conversation_id, limit=limit, cursor=cursor
+        )
+        return AdminReadPage(items, next_cursor is not None, next_cursor)

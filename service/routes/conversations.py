@@ -12,6 +12,7 @@ from litestar.params import FromQuery, JSONBody
 from msgspec import UNSET
 
 from service.idempotency import idempotent
+from service.observability import observe_deletions
 from service.routes.params import (
     Caller,
     ConversationFilters,
@@ -33,7 +34,7 @@ from service.schemas import (
     MessagesAppended,
     message_fields,
 )
-from service.store import Store
+from service.store import Deleter, Store
 
 
 class ConversationController(Controller):
@@ -60,6 +61,7 @@ class ConversationController(Controller):
                 metadata=data.metadata,
                 messages=[message_fields(m) for m in data.messages],
                 user=data.user,
+                expires_at=data.expires_at,
             )
             created = ConversationCreated(**msgspec.structs.asdict(conversation), messages=messages)
             return Response(created, status_code=201)
@@ -95,7 +97,7 @@ class ConversationController(Controller):
     @patch(
         "/{conversation_id:uuid}",
         summary=(
-            "Change a conversation's title, user, archived, model, params or metadata, "
+            "Change a conversation's title, user, archived, model, params, metadata or expiry, "
             "or switch branch"
         ),
     )
@@ -108,10 +110,12 @@ class ConversationController(Controller):
     ) -> ConversationOut:
         """Change the given fields. ``head_id`` switches branch: the head becomes the newest
         leaf below that message (its newest reply, that one's newest reply, and so on), so one
-        call pages to a sibling's latest state; 409 while a turn runs."""
+        call pages to a sibling's latest state; 409 while a turn runs. ``expires_at`` (an
+        instant with its time zone) has retention delete the conversation after it; null
+        returns it to the default age (``CONVSTORE_RETENTION_DAYS``), if any."""
         changes = {
             name: value
-            for name in ("title", "user", "archived", "model", "params", "metadata")
+            for name in ("title", "user", "archived", "model", "params", "metadata", "expires_at")
             if (value := getattr(data, name)) is not UNSET
         }
         store: Store = state.store
@@ -126,7 +130,14 @@ class ConversationController(Controller):
     async def delete_conversation(
         self, conversation_id: ConversationId, principal: Caller, state: State
     ) -> None:
-        await state.store.delete_conversation(principal.tenant, conversation_id)
+        """Completely: its messages, turns, search index entries and stored idempotent
+        answers. A deletion receipt (no content) is kept, listed at ``GET /v1/deletions``;
+        409 ``legal_hold`` while an admin holds the conversation."""
+        store: Store = state.store
+        receipt = await store.delete_conversation(
+            principal.tenant, conversation_id, Deleter("tenant", principal.key_id)
+        )
+        observe_deletions("tenant", [receipt])
 
     @get(
         "/{conversation_id:uuid}/messages",

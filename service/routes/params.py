@@ -97,3 +97,8 @@ async def provide_conversation_filters(
 
 
 ConversationFilters: TypeAlias = NamedDependency[ConversationFilter]
+OfConversation: TypeAlias = Annotated[
+    uuid.UUID | None, QueryParameter(description="Only this conversation's.")
+]
+# The reason an admin gives for reading or deleting a conversation (``X-Admin-Reason``).
+AdminReason: TypeAlias = NamedDependency[str | None]

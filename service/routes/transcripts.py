@@ -21,7 +21,7 @@ from service.routes.params import (
     provide_conversation_filters,
 )
 from service.schemas import ConversationOut, ForkCreate, ImportSummary
-from service.store import ConversationFilter, Store
+from service.store import ConversationFilter, ReadBy, Store
 
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
 NDJSON = "application/x-ndjson"
@@ -31,14 +31,20 @@ def attachment(name: str) -> dict[str, str]:
     return {"content-disposition": f'attachment; filename="{name}"'}
 
 
-async def ndjson(store: Store, filters: ConversationFilter) -> AsyncIterator[bytes]:
+async def ndjson(
+    store: Store, filters: ConversationFilter, read_by: ReadBy | None
+) -> AsyncIterator[bytes]:
     """One transcript per line, read in keyset batches so memory stays flat."""
-    async for rows in store.export_many(filters):
+    async for rows in store.export_many(filters, read_by=read_by):
         yield transcripts.encode(transcripts.build(rows)) + b"\n"
 
 
-def export_stream(store: Store, filters: ConversationFilter, name: str) -> Stream:
-    return Stream(ndjson(store, filters), media_type=NDJSON, headers=attachment(name))
+def export_stream(
+    store: Store, filters: ConversationFilter, name: str, *, read_by: ReadBy | None = None
+) -> Stream:
+    """The NDJSON export as a download; with ``read_by`` (an admin's), each conversation's
+    read is recorded before it is sent."""
+    return Stream(ndjson(store, filters, read_by), media_type=NDJSON, headers=attachment(name))
 
 
 class TranscriptController(Controller):

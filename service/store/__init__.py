@@ -18,9 +18,11 @@ from service.store.records import (
     OrphanedTurn,
     PathView,
     Principal,
+    ReadBy,
     StoredAnswer,
 )
 from service.store.responses import ResponseStore
+from service.store.retention import Deleter
 from service.store.transcripts import TranscriptStore
 from service.store.turns import TurnStart, TurnStore
 
@@ -34,17 +36,20 @@ class Store(
     IdempotencyStore,
     ResponseStore,
 ):
-    """The conversation store over one SQLAlchemy async engine."""
+    """The conversation store over one SQLAlchemy async engine (``TranscriptStore`` brings
+    conversations, messages, deletions, retention and admin reads)."""
 
 
 __all__ = [
     "ConversationFilter",
+    "Deleter",
     "ExportRows",
     "ImportRows",
     "KeyRecord",
     "OrphanedTurn",
     "PathView",
     "Principal",
+    "ReadBy",
     "Reply",
     "Store",
     "StoreBase",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -35,14 +36,13 @@ from service.store.records import (
     B,
     C,
     M,
-    T,
     conversation_out,
 )
+from service.store.retention import refuse_if_held
 from service.tables import (
     branch_table,
     conversation_table,
     message_table,
-    turn_table,
     utcnow,
     uuid7,
 )
@@ -59,6 +59,7 @@ class ConversationStore(StoreBase):
         metadata: dict[str, Any],
         messages: list[dict[str, Any]],
         user: str | None = None,
+        expires_at: datetime | None = None,
     ) -> tuple[ConversationOut, list[MessageOut]]:
         now = utcnow()
         conversation_id = uuid7()
@@ -76,6 +77,7 @@ class ConversationStore(StoreBase):
             head_id=rows[-1]["id"] if rows else None,
             user=user,
             archived=False,
+            expires_at=expires_at,
         )
 
         def create(conn: Connection) -> list[MessageOut]:
@@ -147,19 +149,6 @@ class ConversationStore(StoreBase):
         if row is None:
             raise NotFound("No conversation has this id.")
         return conversation_out(row)
-
-    async def delete_conversation(self, tenant: str, conversation_id: uuid.UUID) -> None:
-        async with self._write() as conn:
-            # Children first, so no database-level cascade setting is needed.
-            owned = select(C.id).where(C.id == conversation_id, C.tenant == tenant)
-            await conn.execute(delete(message_table).where(M.conversation_id.in_(owned)))
-            await conn.execute(delete(branch_table).where(B.conversation_id.in_(owned)))
-            await conn.execute(delete(turn_table).where(T.conversation_id.in_(owned)))
-            result = await conn.execute(
-                delete(conversation_table).where(C.id == conversation_id, C.tenant == tenant)
-            )
-        if not result.rowcount:
-            raise NotFound("No conversation has this id.")
 
     # ---- messages -----------------------------------------------------------------------
 
@@ -273,6 +262,7 @@ class ConversationStore(StoreBase):
 
         def run(conn: Connection) -> None:
             conversation = lock_conversation(conn, tenant, conversation_id)
+            refuse_if_held(conn, conversation_id)
             check_no_running_turn(conn, conversation_id, now)
             target = conn.execute(
                 select(M.parent_id, M.seq).where(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -96,12 +97,22 @@ class IdempotencyStore(StoreBase):
                     .values(locked_until=until)
                 )
 
-    async def finish_idempotency_key(self, tenant: str, key: str, status: int, body: Any) -> None:
+    async def finish_idempotency_key(
+        self,
+        tenant: str,
+        key: str,
+        status: int,
+        body: Any,
+        conversation_id: uuid.UUID | None = None,
+    ) -> None:
+        """Store the answer, with the conversation it holds (deleting that conversation
+        deletes the answer)."""
+        values: dict[str, Any] = {"state": "done", "response_status": status, "response_body": body}
+        if conversation_id is not None:
+            values["conversation_id"] = conversation_id
         async with self._write() as conn:
             await conn.execute(
-                update(idempotency_table)
-                .where(IK.tenant == tenant, IK.key == key)
-                .values(state="done", response_status=status, response_body=body)
+                update(idempotency_table).where(IK.tenant == tenant, IK.key == key).values(**values)
             )
 
     async def release_idempotency_key(self, tenant: str, key: str) -> None:

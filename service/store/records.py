@@ -15,10 +15,12 @@ import msgspec
 from service.errors import BadRequest
 from service.schemas import ConversationOut, MessageOut, TurnOut
 from service.tables import (
+    admin_read_table,
     admin_session_table,
     api_key_table,
     branch_table,
     conversation_table,
+    deletion_receipt_table,
     idempotency_table,
     message_table,
     turn_table,
@@ -35,6 +37,8 @@ T = turn_table.c
 K = api_key_table.c
 AS = admin_session_table.c
 IK = idempotency_table.c
+DR = deletion_receipt_table.c
+AR = admin_read_table.c
 
 MESSAGE_COLUMNS = (
     M.id,
@@ -69,6 +73,8 @@ CONVERSATION_COLUMNS = (
     C.forked_through_seq,
     C.end_user.label("user"),
     C.archived,
+    C.expires_at,
+    C.legal_hold,
 )
 TURN_COLUMNS = (
     T.id,
@@ -95,6 +101,16 @@ class Principal:
     tenant: str
     is_admin: bool
     turns_per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBy:
+    """Who reads conversations as an admin, through what (``api``, ``page``, ``export``), and
+    the reason given (None if none was)."""
+
+    key_id: uuid.UUID
+    via: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,10 @@ from service.store.records import (
     ImportRows,
     M,
     PathView,
+    ReadBy,
     T,
 )
+from service.store.retention import RetentionStore
 from service.tables import conversation_table, turn_table, utcnow, uuid7
 
 log = logging.getLogger("convstore")
@@ -78,7 +80,7 @@ def _already_imported(existing: uuid.UUID) -> Conflict:
     )
 
 
-class TranscriptStore(ConversationStore):
+class TranscriptStore(ConversationStore, RetentionStore):
     """Builds on the conversation store: imports and forks answer the new conversation."""
 
     async def export_one(self, tenant: str | None, conversation_id: uuid.UUID) -> ExportRows:
@@ -139,10 +141,11 @@ class TranscriptStore(ConversationStore):
         )
 
     async def export_many(
-        self, filters: ConversationFilter, *, batch_size: int = 200
+        self, filters: ConversationFilter, *, batch_size: int = 200, read_by: ReadBy | None = None
     ) -> AsyncIterator[ExportRows]:
         """Every matching conversation, oldest first, read in keyset batches: memory stays
-        bounded by one batch whatever the number of conversations."""
+        bounded by one batch whatever the number of conversations. With ``read_by`` (an
+        admin's export), each batch's reads are recorded before it is handed out."""
         after: tuple[datetime, uuid.UUID] | None = None
         while True:
             query = filters.apply(select(*EXPORT_CONVERSATION_COLUMNS))
@@ -154,6 +157,8 @@ class TranscriptStore(ConversationStore):
                 if not rows:
                     return
                 batch = await self._export_batch(conn, rows)
+            if read_by is not None:
+                await self.record_admin_reads(read_by, [r.id for r in rows])
             for item in batch:
                 yield item
             if len(rows) < batch_size:

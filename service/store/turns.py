@@ -306,6 +306,6 @@ def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
         conn.execute(
             update(idempotency_table)
             .where(IK.tenant == given.tenant, IK.key == given.idempotency_key)
-            .values(turn_id=turn.id)
+            .values(turn_id=turn.id, conversation_id=cid)
         )
     return TurnStart(turn, appended.messages, appended.history, appended.next)

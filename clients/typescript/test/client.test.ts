@@ -93,6 +93,24 @@ test("list conversations newest first, with keyset pages", async () => {
   assert.equal(second.data[0].id, ids[0]);
 });
 
+test("a frontend lists one end user's conversations", async () => {
+  const user = `person-${Date.now()}`;
+  const { data: mine } = await client.POST("/v1/conversations", {
+    body: { title: "theirs", user, messages: [{ role: "user", content: "hi" }] },
+  });
+  await newConversation("someone else's");
+  assert.ok(mine);
+  assert.equal(mine.user, user);
+  const { data: listed } = await client.GET("/v1/conversations", {
+    params: { query: { user } },
+  });
+  assert.ok(listed);
+  assert.deepEqual(
+    listed.data.map((c) => c.id),
+    [mine.id],
+  );
+});
+
 test("export a conversation as a JSON transcript", async () => {
   const id = await newConversation("exported");
   const { data, response } = await client.GET("/v1/conversations/{conversation_id}/export", {
