@@ -186,6 +186,28 @@ def _check_object(name: str, value: dict[str, Any]) -> None:
 
 # An instant with its time zone (a time without one could mean anywhere's).
 Instant = Annotated[datetime, Meta(tz=True)]
+# An instant in a request body: a string (RFC 3339, with its offset), read by ``instant``.
+# Litestar converts request bodies laxly, and would take a number for a datetime (a Unix time).
+InstantText = Annotated[
+    str,
+    Meta(
+        pattern=r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$",
+        extra_json_schema={"format": "date-time"},
+        description="A date and time with its offset (RFC 3339).",
+    ),
+]
+
+
+def instant(name: str, value: Any) -> Any:
+    """An ``InstantText`` as a datetime in UTC (other values as they are); ValueError if it
+    names no real instant or one out of range."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"`{name}` is not a date and time (RFC 3339)") from None
+    return in_utc(name, parsed)
 
 
 def in_utc(name: str, value: datetime | UnsetType | None) -> Any:
@@ -207,11 +229,11 @@ class ConversationCreate(Strict):
     metadata: Metadata = msgspec.field(default_factory=dict)
     messages: MessageList = msgspec.field(default_factory=list)
     # Retention deletes the conversation after this instant (null: the default age, if any).
-    expires_at: Instant | None = None
+    expires_at: InstantText | None = None
 
     def __post_init__(self) -> None:
         check_params(self.params, self.metadata)
-        self.expires_at = in_utc("expires_at", self.expires_at)
+        instant("expires_at", self.expires_at)
 
 
 class ConversationPatch(Strict):
@@ -223,11 +245,11 @@ class ConversationPatch(Strict):
     metadata: Metadata | UnsetType = UNSET
     # Switch branch: the head becomes the newest leaf below this message.
     head_id: uuid.UUID | UnsetType = UNSET
-    expires_at: Instant | UnsetType | None = UNSET
+    expires_at: InstantText | UnsetType | None = UNSET
 
     def __post_init__(self) -> None:
         check_params(self.params, self.metadata)
-        self.expires_at = in_utc("expires_at", self.expires_at)
+        instant("expires_at", self.expires_at)
 
 
 # The message new messages follow: unset for the conversation's head, null for none (a new

@@ -341,8 +341,9 @@ def _problem(
 
 def _bad_timestamps(data: dict[str, Any]) -> Iterator[Problem]:
     """Timestamps that do not parse (the schema's ``date-time`` format is an annotation only,
-    and these values are stored)."""
+    and these values are stored, or claim when the transcript was made)."""
     places: Iterator[tuple[str, Any]] = itertools.chain(
+        (("$.exported_at", data.get("exported_at")),),
         (
             (f"$.conversation.{k}", data["conversation"].get(k))
             for k in ("created_at", "updated_at")

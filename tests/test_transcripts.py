@@ -183,6 +183,7 @@ def _tree(messages: list[dict[str, Any]], **conversation: Any) -> dict[str, Any]
         (_transcript([{"seq": 1, "role": "tool", "content": "x"}]), "$.messages[0]"),
         (_transcript([{**GOOD, "turn_id": "nope"}]), "$.messages[0].turn_id"),
         (_transcript([{**GOOD, "created_at": "yesterday"}]), "$.messages[0].created_at"),
+        ({**_transcript([GOOD]), "exported_at": "2024-01-01T12:99:00Z"}, "$.exported_at"),
         (_transcript([GOOD], title=7), "$.conversation.title"),
         ({"format": "convstore.transcript", "version": 1}, "$"),
         ([1, 2], "$"),

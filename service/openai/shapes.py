@@ -22,6 +22,7 @@ from service.errors import BadRequest, NotFound
 from service.schemas import (
     MAX_CONTENT_CHARS,
     MAX_MESSAGES_PER_REQUEST,
+    NO_NUL,
     MessageIn,
     MessageOut,
     Model,
@@ -33,7 +34,15 @@ from service.schemas import (
 from service.turns import KEPT_PARAMS
 
 ItemList = Annotated[list[dict[str, Any]], Meta(max_length=MAX_MESSAGES_PER_REQUEST)]
-Metadata = Annotated[dict[str, str], Meta(max_length=16)]
+# OpenAI's metadata: at most 16 pairs, keys of at most 64 characters, values of at most 512;
+# no NUL character (PostgreSQL cannot store one in JSON).
+Metadata = Annotated[
+    dict[
+        Annotated[str, Meta(max_length=64, pattern=NO_NUL)],
+        Annotated[str, Meta(max_length=512, pattern=NO_NUL)],
+    ],
+    Meta(max_length=16),
+]
 # What the caller may ask that convstore keeps or maps as it is.
 SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "parallel_tool_calls")
 

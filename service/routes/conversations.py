@@ -32,6 +32,7 @@ from service.schemas import (
     MessagePage,
     MessagesAppend,
     MessagesAppended,
+    instant,
     message_fields,
 )
 from service.store import Deleter, Store
@@ -61,7 +62,7 @@ class ConversationController(Controller):
                 metadata=data.metadata,
                 messages=[message_fields(m) for m in data.messages],
                 user=data.user,
-                expires_at=data.expires_at,
+                expires_at=instant("expires_at", data.expires_at),
             )
             created = ConversationCreated(**msgspec.structs.asdict(conversation), messages=messages)
             return Response(created, status_code=201)
@@ -118,6 +119,8 @@ class ConversationController(Controller):
             for name in ("title", "user", "archived", "model", "params", "metadata", "expires_at")
             if (value := getattr(data, name)) is not UNSET
         }
+        if "expires_at" in changes:
+            changes["expires_at"] = instant("expires_at", changes["expires_at"])
         store: Store = state.store
         head_id = None if data.head_id is UNSET else data.head_id
         if not changes and head_id is None:

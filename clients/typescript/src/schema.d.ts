@@ -667,6 +667,7 @@ export interface components {
                 [key: string]: unknown;
             };
             messages?: (components["schemas"]["SystemMessage"] | components["schemas"]["UserMessage"] | components["schemas"]["AssistantMessage"] | components["schemas"]["ToolMessage"])[];
+            /** @description A date and time with its offset (RFC 3339). */
             expires_at?: string | null;
         };
         /** ConversationCreated */
@@ -744,6 +745,7 @@ export interface components {
                 [key: string]: unknown;
             };
             head_id?: string;
+            /** @description A date and time with its offset (RFC 3339). */
             expires_at?: string | null;
         };
         /** ConversationRef */
