@@ -32,6 +32,10 @@ Content = Text | list[Part]
 # Parameters the service itself sets on every upstream request; a client may not override them.
 # ``response`` holds what the OpenAI-compatible surface keeps with a turn (``turns.KEPT_PARAMS``).
 RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "n", "response"})
+# A turn's params under this key are kept with the turn but never sent as they are: what the
+# OpenAI-compatible surface remembers of a response (its ``instructions``, sent first as a
+# system message for that turn only, ``previous_response_id`` and ``metadata``).
+KEPT_PARAMS = "response"
 
 
 class Strict(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -172,12 +176,23 @@ def _check_object(name: str, value: dict[str, Any]) -> None:
         raise ValueError(f"`{name}` holds a NUL character")
 
 
+class ContextPolicy(Strict, omit_defaults=False):
+    """How a turn fits the history into the model's window: ``full`` sends it all (a history
+    too long fails the turn), ``truncate`` the system messages and the newest others that fit,
+    ``compact`` a summary of the oldest part in place of it. ``max_input_tokens`` caps the
+    input below the model's window."""
+
+    strategy: Literal["full", "truncate", "compact"] = "full"
+    max_input_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
+
+
 class ConversationCreate(Strict):
     title: Title | None = None
     model: Model | UnsetType = UNSET
     params: Params = msgspec.field(default_factory=dict)
     metadata: Metadata = msgspec.field(default_factory=dict)
     messages: MessageList = msgspec.field(default_factory=list)
+    context: ContextPolicy | None = None
 
     def __post_init__(self) -> None:
         check_params(self.params, self.metadata)
@@ -188,6 +203,7 @@ class ConversationPatch(Strict):
     model: Model | UnsetType = UNSET
     params: Params | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
+    context: ContextPolicy | UnsetType | None = UNSET
     # Switch branch: the head becomes the newest leaf below this message.
     head_id: uuid.UUID | UnsetType = UNSET
 
@@ -211,6 +227,8 @@ class TurnCreate(Strict):
     stream: bool = False
     model: Model | UnsetType = UNSET
     params: Params | UnsetType = UNSET
+    # Overrides the conversation's for this turn.
+    context: ContextPolicy | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         check_params(self.params)
@@ -252,6 +270,10 @@ class MessageOut(Struct, omit_defaults=True):
     finish_reason: str | None = None
     usage: Any = None
     turn_id: uuid.UUID | None = None
+    # Its size in tokens as the upstream receives it, and whether the upstream counted it
+    # (else it is estimated).
+    tokens: int | None = None
+    tokens_exact: bool | None = None
     # The messages with the same parent (this one among them), and this one's place among
     # them (1-based, in creation order): a frontend's "< 2/3 >".
     sibling_count: int | None = None
@@ -271,6 +293,7 @@ class ConversationOut(Struct, omit_defaults=True):
     source_id: str | None = None
     forked_from_id: uuid.UUID | None = None
     forked_through_seq: int | None = None
+    context: Any = None
 
 
 class TurnOut(Struct):
@@ -287,6 +310,19 @@ class TurnOut(Struct):
     completed_at: datetime | None
     reply_seq: int | None = None
     reply_id: uuid.UUID | None = None
+    # What the model saw (see ``service.context``); None for a turn from before it was kept.
+    context: Any = None
+
+
+class Replayed(Struct):
+    """A turn's request sent again: the stored turn and its reply (None if it failed), and the
+    new answer, stored nowhere. ``same_request``: the body sent has the SHA-256 recorded."""
+
+    turn: TurnOut
+    stored: MessageOut | None
+    replayed: Reply
+    request_sha256: str
+    same_request: bool
 
 
 class TurnResult(Struct):

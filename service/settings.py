@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from service.tokens import MODEL_WINDOWS
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./convstore.db"
 DEFAULT_UPSTREAM_URL = "https://api.x.ai/v1"
@@ -44,6 +47,10 @@ class Settings:
     log_level: str = "INFO"
     # The admin pages' session cookie without `Secure` over plain http (a trusted network only).
     admin_insecure_cookies: bool = False
+    # Context windows by model, tokens: the defaults of service.tokens, changed or added to.
+    model_windows: Mapping[str, int] = field(default_factory=lambda: dict(MODEL_WINDOWS))
+    # Keep each turn's exact upstream request body (for replay).
+    keep_requests: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +82,8 @@ class Settings:
             key_cache_ttl=_number(env, "CONVSTORE_KEY_CACHE_TTL", 5.0),
             log_level=env.get("CONVSTORE_LOG_LEVEL", "INFO").upper(),
             admin_insecure_cookies=_flag(env, "CONVSTORE_ADMIN_INSECURE_COOKIES"),
+            model_windows={**MODEL_WINDOWS, **_windows(env, "CONVSTORE_MODEL_WINDOWS")},
+            keep_requests=_flag(env, "CONVSTORE_KEEP_REQUESTS"),
         )
         settings.validate()
         return settings
@@ -180,6 +189,25 @@ def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = 
         raise SettingsError(f"{name} must be {kind}, not {raw!r}") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise SettingsError(f"{name} must be a finite number, not {raw!r}")
+    return value
+
+
+def _windows(env: Mapping[str, str], name: str) -> dict[str, int]:
+    """Context windows by model, as a JSON object of model names to whole numbers of tokens."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and type(v) is int and v > 0 for k, v in value.items()
+    ):
+        raise SettingsError(
+            f'{name} must be a JSON object of model names to token counts, like {{"grok-4": '
+            f"256000}}, not {raw!r}"
+        )
     return value
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -160,6 +162,8 @@ class Conversation(Base):
     source_id: Mapped[str | None] = mapped_column(String(200), default=None)
     forked_from_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     forked_through_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    # How turns fit the history to the model's window (None: send it all); see API.md.
+    context: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
 
 
 class Branch(Base):
@@ -198,6 +202,16 @@ class Message(Base):
         Index("ix_message_conversation_parent", "conversation_id", "parent_id"),
         # Siblings, and deleting a message's replies with it.
         Index("ix_message_parent_id", "parent_id"),
+        # Where a path is cut to fit a window: the first message of a branch past a running sum.
+        Index("ix_message_branch_tokens", "branch_id", "tokens_through"),
+        # The system messages of a path, always sent, read without the rest of a long history.
+        Index(
+            "ix_message_branch_system",
+            "branch_id",
+            "seq",
+            sqlite_where=text("role = 'system'"),
+            postgresql_where=text("role = 'system'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
@@ -225,6 +239,12 @@ class Message(Base):
     usage: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
     turn_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Its size in tokens as the upstream receives it (``service.tokens``): the upstream's count
+    # where its usage told it (``tokens_exact``), else estimated. ``tokens_through`` sums the
+    # sizes along its path, itself included: where to cut a path to fit is one index lookup.
+    tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    tokens_exact: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    tokens_through: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class Turn(Base):
@@ -268,6 +288,11 @@ class Turn(Base):
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     # After this instant a turn still marked running belongs to a process that died.
     deadline_at: Mapped[datetime] = mapped_column()
+    # What the model saw: the strategy, the seq ranges sent and left out, the input's tokens
+    # (estimated and as the upstream counted them), the SHA-256 of the request body.
+    context: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
+    # The exact request body sent, kept only with CONVSTORE_KEEP_REQUESTS (for replay).
+    request_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None)
 
 
 class IdempotencyKey(Base):

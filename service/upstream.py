@@ -7,6 +7,7 @@ the service's is httpx over aiohttp's connections (``service.app.make_http_clien
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import errno
 import logging
@@ -56,6 +57,7 @@ class UpstreamError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.attempts = 1
+        self.sent = b""  # the request body, exactly as sent
 
     def as_dict(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "detail": self.message}
@@ -81,6 +83,26 @@ class UpstreamRateLimited(UpstreamError):
 
 class UpstreamRejected(UpstreamError):
     """A 4xx other than 408/429: the request itself is wrong; never retried."""
+
+
+class UpstreamContextExceeded(UpstreamRejected):
+    """The request was refused as longer than the model's window; ``window`` and ``counted``
+    are the numbers the refusal gives, if it gives them."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, status: int, window: int | None, counted: int | None):
+        super().__init__(message, status=status)
+        self.window = window
+        self.counted = counted
+
+
+# How xAI words the refusal ("This model's maximum prompt length is 131072 but the request
+# contains 136973 tokens."), and OpenAI ("maximum context length is 8192 tokens, however you
+# requested 9000 tokens").
+_TOO_LONG = re.compile(
+    r"maximum (?:prompt|context) length is (\d+)\D+?(?:contains|requested|resulted in) (\d+)"
+)
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -199,6 +221,7 @@ class Attempted:
 
     reply: Reply
     attempts: int
+    sent: bytes = b""  # the request body, exactly as sent
 
 
 class UpstreamClient:
@@ -233,9 +256,12 @@ class UpstreamClient:
             headers["authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    async def complete(self, body: dict[str, Any], *, conversation_id: str) -> Attempted:
-        """One chat completion. Raises an ``UpstreamError`` subclass if none could be had."""
-        content = _encoder.encode(body)
+    async def complete(
+        self, body: dict[str, Any], *, conversation_id: str, raw: bytes | None = None
+    ) -> Attempted:
+        """One chat completion. Raises an ``UpstreamError`` subclass if none could be had.
+        ``raw``: a body to send exactly (kept from an earlier call) instead of ``body``'s."""
+        content = _encoder.encode(body) if raw is None else raw
         headers = self.headers(conversation_id)
         requested_model = str(body.get("model", ""))
 
@@ -252,7 +278,7 @@ class UpstreamClient:
                 raise self._too_large()
             return parse_completion(answer, requested_model, self.max_reply_chars)
 
-        return await self.retrying(once)
+        return await self._sending(content, once)
 
     async def stream(
         self,
@@ -260,6 +286,7 @@ class UpstreamClient:
         *,
         conversation_id: str,
         on_delta: Callable[[dict[str, str]], Awaitable[None]],
+        raw: bytes | None = None,
     ) -> Attempted:
         """A streamed chat completion, read to its end.
 
@@ -267,7 +294,7 @@ class UpstreamClient:
         the whole reply is returned at the end. Failures before the first piece are retried
         like ``complete``; a stream cut after that raises ``UpstreamStreamCut``.
         """
-        content = _encoder.encode(
+        content = raw or _encoder.encode(
             {**body, "stream": True, "stream_options": {"include_usage": True}}
         )
         headers = self.headers(conversation_id)
@@ -304,7 +331,16 @@ class UpstreamClient:
                 )
             return accumulator.reply()
 
-        return await self.retrying(once)
+        return await self._sending(content, once)
+
+    async def _sending(self, content: bytes, once: Callable[[], Awaitable[Reply]]) -> Attempted:
+        """``retrying(once)``, with the request body sent on its result, or on its error."""
+        try:
+            attempted = await self.retrying(once)
+        except UpstreamError as exc:
+            exc.sent = content
+            raise
+        return dataclasses.replace(attempted, sent=content)
 
     async def _open(self, content: bytes, headers: dict[str, str]) -> httpx.Response:
         """Send the request; its answer, the body still to read, if the status is 200. Any
@@ -700,6 +736,10 @@ def error_for_response(status: int, headers: httpx.Headers, content: bytes) -> U
         return UpstreamUnavailable(message, status=status, retry_after=retry_after)
     if 200 <= status < 300:
         return UpstreamBadResponse(f"Unexpected status {status}: {message}", status=status)
+    too_long = _TOO_LONG.search(message)
+    if too_long is not None:
+        window, counted = (int(n) for n in too_long.groups())
+        return UpstreamContextExceeded(message, status=status, window=window, counted=counted)
     return UpstreamRejected(message, status=status)
 
 

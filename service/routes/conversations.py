@@ -49,6 +49,7 @@ class ConversationController(Controller):
                 params=data.params,
                 metadata=data.metadata,
                 messages=[message_fields(m) for m in data.messages],
+                context=msgspec.to_builtins(data.context),
             )
             created = ConversationCreated(**msgspec.structs.asdict(conversation), messages=messages)
             return Response(created, status_code=201)
@@ -88,8 +89,8 @@ class ConversationController(Controller):
         leaf below that message (its newest reply, that one's newest reply, and so on), so one
         call pages to a sibling's latest state; 409 while a turn runs."""
         changes = {
-            name: value
-            for name in ("title", "model", "params", "metadata")
+            name: msgspec.to_builtins(value)
+            for name in ("title", "model", "params", "metadata", "context")
             if (value := getattr(data, name)) is not UNSET
         }
         store: Store = state.store

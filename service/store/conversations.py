@@ -57,6 +57,7 @@ class ConversationStore(StoreBase):
         params: dict[str, Any],
         metadata: dict[str, Any],
         messages: list[dict[str, Any]],
+        context: dict[str, Any] | None = None,
     ) -> tuple[ConversationOut, list[MessageOut]]:
         now = utcnow()
         conversation_id = uuid7()
@@ -72,6 +73,7 @@ class ConversationStore(StoreBase):
             created_at=now,
             updated_at=now,
             head_id=rows[-1]["id"] if rows else None,
+            context=context,
         )
 
         def create(conn: Connection) -> list[MessageOut]:

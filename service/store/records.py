@@ -52,6 +52,8 @@ MESSAGE_COLUMNS = (
     M.finish_reason,
     M.usage,
     M.turn_id,
+    M.tokens,
+    M.tokens_exact,
 )
 CONVERSATION_COLUMNS = (
     C.id,
@@ -66,6 +68,7 @@ CONVERSATION_COLUMNS = (
     C.source_id,
     C.forked_from_id,
     C.forked_through_seq,
+    C.context,
 )
 TURN_COLUMNS = (
     T.id,
@@ -81,6 +84,7 @@ TURN_COLUMNS = (
     T.completed_at,
     T.reply_seq,
     T.reply_id,
+    T.context,
 )
 
 
