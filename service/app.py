@@ -103,6 +103,7 @@ def create_app(
             rate_limit=TurnRateLimit(),
             windows=settings.model_windows,
             keep_requests=settings.keep_requests,
+            compaction_model=settings.compaction_model,
         )
         app.state.turns = turns
         app.state.importer = Importer(store, default_model=settings.default_model)

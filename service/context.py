@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.tokens import window_of
+from service.tokens import estimate, window_of
 
 STRATEGIES = ("full", "truncate", "compact")
 CLEARLY_OVER = 1.5
@@ -59,6 +59,62 @@ def resolve(
     budget = min(cap, window) if isinstance(cap, int) and cap > 0 else window
     strategy = chosen.get("strategy")
     return Policy(strategy if strategy in STRATEGIES else "full", window, budget)
+
+
+SUMMARY_PROMPT = (
+    "You compress conversations. Summarise the conversation below for the assistant who "
+    "continues it: keep facts, names, numbers, decisions, open questions and what the user "
+    "wants; leave out pleasantries. Answer with the summary alone."
+)
+SUMMARY_PROMPT_TOKENS = estimate({"role": "system", "content": SUMMARY_PROMPT}) + 24
+"""What the summarising request takes besides the messages it summarises: its instructions,
+the transcript's message and headings, the request's overhead."""
+
+
+def summary_reserve(budget: int) -> int:
+    """Tokens kept for a summary under ``compact``: an eighth of the budget, 64 to 4,096."""
+    return max(64, min(budget // 8, 4096))
+
+
+def summary_message(content: str) -> dict[str, Any]:
+    """A summary as the upstream receives it: a system message after the first ones."""
+    return {"role": "system", "content": f"Summary of the earlier conversation:\n{content}"}
+
+
+def summary_request(previous: str | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages of a summarising request: the instructions, then the previous summary and
+    the messages since it as one transcript (so tool calls need no pairing)."""
+    lines = [f"Summary so far:\n{previous}\n"] if previous else []
+    for message in messages:
+        text = message.get("content")
+        if not isinstance(text, str):
+            text = " ".join(
+                str(p.get("text", "[image]" if p.get("type") == "image_url" else ""))
+                for p in text or ()
+                if isinstance(p, dict)
+            )
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            text += f" [calls {function.get('name')}({function.get('arguments')})]"
+        lines.append(f"{message['role']}: {text}")
+    return [
+        {"role": "system", "content": SUMMARY_PROMPT},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+def gaps(last: int, covered: Iterable[list[int]]) -> list[list[int]]:
+    """The seq ranges of 1..``last`` that no range of ``covered`` holds."""
+    out, next_seq = [], 1
+    for first, end in sorted(covered):
+        if first > next_seq:
+            out.append([next_seq, min(first - 1, last)])
+        next_seq = max(next_seq, end + 1)
+        if next_seq > last:
+            break
+    if next_seq <= last:
+        out.append([next_seq, last])
+    return [r for r in out if r[0] <= r[1]]
 
 
 def ranges(seqs: Iterable[int]) -> list[list[int]]:

@@ -51,6 +51,8 @@ class Settings:
     model_windows: Mapping[str, int] = field(default_factory=lambda: dict(MODEL_WINDOWS))
     # Keep each turn's exact upstream request body (for replay).
     keep_requests: bool = False
+    # The model that writes summaries under `compact` (None: the conversation's).
+    compaction_model: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +86,7 @@ class Settings:
             admin_insecure_cookies=_flag(env, "CONVSTORE_ADMIN_INSECURE_COOKIES"),
             model_windows={**MODEL_WINDOWS, **_windows(env, "CONVSTORE_MODEL_WINDOWS")},
             keep_requests=_flag(env, "CONVSTORE_KEEP_REQUESTS"),
+            compaction_model=env.get("CONVSTORE_COMPACTION_MODEL") or None,
         )
         settings.validate()
         return settings

@@ -295,6 +295,29 @@ class Turn(Base):
     request_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None)
 
 
+class ContextSummary(Base):
+    """A compaction: the model's summary of a path's oldest messages, up to and including
+    ``upto_id`` (``covers``: the seq ranges it summarises, a previous summary's among them).
+    Any path through ``upto_id`` may send it instead of those messages; the messages stay.
+    ``turn_id`` is the summarising turn (its usage)."""
+
+    __tablename__ = "context_summary"
+    __table_args__ = (Index("ix_context_summary_conversation_id", "conversation_id", "upto_seq"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("conversation.id", ondelete="CASCADE")
+    )
+    # Deleting the message (or what it lies below) deletes the summary with it.
+    upto_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("message.id", ondelete="CASCADE"))
+    upto_seq: Mapped[int] = mapped_column(Integer)
+    covers: Mapped[Any] = mapped_column(JSON)
+    content: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int] = mapped_column(Integer)
+    turn_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IdempotencyKey(Base):
     """A client's ``Idempotency-Key``: the request it named and, once done, the answer given."""
 
@@ -338,3 +361,4 @@ branch_table = cast(Table, Branch.__table__)
 turn_table = cast(Table, Turn.__table__)
 idempotency_table = cast(Table, IdempotencyKey.__table__)
 secret_table = cast(Table, ServiceSecret.__table__)
+summary_table = cast(Table, ContextSummary.__table__)

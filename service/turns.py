@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -26,7 +27,13 @@ import msgspec
 from msgspec import UNSET
 from sqlalchemy.exc import DBAPIError
 
-from service.context import CLEARLY_OVER, overflow, request_sha256
+from service.context import (
+    CLEARLY_OVER,
+    overflow,
+    request_sha256,
+    summary_message,
+    summary_request,
+)
 from service.errors import Conflict, NotFound, ServiceError, database_unavailable
 from service.events import KEEPALIVE, KEEPALIVE_SECONDS, Position, TurnFeed, rebuilt
 from service.observability import observe_turn
@@ -41,8 +48,9 @@ from service.schemas import (
     TurnResult,
     message_fields,
 )
-from service.store import Principal, Store, TurnStart
+from service.store import Compaction, Principal, Store, TurnStart
 from service.tables import uuid7
+from service.tokens import MESSAGE_OVERHEAD
 from service.upstream import (
     Attempted,
     UpstreamClient,
@@ -150,10 +158,12 @@ class TurnRunner:
         rate_limit: TurnRateLimit | None = None,
         windows: Mapping[str, int] | None = None,
         keep_requests: bool = False,
+        compaction_model: str | None = None,
     ) -> None:
         self.store = store
         self.windows = windows
         self.keep_requests = keep_requests
+        self.compaction_model = compaction_model
         self.upstream = upstream
         self.lease = lease
         self.keepalive = keepalive
@@ -282,10 +292,13 @@ class TurnRunner:
         turn = start.turn
         upstream_started = time.perf_counter()
         try:
-            estimated, policy = start.seen.estimated, start.policy
-            if estimated > policy.budget * CLEARLY_OVER:
-                raise _Failure(overflow(estimated, policy), attempts=0)
             try:
+                compaction = start.seen.compaction
+                if compaction is not None and compaction.summary is None:
+                    start = await self._compact(start, compaction)
+                estimated, policy = start.seen.estimated, start.policy
+                if estimated > policy.budget * CLEARLY_OVER:
+                    raise _Failure(overflow(estimated, policy), attempts=0)
                 attempted = await self._ask(start, feed, stream=stream)
             except UpstreamError as exc:
                 raise self._upstream_failure(start, exc, upstream_started) from exc
@@ -345,6 +358,46 @@ class TurnRunner:
             feed.delta(delta)
 
         return await self.upstream.stream(body, conversation_id=conversation_id, on_delta=relay)
+
+    async def _compact(self, start: TurnStart, compaction: Compaction) -> TurnStart:
+        """Have the model summarise what the turn's history leaves out (with the previous
+        summary, if any), store the summary and the summarising turn, and put the summary in
+        the history after the system messages. An upstream failure fails the turn."""
+        model = self.compaction_model or start.model
+        previous = compaction.previous.content if compaction.previous is not None else None
+        body = {
+            "model": model,
+            "messages": summary_request(previous, compaction.messages),
+            "max_completion_tokens": compaction.reserve - MESSAGE_OVERHEAD,
+        }
+        began = time.perf_counter()
+        attempted = await self.upstream.complete(
+            body, conversation_id=str(start.turn.conversation_id)
+        )
+        summary = await self.store.record_compaction(
+            start,
+            compaction,
+            attempted.reply,
+            model=model,
+            params={"max_completion_tokens": body["max_completion_tokens"]},
+            attempts=attempted.attempts,
+            latency_ms=_ms_since(began),
+            request_sha256=request_sha256(attempted.sent),
+        )
+        history = list(start.history)
+        history.insert(compaction.at, summary_message(summary.content))
+        estimated = start.seen.estimated - compaction.reserve + summary.tokens
+        context = {
+            **(start.turn.context or {}),
+            "summary_id": str(summary.id),
+            "estimated_input_tokens": estimated,
+        }
+        return dataclasses.replace(
+            start,
+            history=history,
+            turn=msgspec.structs.replace(start.turn, context=context),
+            seen=dataclasses.replace(start.seen, estimated=estimated),
+        )
 
     def _upstream_failure(
         self, start: TurnStart, exc: UpstreamError, upstream_started: float

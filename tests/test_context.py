@@ -337,3 +337,55 @@ async def test_replay_of_a_turn_whose_request_was_not_kept(
     assert refused.json()["code"] == "request_not_kept"
     missing = await client.post(f"/v1/conversations/{cid}/turns/{cid}/replay", headers=alice)
     assert missing.status_code == 404
+
+
+async def test_compact_summarises_the_oldest_part_and_reuses_the_summary(
+    client: Client, alice: dict[str, str], small: FakeUpstream
+) -> None:
+    cid = await new_conversation(
+        client,
+        alice,
+        messages=[{"role": "system", "content": "You are terse."}],
+        context={"strategy": "compact", "max_input_tokens": WINDOW},
+    )
+    compactions = summarised_from = 0
+    for i in range(40):
+        before = small.calls
+        answered = await turn(
+            client, alice, cid, messages=[{"role": "user", "content": words(12, f"q{i}-")}]
+        )
+        assert answered.status_code == 201, answered.text
+        context = answered.json()["turn"]["context"]
+        sent = sent_messages(small)
+        assert sent[0] == {"role": "system", "content": "You are terse."}
+        assert sent[-1]["content"] == words(12, f"q{i}-")
+        assert context["upstream_input_tokens"] <= WINDOW
+        if small.calls == before + 2:  # a summarising call, then the turn's
+            compactions += 1
+            summarising = small.requests[-2]["body"]
+            assert summarising["messages"][0]["role"] == "system"
+            if compactions > 1:  # a later compaction summarises the previous summary too
+                assert "Summary so far:" in summarising["messages"][1]["content"]
+        if "summary_id" in context:
+            assert sent[1]["role"] == "system"
+            assert sent[1]["content"].startswith("Summary of the earlier conversation:")
+            # Each summary covers the previous one's range and more (the oldest dropped).
+            first_summarised = context["summarised"][0][0]
+            assert first_summarised == summarised_from or summarised_from == 0
+            summarised_from = first_summarised
+            # Summarised and sent cover the path (bar what was dropped), never overlapping.
+            covered = {s for a, b in context["summarised"] for s in range(a, b + 1)}
+            shipped = {s for a, b in context["sent"] for s in range(a, b + 1)}
+            assert not covered & shipped
+    assert compactions >= 2
+    reused = [t for t in await stored_turns(client, alice, cid) if t["context"]]
+    summarising_turns = [t for t in reused if t["context"].get("purpose") == "compaction"]
+    assert len(summarising_turns) == compactions
+    for t in summarising_turns:
+        assert t["status"] == "completed"
+        assert t["usage"]["completion_tokens"] > 0
+    with_summary = [t for t in reused if t["context"].get("summary_id")]
+    # More turns sent a summary than there were summaries made: they were re-used.
+    assert len(with_summary) - len(summarising_turns) > len(summarising_turns)
+    stored = await stored_messages(client, alice, cid)
+    assert len(stored) == 81  # the originals stay

@@ -1,6 +1,6 @@
 """Context windows: every message's size in tokens and the running sum along its path; a
 conversation's context policy; a turn's record of what the model saw (and, optionally, the
-exact request body sent).
+exact request body sent); the summaries of ``compact`` (``context_summary``).
 
 Revision ID: c8d2e6f4a1b3
 Revises: a3f1c7e2b9d4
@@ -68,6 +68,34 @@ def upgrade() -> None:
         sqlite_where=sa.text("role = 'system'"),
         postgresql_where=sa.text("role = 'system'"),
     )
+    op.create_table(
+        "context_summary",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("conversation_id", sa.Uuid(), nullable=False),
+        sa.Column("upto_id", sa.Uuid(), nullable=False),
+        sa.Column("upto_seq", sa.Integer(), nullable=False),
+        sa.Column("covers", sa.JSON(), nullable=False),
+        sa.Column("content", sa.Text(), nullable=False),
+        sa.Column("tokens", sa.Integer(), nullable=False),
+        sa.Column("turn_id", sa.Uuid(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["conversation_id"],
+            ["conversation.id"],
+            name=op.f("fk_context_summary_conversation_id_conversation"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["upto_id"],
+            ["message.id"],
+            name=op.f("fk_context_summary_upto_id_message"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_context_summary")),
+    )
+    op.create_index(
+        "ix_context_summary_conversation_id", "context_summary", ["conversation_id", "upto_seq"]
+    )
     with op.batch_alter_table("conversation", schema=None) as batch_op:
         batch_op.add_column(sa.Column("context", sa.JSON(), nullable=True))
     with op.batch_alter_table("turn", schema=None) as batch_op:
@@ -123,6 +151,8 @@ def downgrade() -> None:
     with op.batch_alter_table("turn", schema=None) as batch_op:
         batch_op.drop_column("request_body")
         batch_op.drop_column("context")
+    op.drop_index("ix_context_summary_conversation_id", table_name="context_summary")
+    op.drop_table("context_summary")
     with op.batch_alter_table("conversation", schema=None) as batch_op:
         batch_op.drop_column("context")
     op.drop_index("ix_message_branch_system", table_name="message")

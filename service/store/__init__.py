@@ -10,6 +10,7 @@ from service.store.admin import AdminSessionStore, AdminStore, ConversationFilte
 from service.store.engine import StoreBase, make_engine
 from service.store.idempotency import IdempotencyStore
 from service.store.keys import KeyStore
+from service.store.messages import Compaction
 from service.store.records import (
     ExportRows,
     ImportRows,
@@ -21,7 +22,7 @@ from service.store.records import (
 )
 from service.store.responses import ResponseStore
 from service.store.transcripts import TranscriptStore
-from service.store.turns import TurnStart, TurnStore
+from service.store.turns import Summary, TurnStart, TurnStore
 
 
 class Store(
@@ -37,6 +38,7 @@ class Store(
 
 
 __all__ = [
+    "Compaction",
     "ConversationFilter",
     "ExportRows",
     "ImportRows",
@@ -48,6 +50,7 @@ __all__ = [
     "Store",
     "StoreBase",
     "StoredAnswer",
+    "Summary",
     "TurnStart",
     "make_engine",
 ]

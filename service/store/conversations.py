@@ -34,6 +34,7 @@ from service.store.records import (
     B,
     C,
     M,
+    S,
     T,
     conversation_out,
 )
@@ -41,6 +42,7 @@ from service.tables import (
     branch_table,
     conversation_table,
     message_table,
+    summary_table,
     turn_table,
     utcnow,
     uuid7,
@@ -156,6 +158,7 @@ class ConversationStore(StoreBase):
         async with self._write() as conn:
             # Children first, so no database-level cascade setting is needed.
             owned = select(C.id).where(C.id == conversation_id, C.tenant == tenant)
+            await conn.execute(delete(summary_table).where(S.conversation_id.in_(owned)))
             await conn.execute(delete(message_table).where(M.conversation_id.in_(owned)))
             await conn.execute(delete(branch_table).where(B.conversation_id.in_(owned)))
             await conn.execute(delete(turn_table).where(T.conversation_id.in_(owned)))

@@ -12,10 +12,10 @@ in one hop through ``AsyncConnection.run_sync``, on aiosqlite and asyncpg alike.
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,11 +36,25 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from service.context import ranges
+from service.context import (
+    SUMMARY_PROMPT_TOKENS,
+    Policy,
+    gaps,
+    ranges,
+    summary_message,
+    summary_reserve,
+)
 from service.errors import NotFound, TurnInProgress
 from service.schemas import MessageOut, ParentId
-from service.store.records import B, C, M, T
-from service.tables import branch_table, conversation_table, message_table, turn_table, uuid7
+from service.store.records import B, C, M, S, T
+from service.tables import (
+    branch_table,
+    conversation_table,
+    message_table,
+    summary_table,
+    turn_table,
+    uuid7,
+)
 from service.tokens import REQUEST_OVERHEAD, estimate, prompt_tokens
 
 ABANDONED = {
@@ -325,6 +339,8 @@ class Seen:
     base_through: int
     previous_prompt: int | None = None
     previous_reply: int = 0
+    compaction: Compaction | None = None
+    summarised: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,22 +366,23 @@ def append(
     now: datetime,
     *,
     with_history: bool = False,
-    budget: Callable[[Any], int | None] | None = None,
+    policy: Callable[[Any], Policy] | None = None,
 ) -> Appended:
     """Append messages after ``parent_id`` (unset: after the head; None: as a new first
     message), refused while a turn runs; the head becomes the last of them. With
     ``with_history``, also read the path down to the last of them (as the upstream receives
-    it): the parent's path is read by the statement that places the messages. ``budget``,
-    given the conversation's locked row, answers the tokens the history may take (None: the
-    whole path is read): then only the path's system messages and the newest others that fit
-    are read (``_locate_in_window``).
+    it): the parent's path is read by the statement that places the messages. ``policy``,
+    given the conversation's locked row, answers how the history fits the model's window:
+    under ``truncate`` or ``compact`` only the path's system messages and the newest others
+    that fit are read (``_locate_in_window``).
 
     The conversation's row is locked first, and only then is the running turn checked and the
     tree read: on PostgreSQL a statement sees the database as it was when the statement began,
     so a check made before taking the lock could miss a turn committed while it waited."""
     conversation = lock_conversation(conn, tenant, conversation_id)
     parent = conversation.head_id if parent_id is UNSET else parent_id
-    limit = budget(conversation) if budget is not None and with_history else None
+    chosen = policy(conversation) if policy is not None and with_history else None
+    limit = chosen if chosen is not None and chosen.windowed else None
     history: list[dict[str, Any]] = []
     seen = None
     if limit is not None:
@@ -547,9 +564,62 @@ def _locate_with_history(
 
 # The system messages of a path (always sent), read from their own index.
 _SYSTEMS = path(*HISTORY_COLUMNS, M.seq, M.tokens).where(M.role == "system").order_by(M.seq)
+_WINDOW_COLUMNS = (*HISTORY_COLUMNS, M.seq, M.tokens, M.tokens_through, M.id)
 # The newest messages of a path whose running sum passes the ``floor`` parameter.
-_NEWEST = path(*HISTORY_COLUMNS, M.seq, M.tokens, after=cut_after).order_by(M.seq)
-_WHOLE = path(*HISTORY_COLUMNS, M.seq, M.tokens).order_by(M.seq)
+_NEWEST = path(*_WINDOW_COLUMNS, after=cut_after).order_by(M.seq)
+_WHOLE = path(*_WINDOW_COLUMNS).order_by(M.seq)
+# Messages to summarise: after the ``since`` seq and before the ``before`` seq, the newest
+# whose running sum passes ``floor`` (``_SPAN``: all of them).
+_SPAN_LIMITS = (M.seq > bindparam("since"), M.seq < bindparam("before"))
+_NEWEST_SPAN = path(*_WINDOW_COLUMNS, after=cut_after).where(*_SPAN_LIMITS).order_by(M.seq)
+_SPAN = path(*_WINDOW_COLUMNS).where(*_SPAN_LIMITS).order_by(M.seq)
+
+
+def _latest_summary() -> Select[Any]:
+    """The newest summary of a path down to ``head_id``: made up to one of its messages."""
+    chain = _chain(False)
+    upto = message_table.alias("upto")
+    on_path = and_(
+        upto.c.branch_id == chain.c.branch_id,
+        upto.c.seq > chain.c.low,
+        upto.c.seq <= chain.c.high,
+    )
+    return (
+        select(S.id, S.content, S.covers, S.tokens, S.upto_seq)
+        .join_from(summary_table, upto, upto.c.id == S.upto_id)
+        .join(chain, on_path)
+        .where(S.conversation_id == bindparam("conversation_id"))
+        .order_by(S.upto_seq.desc())
+        .limit(1)
+    )
+
+
+_SUMMARY = _latest_summary()
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """What ``compact`` makes of a path that does not fit: the summary goes at ``at`` in the
+    history (after the system messages before the cut). ``summary`` is one made before that
+    covers what is left out (sent as it is), else ``previous`` (if any) and ``messages`` are to
+    be summarised, up to the message ``upto_id`` at ``upto_seq``, in ``reserve`` tokens."""
+
+    at: int
+    covers: list[list[int]]
+    reserve: int
+    summary: Any = None
+    previous: Any = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    upto_id: uuid.UUID | None = None
+    upto_seq: int = 0
+
+
+def _skip_tools(rows: Sequence[Any]) -> list[Any]:
+    """``rows`` without the tool messages they start with (their call was cut off)."""
+    start = 0
+    while start < len(rows) and rows[start].role == "tool":
+        start += 1
+    return list(rows[start:])
 
 
 def _locate_in_window(
@@ -558,14 +628,17 @@ def _locate_in_window(
     parent_id: uuid.UUID | None,
     messages: list[dict[str, Any]],
     now: datetime,
-    budget: int,
+    policy: Policy,
 ) -> tuple[Place, list[dict[str, Any]], list[dict[str, Any]], Seen]:
     """``locate`` after ``parent_id``, the rows of ``messages`` placed there, and the
-    history down to the parent that fits in ``budget`` tokens with them: every system message,
-    and the newest others that fit, never starting with a ``tool`` message (whose assistant
-    message, with its ``tool_calls``, would be cut off). Three statements whatever the
-    path's length: the place (with the running sum there), the system messages, and the
-    messages after the cut, found by the running sum's index."""
+    history down to the parent that fits in the policy's budget with them: every system
+    message, and the newest others that fit, never starting with a ``tool`` message (whose
+    assistant message, with its ``tool_calls``, would be cut off). Three statements whatever
+    the path's length: the place (with the running sum there), the system messages, and the
+    messages after the cut, found by the running sum's index. Under ``compact``, room is kept
+    for a summary of what is cut (``Compaction``): the newest summary made on the path is read,
+    and, if it does not cover the cut, the messages since it that a summarising request fits."""
+    budget, compact = policy.budget, policy.strategy == "compact"
     place = locate(conn, conversation_id, parent_id, now)
     rows = message_rows(place, messages, now)
     total = rows[-1]["tokens_through"] if rows else place.through
@@ -574,28 +647,95 @@ def _locate_in_window(
         return place, rows, [], Seen([], [], new + REQUEST_OVERHEAD, place.through)
     params = {"head_id": parent_id}
     systems = conn.execute(_SYSTEMS, params).all()
-    floor = total + sum(s.tokens for s in systems) + REQUEST_OVERHEAD - budget
+    system_tokens = sum(s.tokens for s in systems)
+    reserve = summary_reserve(budget) if compact else 0
+    floor = total + system_tokens + REQUEST_OVERHEAD - budget
+    if floor > 0 and compact:
+        floor += reserve
+        previous = conn.execute(_SUMMARY, {**params, "conversation_id": conversation_id}).first()
+        if previous is not None:
+            floor += previous.tokens
     if floor > 0:
-        kept = conn.execute(_NEWEST, {**params, "floor": floor}).all()
+        kept = _skip_tools(conn.execute(_NEWEST, {**params, "floor": floor}).all())
     else:
-        kept = conn.execute(_WHOLE, params).all()
-    start = 0
-    while start < len(kept) and kept[start].role == "tool":
-        start += 1
-    kept = kept[start:]
+        kept = _skip_tools(conn.execute(_WHOLE, params).all())
     first_kept = kept[0].seq if kept else place.seq
+    compaction = None
+    if floor > 0 and compact:
+        if previous is None or previous.upto_seq < first_kept - 1:
+            # A new summary: cut deeper, to half the room, so that the turns after this one
+            # fit with it for a while (each compaction is a model call).
+            deeper = {**params, "floor": floor + (budget - reserve) // 2}
+            kept = _skip_tools(conn.execute(_NEWEST, deeper).all())
+        compaction = _compaction(conn, params, systems, kept, place, previous, budget, reserve)
+        if compaction is not None and compaction.summary is not None:
+            kept = _skip_tools([r for r in kept if r.seq > compaction.summary.upto_seq])
+            first_kept = kept[0].seq if kept else place.seq
     earlier = [s for s in systems if s.seq < first_kept]
     sent = [*earlier, *kept]
     history = [history_entry(*r[: len(HISTORY_COLUMNS)]) for r in sent]
     estimated = sum(r.tokens for r in sent) + new + REQUEST_OVERHEAD
-    # Dropped: what lies before the first message kept, but for the system messages there.
-    bounds = [0, *(s.seq for s in earlier), first_kept]
-    dropped = [[a + 1, b - 1] for a, b in itertools.pairwise(bounds) if b - a > 1]
     sent_seqs = [r.seq for r in sent]
     if rows:
         sent_seqs.extend(range(rows[0]["seq"], rows[-1]["seq"] + 1))
-    seen = Seen(ranges(sent_seqs), dropped, estimated, place.through)
+    summarised: list[list[int]] = []
+    if compaction is not None:
+        compaction = dataclasses.replace(compaction, at=len(earlier))
+        summarised = compaction.covers
+        if compaction.summary is not None:
+            history.insert(len(earlier), summary_message(compaction.summary.content))
+            estimated += compaction.summary.tokens
+        else:
+            estimated += compaction.reserve
+    dropped = gaps(place.seq - 1, [*ranges(s.seq for s in sent), *summarised])
+    seen = Seen(
+        ranges(sent_seqs),
+        dropped,
+        estimated,
+        place.through,
+        compaction=compaction,
+        summarised=summarised,
+    )
     return place, rows, history, seen
+
+
+def _compaction(
+    conn: Connection,
+    params: dict[str, Any],
+    systems: Sequence[Any],
+    kept: list[Any],
+    place: Place,
+    previous: Any,
+    budget: int,
+    reserve: int,
+) -> Compaction | None:
+    """What to summarise for the messages cut before ``kept`` (see ``Compaction``); None if
+    nothing but system messages is cut."""
+    first_kept = kept[0].seq if kept else place.seq
+    if previous is not None and previous.upto_seq >= first_kept - 1:
+        return Compaction(0, previous.covers, reserve, summary=previous)
+    since = previous.upto_seq if previous is not None else 0
+    # The summarising request holds the previous summary and the newest of the messages since
+    # it that fit beside it: older ones are dropped.
+    room = budget - reserve - SUMMARY_PROMPT_TOKENS - (previous.tokens if previous else 0)
+    high = kept[0].tokens_through - kept[0].tokens if kept else place.through
+    span = {**params, "since": since, "before": first_kept, "floor": high - room}
+    found = conn.execute(_NEWEST_SPAN if high - room > 0 else _SPAN, span).all()
+    told = [r for r in found if r.role != "system"]
+    if not told:
+        return None
+    covers = ranges(r.seq for r in told)
+    if previous is not None:
+        covers = [*previous.covers, *covers]
+    return Compaction(
+        0,
+        covers,
+        reserve,
+        previous=previous,
+        messages=[{"seq": r.seq, **history_entry(*r[: len(HISTORY_COLUMNS)])} for r in told],
+        upto_id=found[-1].id,
+        upto_seq=found[-1].seq,
+    )
 
 
 def history_entry(

@@ -21,6 +21,7 @@ from service.tables import (
     conversation_table,
     idempotency_table,
     message_table,
+    summary_table,
     turn_table,
 )
 
@@ -35,6 +36,7 @@ T = turn_table.c
 K = api_key_table.c
 AS = admin_session_table.c
 IK = idempotency_table.c
+S = summary_table.c
 
 MESSAGE_COLUMNS = (
     M.id,

@@ -23,6 +23,7 @@ from service.store.messages import (
     ABANDONED,
     SET_CONVERSATION,
     SET_RUNNING_TURN,
+    Compaction,
     Place,
     Seen,
     append,
@@ -31,8 +32,15 @@ from service.store.messages import (
     turn_in_progress,
 )
 from service.store.records import IK, TURN_COLUMNS, C, M, T, turn_out
-from service.tables import idempotency_table, message_table, turn_table, utcnow, uuid7
-from service.tokens import prompt_tokens, reply_tokens
+from service.tables import (
+    idempotency_table,
+    message_table,
+    summary_table,
+    turn_table,
+    utcnow,
+    uuid7,
+)
+from service.tokens import estimate, prompt_tokens, reply_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +83,21 @@ class _NewTurn:
 
 _SET_HEAD = SET_CONVERSATION.returning(C.id)
 _INSERT_TURN = insert(turn_table)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A stored summary (``service.tables.ContextSummary``)."""
+
+    id: uuid.UUID
+    content: str
+    tokens: int
+    covers: list[list[int]]
+    upto_seq: int
+
+
+# A summary's tokens as sent, beyond its text: its message's template and the heading.
+SUMMARY_EXTRA = 12
 
 
 class _NotRunning(Exception):
@@ -210,6 +233,70 @@ class TurnStore(StoreBase):
         except _NotRunning:
             return None
 
+    async def record_compaction(
+        self,
+        start: TurnStart,
+        compaction: Compaction,
+        reply: Reply,
+        *,
+        model: str,
+        params: dict[str, Any],
+        attempts: int,
+        latency_ms: int,
+        request_sha256: str,
+    ) -> Summary:
+        """Store a summary the model made for ``start``'s turn, and the summarising call as a
+        completed turn of its own (its usage; ``context.purpose`` is ``compaction``)."""
+        now, cid = utcnow(), start.turn.conversation_id
+        content = reply.content if isinstance(reply.content, str) else ""
+        size = reply_tokens(reply.usage)
+        tokens = (size if size is not None else estimate({"content": content})) + SUMMARY_EXTRA
+        summary = Summary(uuid7(), content, tokens, compaction.covers, compaction.upto_seq)
+        turn_id = uuid7()
+        context = {
+            "strategy": "compact",
+            "purpose": "compaction",
+            "for_turn_id": str(start.turn.id),
+            "summary_id": str(summary.id),
+            "summarised": compaction.covers,
+            "upstream_input_tokens": prompt_tokens(reply.usage),
+            "request_sha256": request_sha256,
+        }
+        async with self._write() as conn:
+            await conn.execute(
+                insert(turn_table).values(
+                    id=turn_id,
+                    conversation_id=cid,
+                    status="completed",
+                    model=model,
+                    params=params,
+                    stream=False,
+                    usage=reply.usage,
+                    finish_reason=reply.finish_reason,
+                    latency_ms=latency_ms,
+                    upstream_ms=latency_ms,
+                    attempts=attempts,
+                    created_at=now,
+                    completed_at=now,
+                    deadline_at=now,
+                    context=context,
+                )
+            )
+            await conn.execute(
+                insert(summary_table).values(
+                    id=summary.id,
+                    conversation_id=cid,
+                    upto_id=compaction.upto_id,
+                    upto_seq=compaction.upto_seq,
+                    covers=compaction.covers,
+                    content=content,
+                    tokens=tokens,
+                    turn_id=turn_id,
+                    created_at=now,
+                )
+            )
+        return summary
+
     async def fail_turn(
         self,
         turn_id: uuid.UUID,
@@ -316,11 +403,11 @@ def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
     cid, now = given.conversation_id, given.now
     policies: list[Policy] = []
 
-    def budget(conversation: Any) -> int | None:
+    def policy_of(conversation: Any) -> Policy:
         model = given.model or conversation.model
         policy = resolve(conversation.context, given.context, model, given.windows)
         policies.append(policy)
-        return policy.budget if policy.windowed else None
+        return policy
 
     appended = append(
         conn,
@@ -330,7 +417,7 @@ def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
         given.parent_id,
         now,
         with_history=True,
-        budget=budget,
+        policy=policy_of,
     )
     if appended.next.parent_id is None:
         raise ValidationFailed(
@@ -344,6 +431,10 @@ def _begin_turn(conn: Connection, given: _NewTurn) -> TurnStart:
         dropped=seen.dropped,
         estimated_input_tokens=seen.estimated,
     )
+    if seen.compaction is not None:
+        context["summarised"] = seen.summarised
+        if seen.compaction.summary is not None:
+            context["summary_id"] = str(seen.compaction.summary.id)
     turn = TurnOut(
         id=uuid7(),
         conversation_id=cid,
