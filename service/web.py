@@ -526,7 +526,7 @@ def context_text(context: Any) -> str | None:
     if context.get("dropped"):
         parts.append(f"dropped {seqs('dropped')}")
     if context.get("summarised"):
-        parts.append(f"summarised {seqs('summarised')} (summary #{context.get('summary_seq')})")
+        parts.append(f"summarised {seqs('summarised')}")
     tokens = f"~{context.get('estimated_input_tokens', 0):,} tokens estimated"
     if context.get("upstream_input_tokens") is not None:
         tokens += f", {context['upstream_input_tokens']:,} counted"

@@ -17,9 +17,10 @@ from test_turns import new_conversation, stored_messages, turn
 
 from service.app import create_app
 from service.fake_upstream import FakeUpstream
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from service.store import Store
 from service.tokens import MESSAGE_OVERHEAD, estimate
+from service.web import context_text
 
 Client = httpx.AsyncClient
 WINDOW = 400  # the fake's window in these tests: a few dozen short messages
@@ -389,3 +390,124 @@ async def test_compact_summarises_the_oldest_part_and_reuses_the_summary(
     assert len(with_summary) - len(summarising_turns) > len(summarising_turns)
     stored = await stored_messages(client, alice, cid)
     assert len(stored) == 81  # the originals stay
+
+
+async def test_truncate_on_a_branch_measures_that_branch(
+    client: Client, alice: dict[str, str], small: FakeUpstream
+) -> None:
+    """The path is what is measured: a turn on a branch sends (and cuts) the branch's path,
+    never the messages of the line it forked from."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "Be terse."}]
+    for i in range(30):
+        messages += [
+            {"role": "user", "content": words(10, f"main{i}-")},
+            {"role": "assistant", "content": words(10, f"reply{i}-")},
+        ]
+    cid = await new_conversation(
+        client, alice, messages=messages, context={"strategy": "truncate", "max_input_tokens": 300}
+    )
+    stored = await stored_messages(client, alice, cid)
+    fork_after = stored[20]  # the assistant message at seq 21
+    for i in range(6):
+        answered = await turn(
+            client,
+            alice,
+            cid,
+            messages=[{"role": "user", "content": words(10, f"branch{i}-")}],
+            **({"parent_id": fork_after["id"]} if i == 0 else {}),
+        )
+        assert answered.status_code == 201, answered.text
+        sent = sent_messages(small)
+        texts = " ".join(str(m["content"]) for m in sent)
+        # Past the fork, the other line.
+        assert "main10-" not in texts
+        assert "reply10-" not in texts
+        assert sent[0]["content"] == "Be terse."
+        context = answered.json()["turn"]["context"]
+        assert context["dropped"]  # the branch's path is long enough to be cut
+        assert context["sent"][-1][1] == answered.json()["turn"]["reply_seq"] - 1
+
+
+async def test_every_insert_path_fills_sizes(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice, messages=[{"role": "system", "content": "Count."}])
+    appended = await client.post(
+        f"/v1/conversations/{cid}/messages",
+        json={
+            "messages": [
+                {"role": "user", "content": "\u4f60\u597d\u4e16\u754c"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "see"},
+                        {"type": "image_url", "image_url": {"url": "https://example.invalid/a"}},
+                    ],
+                },
+            ]
+        },
+        headers=alice,
+    )
+    assert appended.status_code == 201, appended.text
+    chinese, image = appended.json()["data"]
+    assert chinese["tokens"] == MESSAGE_OVERHEAD + 4  # a token a CJK character
+    assert image["tokens"] >= MESSAGE_OVERHEAD + 256  # an image part, flat
+    answered = await turn(client, alice, cid)
+    assert answered.status_code == 201, answered.text
+    original = await stored_messages(client, alice, cid)
+    forked = await client.post(f"/v1/conversations/{cid}/fork", headers=alice)
+    copy = await stored_messages(client, alice, forked.json()["id"])
+    sizes = [(m["tokens"], m["tokens_exact"]) for m in original]
+    assert [(m["tokens"], m["tokens_exact"]) for m in copy] == sizes
+    exported = (await client.get(f"/v1/conversations/{cid}/export", headers=alice)).json()
+    for message in exported["messages"]:
+        del message["tokens"], message["tokens_exact"]
+    exported["conversation"]["id"] = "without-sizes"
+    imported = await client.post("/v1/conversations/import", json=exported, headers=alice)
+    again = await stored_messages(client, alice, imported.json()["id"])
+    # Without sizes in the transcript, each is estimated (the reply's count is lost with them).
+    assert [m["tokens"] for m in again[:3]] == [m["tokens"] for m in original[:3]]
+    assert not any(m["tokens_exact"] for m in again)
+
+
+def test_the_estimate_by_script_and_part() -> None:
+    english = estimate({"role": "user", "content": "Hello world!"})
+    assert english - MESSAGE_OVERHEAD == 4  # xAI counts 3; the estimate leans high
+    assert estimate({"role": "user", "content": ""}) == MESSAGE_OVERHEAD
+    cjk = estimate({"role": "user", "content": "\u4f60" * 100})
+    latin = estimate({"role": "user", "content": "a" * 100})
+    cyrillic = estimate({"role": "user", "content": "\u0436" * 100})
+    assert latin < cyrillic < cjk
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"q": 1}'}}
+    assert estimate({"role": "assistant", "content": None, "tool_calls": [call]}) > 8
+
+
+def test_the_admin_page_line_of_what_the_model_saw() -> None:
+    line = context_text(
+        {
+            "strategy": "compact",
+            "sent": [[1, 1], [40, 42]],
+            "dropped": [[2, 9]],
+            "summarised": [[10, 39]],
+            "summary_id": "x",
+            "estimated_input_tokens": 1200,
+            "upstream_input_tokens": 1100,
+            "max_input_tokens": 4000,
+            "request_sha256": "ab" * 32,
+        }
+    )
+    assert line == (
+        "compact; sent 1, 40-42; dropped 2-9; summarised 10-39; "
+        "~1,200 tokens estimated, 1,100 counted of 4,000; request sha256 abababababababab…"
+    )
+    assert context_text(None) is None
+
+
+def test_model_windows_setting() -> None:
+    settings = Settings.from_env({"CONVSTORE_MODEL_WINDOWS": '{"grok-4": 1000, "mine": 64}'})
+    assert settings.model_windows["grok-4"] == 1000
+    assert settings.model_windows["mine"] == 64
+    assert settings.model_windows["grok-3"] == 131_072
+    for bad in ("[1]", '{"grok-4": 0}', '{"grok-4": "big"}', "nope"):
+        with pytest.raises(SettingsError, match="CONVSTORE_MODEL_WINDOWS"):
+            Settings.from_env({"CONVSTORE_MODEL_WINDOWS": bad})

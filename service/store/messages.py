@@ -30,6 +30,7 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    literal_column,
     select,
     union_all,
     update,
@@ -134,12 +135,15 @@ _WRITER_CHECKS = (
 
 def _followers(parent: Any) -> tuple[Any, Any]:
     """How many messages follow ``parent`` (a bound id), and how many of them on its branch
-    (at most one: the message after it there)."""
+    (at most one: the message after it there, found by its place on the unique index of
+    (branch_id, seq): a branch's messages follow one another)."""
     children = select(func.count()).where(_child.c.parent_id == parent)
     branch = select(_parent.c.branch_id).where(_parent.c.id == parent).scalar_subquery()
+    seq = select(_parent.c.seq).where(_parent.c.id == parent).scalar_subquery()
+    after = select(func.count()).where(_child.c.branch_id == branch, _child.c.seq == seq + 1)
     return (
         children.scalar_subquery().label("children"),
-        children.where(_child.c.branch_id == branch).scalar_subquery().label("followed"),
+        after.scalar_subquery().label("followed"),
     )
 
 
@@ -563,7 +567,13 @@ def _locate_with_history(
 
 
 # The system messages of a path (always sent), read from their own index.
-_SYSTEMS = path(*HISTORY_COLUMNS, M.seq, M.tokens).where(M.role == "system").order_by(M.seq)
+# The role is written out, not bound: a planner uses a partial index only for a condition it
+# can see implies the index's own (SQLite never, for a bound parameter).
+_SYSTEMS = (
+    path(*HISTORY_COLUMNS, M.seq, M.tokens)
+    .where(M.role == literal_column("'system'"))
+    .order_by(M.seq)
+)
 _WINDOW_COLUMNS = (*HISTORY_COLUMNS, M.seq, M.tokens, M.tokens_through, M.id)
 # The newest messages of a path whose running sum passes the ``floor`` parameter.
 _NEWEST = path(*_WINDOW_COLUMNS, after=cut_after).order_by(M.seq)
