@@ -33,6 +33,7 @@ from service.settings import Settings, check_upstream_proxy
 from service.store import Store, make_engine
 from service.turns import TurnRunner
 from service.upstream import UpstreamClient
+from service.upstream_responses import upstream_api
 from service.web import TEMPLATES, AdminPages
 
 __version__ = "0.1.0"
@@ -91,6 +92,7 @@ def create_app(
             retry_deadline=settings.upstream_retry_deadline,
             backoff=retry_backoff,
             max_reply_chars=settings.max_reply_chars,
+            api=upstream_api(settings.upstream_api),
         )
         app.state.settings = settings
         app.state.store = store

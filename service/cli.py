@@ -84,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     print(f"convstore: database {_where(settings)} is at the newest schema", flush=True)
     print(
         f"convstore: upstream {settings.upstream_url}"
+        + ("" if settings.upstream_api == "chat_completions" else f" ({settings.upstream_api})")
         + ("" if settings.xai_api_key else " (XAI_API_KEY is not set)"),
         flush=True,
     )

@@ -1,4 +1,5 @@
-"""An offline stand-in for xAI's chat-completions API, for tests, demos and benchmarks.
+"""An offline stand-in for xAI's chat-completions and Responses APIs, for tests, demos and
+benchmarks.
 
 It mimics the upstream described in ``UPSTREAM.md``: the same routes under ``/v1``, the same
 auth quirks (401 without a bearer token, **400** for an unknown key), the same flat
@@ -6,6 +7,14 @@ auth quirks (401 without a bearer token, **400** for an unknown key), the same f
 accounting (``total = prompt + completion + reasoning``). Replies are deterministic: see
 ``expected_reply``. Failures (error statuses, garbage, hangs, cut streams, slow streams) can be
 injected with ``Fault`` objects, from Python or over HTTP.
+
+``POST /v1/responses`` is xAI's Responses API without storage (``previous_response_id`` is
+refused): its ``input`` is read as the chat messages it stands for (function calls joined to
+the assistant message before them, function call outputs as tool messages), which are validated,
+answered and counted exactly as a chat completion with those messages is, then shaped as a
+response object or its semantic stream events. With ``include: ["reasoning.encrypted_content"]``
+a reasoning model's reasoning item carries an opaque ``encrypted_content``; one sent back in a
+``reasoning`` input item must be intact, or the request is refused (400).
 
 Offline demo, in two terminals::
 
@@ -35,9 +44,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import functools
 import hashlib
+import hmac
 import http
 import json
 import logging
@@ -50,7 +61,14 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    MutableMapping,
+)
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, get_args
@@ -74,7 +92,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_ChunkKind = Literal["start", "reasoning", "content", "tool", "finish"]
+# What a stream event carries ("item": a Responses item or part, opened or done).
+_ChunkKind = Literal["start", "reasoning", "content", "tool", "item", "finish"]
 FaultKind = Literal["status", "garbage", "hang", "drop_stream", "no_usage", "slow", "pace"]
 _FAULT_KINDS = frozenset(get_args(FaultKind))
 HANG_DEFAULT = 3600.0
@@ -110,7 +129,9 @@ _DESERIALIZE = "Failed to deserialize the JSON body into the target type: "
 
 
 class Fault(msgspec.Struct):
-    """One injected failure, applied to the next ``times`` chat-completions requests.
+    """One injected failure, applied to the next ``times`` chat-completions or Responses
+    requests (a Responses stream is cut before ``response.completed``; ``no_usage`` gives it a
+    ``response.completed`` whose ``usage`` is null).
 
     Faults are used in the order they were pushed. ``kind``:
 
@@ -400,6 +421,20 @@ def _usage(
     }
 
 
+class _Pace(NamedTuple):
+    """How a stream's events fall due: each ``slow`` seconds after the one before, a content
+    event ``paced.delay`` more (in ``paced.chunks`` pieces); given ``drop``, the stream is cut
+    at its finish or at the content event after ``drop`` of them."""
+
+    slow: float
+    drop: int | None
+    paced: Fault | None
+
+    @property
+    def pieces(self) -> int | None:
+        return self.paced.chunks if self.paced is not None else None
+
+
 @dataclass(slots=True)
 class _Reply:
     """What the fake answers to one valid request, before it is shaped as JSON or SSE."""
@@ -413,6 +448,7 @@ class _Reply:
     prompt: tuple[int, int, int]
     completion_tokens: int
     id: str = ""
+    encrypt: bool = False  # a Responses reply's reasoning item carries its encrypted_content
 
     def __post_init__(self) -> None:
         # Like real ids: a UUID with a region suffix; every chunk of a stream shares it.
@@ -867,10 +903,10 @@ class FakeUpstream:
     """A fake xAI API: an ASGI 3 application plus controls, optionally served on a socket.
 
     Faults may be pushed, and ``requests``/``calls`` read, from any thread while the server
-    runs in its own thread. ``requests`` keeps the last ``max_recorded`` chat-completions
-    requests, each ``{"body": <decoded JSON, or the raw text if not JSON>, "headers":
-    {<lowercased name>: value}}``; ``calls`` counts every chat-completions request received,
-    including refused ones.
+    runs in its own thread. ``requests`` keeps the last ``max_recorded`` chat-completions and
+    Responses requests, each ``{"body": <decoded JSON, or the raw text if not JSON>, "headers":
+    {<lowercased name>: value}}``; ``calls`` counts every such request received, including
+    refused ones.
 
     Options: ``reasoning=False`` makes every model answer without ``reasoning_content`` and
     reasoning tokens; ``chunk_size`` is the number of words per streamed content delta;
@@ -1073,10 +1109,10 @@ class FakeUpstream:
     async def _route(self, scope: Scope, exchange: _Exchange) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        if path == "/v1/chat/completions":
+        if path in ("/v1/chat/completions", "/v1/responses"):
             if method != "POST":
                 return await _not_allowed(exchange, b"POST")
-            return await self._chat(scope, exchange)
+            return await self._chat(scope, exchange, responses=path == "/v1/responses")
         if path.startswith("/_fake/"):
             return await self._control(path, method, exchange)
         route = _ROUTES.get(path)
@@ -1121,7 +1157,7 @@ class FakeUpstream:
                 "key from https://console.x.ai.",
             )
 
-    async def _chat(self, scope: Scope, exchange: _Exchange) -> None:
+    async def _chat(self, scope: Scope, exchange: _Exchange, *, responses: bool = False) -> None:
         headers = _headers(scope)
         raw = await exchange.body()
         error = ""
@@ -1150,6 +1186,9 @@ class FakeUpstream:
         if not decoded:
             what = "EOF while parsing a value at line 1 column 0" if not raw.strip() else error
             raise _bad(what)
+        encrypt = False
+        if responses:
+            body, encrypt = _responses_as_chat(body)
         if self.lenient:
             request = _lenient_request(body)
             model = _BY_NAME.get(request["model"]) or _BY_NAME["grok-3"]
@@ -1157,6 +1196,7 @@ class FakeUpstream:
             request = _check_types(body)
             model = _check_semantics(request)
         reply = _plan(request, model, request["model"], self.reasoning)
+        reply.encrypt = encrypt
         window = self.context_window or _WINDOW_BY_ID.get(model.id, _WINDOW_DEFAULT)
         counted = reply.prompt[0] + reply.prompt[1]
         if counted > window:
@@ -1169,18 +1209,18 @@ class FakeUpstream:
         paced = fault if fault is not None and fault.kind == "pace" else None
         if stream:
             options = request.get("stream_options") or {}
-            usage = bool(options.get("include_usage")) and not (
+            usage = (responses or bool(options.get("include_usage"))) and not (
                 fault is not None and fault.kind == "no_usage"
             )
             drop = fault.after_chunks if fault is not None and fault.kind == "drop_stream" else None
-            return await self._stream(
-                exchange, reply, usage=usage, slow=slow, drop=drop, paced=paced
-            )
+            send = self._stream_response if responses else self._stream
+            return await send(exchange, reply, usage=usage, pace=_Pace(slow, drop, paced))
         if paced is not None:
             slow = paced.delay * paced.chunks
         if slow and not await self._pause(slow, exchange):
             return await self._aborted(exchange)
-        payload = msgspec.json.encode(_completion(reply))
+        answer = _response(reply, "completed") if responses else _completion(reply)
+        payload = msgspec.json.encode(answer)
         if fault is not None and fault.kind == "drop_stream":
             # Promise the whole body, send half, then return: the server closes the socket.
             await exchange.start(
@@ -1200,30 +1240,22 @@ class FakeUpstream:
                 _Problem(503, "unavailable", "The fake upstream is shutting down.")
             )
 
-    async def _stream(
-        self,
-        exchange: _Exchange,
-        reply: _Reply,
-        *,
-        usage: bool,
-        slow: float,
-        drop: int | None,
-        paced: Fault | None,
-    ) -> None:
+    async def _open_stream(self, exchange: _Exchange) -> None:
         await exchange.start(
             200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         )
         if self.keepalive:
             await exchange.chunk(b": keepalive\n\n")
-        contents = reasonings = 0  # chunks sent so far, for drop_stream and legacy usage
-        pieces = paced.chunks if paced is not None else None
-        for delta, kind in _deltas(reply, self.chunk_size, pieces):
-            finish = kind == "finish"
-            if drop is not None and (finish or (kind == "content" and contents >= drop)):
-                return  # cut: no finish chunk, no [DONE]; the server closes the socket
-            wait = slow + (paced.delay if paced is not None and kind == "content" else 0.0)
-            if wait and not await self._pause(wait, exchange):
-                return await self._aborted(exchange)
+
+    async def _stream(
+        self, exchange: _Exchange, reply: _Reply, *, usage: bool, pace: _Pace
+    ) -> None:
+        await self._open_stream(exchange)
+        contents = reasonings = 0  # chunks sent so far, for legacy usage
+        finished = False
+        deltas = _deltas(reply, self.chunk_size, pace.pieces)
+        async for delta, kind in self._due(exchange, deltas, pace):
+            finish = finished = kind == "finish"
             contents += kind == "content"
             reasonings += kind == "reasoning"
             choice: dict[str, Any] = {"index": 0, "delta": delta}
@@ -1241,14 +1273,46 @@ class FakeUpstream:
                     reasonings,  # one reasoning token per reasoning chunk, so it ends exact
                 )
             await exchange.chunk(_sse(chunk))
+        if not finished:
+            return None  # cut (drop_stream: no finish chunk, no [DONE]), or the client left
         if usage:
-            if slow and not await self._pause(slow, exchange):
+            if pace.slow and not await self._pause(pace.slow, exchange):
                 return await self._aborted(exchange)
             final = _chunk(reply, [])
             final["usage"] = reply.usage()
             await exchange.chunk(_sse(final))
         await exchange.finish(b"data: [DONE]\n\n")
         return None
+
+    async def _due(
+        self, exchange: _Exchange, events: Iterable[tuple[dict[str, Any], _ChunkKind]], pace: _Pace
+    ) -> AsyncIterator[tuple[dict[str, Any], _ChunkKind]]:
+        """A stream's events as they fall due (``_Pace``); none after the client left."""
+        contents = 0
+        drop, paced = pace.drop, pace.paced
+        for event, kind in events:
+            if drop is not None and (kind == "finish" or (kind == "content" and contents >= drop)):
+                return  # cut; the server closes the socket
+            wait = pace.slow + (paced.delay if paced is not None and kind == "content" else 0.0)
+            if wait and not await self._pause(wait, exchange):
+                await self._aborted(exchange)
+                return
+            contents += kind == "content"
+            yield event, kind
+
+    async def _stream_response(
+        self, exchange: _Exchange, reply: _Reply, *, usage: bool, pace: _Pace
+    ) -> None:
+        """A Responses stream: ``event:``/``data:`` pairs, each event with its sequence number,
+        ending with ``response.completed`` (or ``response.incomplete``); no ``[DONE]``."""
+        await self._open_stream(exchange)
+        events = _response_events(reply, self.chunk_size, pace.pieces, usage=usage)
+        number = 0
+        async for event, kind in self._due(exchange, events, pace):
+            event["sequence_number"] = number
+            number += 1
+            data = b"event: %s\ndata: %s\n\n" % (event["type"].encode(), msgspec.json.encode(event))
+            await (exchange.finish(data) if kind == "finish" else exchange.chunk(data))
 
     async def _control(self, path: str, method: str, exchange: _Exchange) -> None:
         if path == "/_fake/health":
@@ -1337,21 +1401,23 @@ def _completion(reply: _Reply) -> dict[str, Any]:
     }
 
 
-def _deltas(
-    reply: _Reply, chunk_size: int, pieces: int | None = None
-) -> Iterable[tuple[dict[str, Any], _ChunkKind]]:
-    """The stream's deltas in order, each with what it carries: the content in groups of
-    ``chunk_size`` words or, given ``pieces``, cut into that many pieces of near-equal length."""
+def _groups(reply: _Reply, chunk_size: int, pieces: int | None) -> list[str]:
+    """A reply's content as streamed: in groups of ``chunk_size`` words or, given ``pieces``,
+    cut into that many pieces of near-equal length."""
     if pieces is None:
-        groups = [
+        return [
             "".join(reply.pieces[i : i + chunk_size])
             for i in range(0, len(reply.pieces), chunk_size)
         ]
-    else:
-        text = "".join(reply.pieces)
-        groups = [
-            text[len(text) * i // pieces : len(text) * (i + 1) // pieces] for i in range(pieces)
-        ]
+    text = "".join(reply.pieces)
+    return [text[len(text) * i // pieces : len(text) * (i + 1) // pieces] for i in range(pieces)]
+
+
+def _deltas(
+    reply: _Reply, chunk_size: int, pieces: int | None = None
+) -> Iterable[tuple[dict[str, Any], _ChunkKind]]:
+    """The stream's deltas in order, each with what it carries (the content as ``_groups``)."""
+    groups = _groups(reply, chunk_size, pieces)
     if reply.reasoning and reply.model.id not in _SHOWS_REASONING:
         yield {"role": "assistant"}, "reasoning"
         for _ in range(len(reply.reasoning) - 1 + _EMPTY_DELTAS):  # hidden reasoning
@@ -1472,6 +1538,331 @@ _ROUTES: dict[str, tuple[str, Callable[[str, bytes], bytes]]] = {
 
 
 # ---------------------------------------------------------------------------------------------
+# The Responses API: requests read as chat requests, replies shaped as responses
+
+_RESPONSES_ONLY = frozenset(
+    {
+        "input",
+        "instructions",
+        "include",
+        "store",
+        "previous_response_id",
+        "max_output_tokens",
+        "text",
+        "reasoning",
+        "tools",
+        "tool_choice",
+        "messages",
+    }
+)
+_INPUT_ITEMS = "`message`, `function_call`, `function_call_output`, `reasoning`"
+_SEAL_KEY = b"convstore fake upstream: reasoning"  # fixed, so that --workers agree
+
+
+def _responses_as_chat(body: Any) -> tuple[dict[str, Any], bool]:
+    """The chat request a Responses request stands for, and whether it asks for encrypted
+    reasoning. Its own fields are checked here (422, or 400 for a reasoning item that was not
+    sent back intact); the chat request's, as for a chat completion."""
+    if not isinstance(body, dict):
+        raise _bad(f"invalid type: {_kind(body)}, expected struct ResponsesRequest")
+    if body.get("previous_response_id") is not None:
+        raise _Problem(
+            400,
+            "invalid-argument",
+            "The fake upstream stores no responses: previous_response_id cannot be used.",
+        )
+    if body.get("store") is not None and not isinstance(body["store"], bool):
+        raise _bad(f"store: invalid type: {_kind(body['store'])}, expected a boolean")
+    include = body.get("include")
+    if include is not None and not (
+        isinstance(include, list) and all(isinstance(i, str) for i in include)
+    ):
+        raise _bad("include: expected a sequence of strings")
+    if "input" not in body:
+        raise _bad("missing field `input`")
+    chat = {k: v for k, v in body.items() if k not in _RESPONSES_ONLY}
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _bad(f"instructions: invalid type: {_kind(instructions)}, expected a string")
+    system = [{"role": "system", "content": instructions}] if instructions is not None else []
+    chat["messages"] = system + _input_messages(body["input"])
+    if body.get("max_output_tokens") is not None:
+        chat["max_completion_tokens"] = body["max_output_tokens"]
+    tools = body.get("tools")
+    if tools is not None:
+        chat["tools"] = [_nested_tool(t) for t in tools] if isinstance(tools, list) else tools
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str):
+        choice = {"type": "function", "function": {"name": choice["name"]}}
+    if choice is not None:
+        chat["tool_choice"] = choice
+    text = body.get("text")
+    if isinstance(text, dict) and text.get("format") is not None:
+        chat["response_format"] = _nested_format(text["format"])
+    reasoning = body.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, dict):
+        raise _bad(f"reasoning: invalid type: {_kind(reasoning)}, expected struct Reasoning")
+    if reasoning is not None and reasoning.get("effort") is not None:
+        chat["reasoning_effort"] = reasoning["effort"]
+    return chat, "reasoning.encrypted_content" in (include or ())
+
+
+def _input_messages(value: Any) -> list[dict[str, Any]]:
+    """The chat messages of a Responses ``input``: a function call joins the assistant message
+    just before it (or makes one), a function call output is a tool message, and a reasoning
+    item is checked and dropped."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise _bad(f"input: invalid type: {_kind(value)}, expected a string or a sequence of items")
+    messages: list[dict[str, Any]] = []
+    joinable: dict[str, Any] | None = None  # the assistant message a function call joins
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(f"{where}: invalid type: {_kind(item)}, expected an input item")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = "system" if item.get("role") == "developer" else item.get("role")
+            if role not in ("system", "user", "assistant"):
+                raise _bad(
+                    f"{where}.role: unknown variant `{role}`, expected one of "
+                    "`system`, `developer`, `user`, `assistant`"
+                )
+            joinable = {"role": role, "content": _chat_content(where, "content", item)}
+            messages.append(joinable)
+            joinable = joinable if role == "assistant" else None
+        elif kind == "function_call":
+            fields = [item.get(k) for k in ("call_id", "name", "arguments")]
+            if not all(isinstance(f, str) for f in fields):
+                raise _bad(f"{where}: expected `call_id`, `name` and `arguments` strings")
+            call_id, name, arguments = fields
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+            if joinable is None:
+                joinable = {"role": "assistant", "content": None}
+                messages.append(joinable)
+            joinable.setdefault("tool_calls", []).append(call)
+        elif kind == "function_call_output":
+            if not isinstance(item.get("call_id"), str):
+                raise _bad(f"{where}: missing field `call_id`")
+            content = _chat_content(where, "output", item)
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
+            joinable = None
+        elif kind == "reasoning":
+            _check_sealed(where, item)
+            joinable = None
+        else:
+            raise _bad(f"{where}.type: unknown variant `{kind}`, expected one of {_INPUT_ITEMS}")
+    return messages
+
+
+def _chat_content(where: str, field: str, item: dict[str, Any]) -> Any:
+    """A message's (or function call output's) content as chat content."""
+    content = item.get(field)
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad(
+            f"{where}.{field}: invalid type: {_kind(content)}, "
+            "expected a string or a sequence of content parts"
+        )
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text") and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "input_image" and isinstance(part.get("image_url"), str):
+            image = {"url": part["image_url"]}
+            if part.get("detail") is not None:
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind == "input_file":
+            file = {("url" if k == "file_url" else k): v for k, v in part.items() if k != "type"}
+            parts.append({"type": "file", "file": file})
+        else:
+            raise _bad(
+                f"{where}.{field}[{j}]: expected a content part with a `type` of "
+                "`input_text`, `output_text`, `input_image` or `input_file`"
+            )
+    return parts
+
+
+def _nested_tool(tool: Any) -> Any:
+    """A flat Responses function tool as a chat-completions one."""
+    if isinstance(tool, dict) and tool.get("type") == "function" and "function" not in tool:
+        return {"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}}
+    return tool
+
+
+def _nested_format(format_: Any) -> Any:
+    if isinstance(format_, dict) and format_.get("type") == "json_schema":
+        schema = {k: v for k, v in format_.items() if k != "type"}
+        return {"type": "json_schema", "json_schema": schema}
+    return format_
+
+
+def _seal(payload: str) -> str:
+    return hmac.new(_SEAL_KEY, payload.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _sealed(reply: _Reply) -> str:
+    """The reasoning's ``encrypted_content``: opaque to the client, checked when it comes back."""
+    reasoning = {"model": reply.model.id, "reasoning": "".join(reply.reasoning or ())}
+    payload = base64.urlsafe_b64encode(msgspec.json.encode(reasoning)).decode()
+    return f"{payload}.{_seal(payload)}"
+
+
+def _check_sealed(where: str, item: dict[str, Any]) -> None:
+    value = item.get("encrypted_content")
+    if not isinstance(value, str):
+        raise _Problem(
+            400,
+            "invalid-argument",
+            f"{where}: a reasoning item needs its encrypted_content: nothing is stored to "
+            "look it up by.",
+        )
+    payload, _, seal = value.rpartition(".")
+    if not payload or not hmac.compare_digest(seal, _seal(payload)):
+        raise _Problem(400, "invalid-argument", "Could not decrypt the provided encrypted_content.")
+
+
+def _responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion's usage in the Responses names: ``output_tokens`` include the
+    reasoning tokens (as xAI reports them), ``total_tokens`` is the same."""
+    reasoning = usage["completion_tokens_details"]["reasoning_tokens"]
+    return {
+        "input_tokens": usage["prompt_tokens"],
+        "input_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]},
+        "output_tokens": usage["completion_tokens"] + reasoning,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": usage["total_tokens"],
+        "num_sources_used": 0,
+        "num_server_side_tools_used": 0,
+        "cost_in_usd_ticks": usage["cost_in_usd_ticks"],
+    }
+
+
+def _reasoning_item(reply: _Reply) -> dict[str, Any]:
+    shown = reply.model.id in _SHOWS_REASONING
+    summary = [{"type": "summary_text", "text": "".join(reply.reasoning or ())}] if shown else []
+    item = {"id": f"rs_{reply.id}", "type": "reasoning", "summary": summary, "status": "completed"}
+    if reply.encrypt:
+        item["encrypted_content"] = _sealed(reply)
+    return item
+
+
+def _message_item(reply: _Reply) -> dict[str, Any]:
+    text = {"type": "output_text", "text": "".join(reply.pieces), "annotations": [], "logprobs": []}
+    return {
+        "id": f"msg_{reply.id}",
+        "type": "message",
+        "role": "assistant",
+        "status": "completed",
+        "content": [text],
+    }
+
+
+def _call_item(reply: _Reply) -> dict[str, Any]:
+    call = reply.tool_call or {}
+    return {
+        "id": f"fc_{call['id']}",
+        "type": "function_call",
+        "call_id": call["id"],
+        "name": call["function"]["name"],
+        "arguments": call["function"]["arguments"],
+        "status": "completed",
+    }
+
+
+def _output(reply: _Reply) -> list[dict[str, Any]]:
+    output = [_reasoning_item(reply)] if reply.reasoning is not None else []
+    if reply.pieces or reply.tool_call is None:
+        output.append(_message_item(reply))
+    if reply.tool_call is not None:
+        output.append(_call_item(reply))
+    return output
+
+
+def _response(reply: _Reply, status: str, *, usage: bool = True) -> dict[str, Any]:
+    """The response object: ``in_progress`` with no output yet, or done (``completed``, or
+    ``incomplete`` for a reply cut at ``max_output_tokens``) with its output and usage."""
+    running = status == "in_progress"
+    cut = not running and reply.finish_reason == "length"
+    return {
+        "id": reply.id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": reply.model_name,
+        "status": "incomplete" if cut else status,
+        "output": [] if running else _output(reply),
+        "usage": _responses_usage(reply.usage()) if usage and not running else None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "store": False,
+        "previous_response_id": None,
+        "parallel_tool_calls": True,
+        "text": {"format": {"type": "text"}},
+        "metadata": {},
+    }
+
+
+def _response_events(
+    reply: _Reply, chunk_size: int, pieces: int | None, *, usage: bool
+) -> Iterable[tuple[dict[str, Any], _ChunkKind]]:
+    """The events of a Responses stream in order (without their sequence numbers), each with
+    what it carries; the text comes in the same groups as a chat stream's content."""
+
+    def event(kind: str, carries: _ChunkKind, **fields: Any) -> tuple[dict[str, Any], _ChunkKind]:
+        return {"type": f"response.{kind}", **fields}, carries
+
+    started = _response(reply, "in_progress")
+    yield event("created", "start", response=started)
+    yield event("in_progress", "start", response=started)
+    index = 0
+    if reply.reasoning is not None:
+        item = _reasoning_item(reply)
+        at = {"item_id": item["id"], "output_index": index, "summary_index": 0}
+        added = {"id": item["id"], "type": "reasoning", "summary": [], "status": "in_progress"}
+        yield event("output_item.added", "item", output_index=index, item=added)
+        if item["summary"]:
+            done = item["summary"][0]
+            empty = {**done, "text": ""}
+            yield event("reasoning_summary_part.added", "item", **at, part=empty)
+            for piece in reply.reasoning:
+                yield event("reasoning_summary_text.delta", "reasoning", **at, delta=piece)
+            yield event("reasoning_summary_text.done", "item", **at, text=done["text"])
+            yield event("reasoning_summary_part.done", "item", **at, part=done)
+        yield event("output_item.done", "item", output_index=index, item=item)
+        index += 1
+    if reply.pieces or reply.tool_call is None:
+        item = _message_item(reply)
+        part = item["content"][0]
+        at = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        added = {**item, "status": "in_progress", "content": []}
+        yield event("output_item.added", "item", output_index=index, item=added)
+        yield event("content_part.added", "item", **at, part={**part, "text": ""})
+        for group in _groups(reply, chunk_size, pieces):
+            yield event("output_text.delta", "content", **at, delta=group, logprobs=[])
+        yield event("output_text.done", "item", **at, text=part["text"], logprobs=[])
+        yield event("content_part.done", "item", **at, part=part)
+        yield event("output_item.done", "item", output_index=index, item=item)
+        index += 1
+    if reply.tool_call is not None:
+        item = _call_item(reply)
+        at = {"item_id": item["id"], "output_index": index}
+        added = {**item, "arguments": "", "status": "in_progress"}
+        yield event("output_item.added", "item", output_index=index, item=added)
+        yield event("function_call_arguments.delta", "tool", **at, delta=item["arguments"])
+        yield event("function_call_arguments.done", "item", **at, arguments=item["arguments"])
+        yield event("output_item.done", "item", output_index=index, item=item)
+    final = _response(reply, "completed", usage=usage)
+    yield event(final["status"], "finish", response=final)
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -1519,7 +1910,8 @@ def main(argv: list[str] | None = None) -> None:
         type=_count,
         default=1000,
         metavar="N",
-        help="chat-completions requests kept for GET /_fake/requests (default 1000; 0: none). "
+        help="chat-completions and Responses requests kept for GET /_fake/requests "
+        "(default 1000; 0: none). "
         "They are kept decoded: 1,000 requests with 10,000-message histories take over 1 GB",
     )
     args = parser.parse_args(argv)

@@ -131,6 +131,8 @@ class AssistantMessage(Strict, tag_field="role", tag="assistant"):
     name: Name | UnsetType = UNSET
     tool_calls: list[ToolCall] | UnsetType = UNSET
     reasoning_content: Text | UnsetType = UNSET
+    # Opaque: what xAI's Responses API returned as the reply's encrypted reasoning.
+    reasoning_encrypted_content: Text | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _check_parts(self.content)
@@ -249,6 +251,7 @@ class Reply(Struct):
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     model: str = ""
+    reasoning_encrypted_content: str | None = None
 
 
 # ---- responses ---------------------------------------------------------------------------
@@ -266,6 +269,7 @@ class MessageOut(Struct, omit_defaults=True):
     tool_calls: Any = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    reasoning_encrypted_content: str | None = None
     model: str | None = None
     finish_reason: str | None = None
     usage: Any = None

@@ -17,6 +17,8 @@ from service.tokens import MODEL_WINDOWS
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./convstore.db"
 DEFAULT_UPSTREAM_URL = "https://api.x.ai/v1"
+# The upstream endpoints a turn can call: xAI's chat completions, or its Responses API (stateless).
+UPSTREAM_APIS = ("chat_completions", "responses")
 # The upstream client (httpx over aiohttp) speaks to HTTP and HTTPS proxies only.
 PROXY_SCHEMES = ("http", "https")
 
@@ -31,6 +33,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     upstream_url: str = DEFAULT_UPSTREAM_URL
+    upstream_api: str = "chat_completions"
     xai_api_key: str | None = field(default=None, repr=False)
     default_model: str = "grok-4"
     upstream_timeout: float = 3600.0
@@ -69,6 +72,8 @@ class Settings:
         settings = cls(
             database_url=env.get("CONVSTORE_DATABASE_URL", DEFAULT_DATABASE_URL),
             upstream_url=env.get("CONVSTORE_UPSTREAM_URL", DEFAULT_UPSTREAM_URL),
+            upstream_api=env.get("CONVSTORE_UPSTREAM_API", "").strip().lower()
+            or "chat_completions",
             xai_api_key=env.get("XAI_API_KEY") or None,
             default_model=env.get("CONVSTORE_DEFAULT_MODEL", "grok-4"),
             upstream_timeout=_number(env, "CONVSTORE_UPSTREAM_TIMEOUT", 3600.0),
@@ -121,6 +126,11 @@ class Settings:
         if upstream.scheme not in ("http", "https") or not upstream.netloc:
             raise SettingsError(
                 f"CONVSTORE_UPSTREAM_URL must be an http(s) URL, not {self.upstream_url!r}"
+            )
+        if self.upstream_api not in UPSTREAM_APIS:
+            raise SettingsError(
+                "CONVSTORE_UPSTREAM_API must be chat_completions or responses, "
+                f"not {self.upstream_api!r}"
             )
         if not self.default_model.strip():
             raise SettingsError("CONVSTORE_DEFAULT_MODEL must not be empty")

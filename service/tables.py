@@ -234,6 +234,9 @@ class Message(Base):
     tool_calls: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
     tool_call_id: Mapped[str | None] = mapped_column(String(200), default=None)
     reasoning_content: Mapped[str | None] = mapped_column(Text, default=None)
+    # The reasoning as xAI's Responses API returns it, encrypted (opaque to us): sent back with
+    # the message on later turns so the model keeps its chain of thought.
+    reasoning_encrypted_content: Mapped[str | None] = mapped_column(Text, default=None)
     model: Mapped[str | None] = mapped_column(String(200), default=None)
     finish_reason: Mapped[str | None] = mapped_column(String(32), default=None)
     usage: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)

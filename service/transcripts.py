@@ -36,6 +36,7 @@ MESSAGE_FIELDS = (
     "tool_calls",
     "tool_call_id",
     "reasoning_content",
+    "reasoning_encrypted_content",
     "model",
     "finish_reason",
     "usage",

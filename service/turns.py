@@ -691,6 +691,7 @@ def _reply_fields(reply: Reply) -> dict[str, Any]:
     return {
         "content": reply.content,
         "reasoning_content": reply.reasoning_content,
+        "reasoning_encrypted_content": reply.reasoning_encrypted_content,
         "tool_calls": reply.tool_calls,
         "finish_reason": reply.finish_reason,
         "usage": reply.usage,

@@ -1,7 +1,10 @@
-"""The xAI chat-completions client: one request with retries, errors mapped to a few classes.
+"""The xAI client: one request with retries, errors mapped to a few classes.
 
 It knows nothing of the database. One long-lived ``httpx.AsyncClient`` is passed in and shared:
-the service's is httpx over aiohttp's connections (``service.app.make_http_client``).
+the service's is httpx over aiohttp's connections (``service.app.make_http_client``). What it
+sends and how it reads the answer is an ``UpstreamApi``: chat completions (here, the default)
+or xAI's Responses API (``service.upstream_responses``); the retries, error mapping, limits and
+connection handling are the same for both.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import aiohttp
 import httpx
@@ -27,6 +30,7 @@ import msgspec
 from service.schemas import Reply
 
 log = logging.getLogger("convstore.upstream")
+_T = TypeVar("_T")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BACKOFF = 8.0
@@ -215,6 +219,61 @@ def tool_call_dicts(calls: list[_ToolCall] | None) -> list[dict[str, Any]] | Non
     ]
 
 
+# A stored reply's encrypted reasoning, as the history carries it: only the Responses API
+# takes it back; chat completions is sent the history without it.
+ENCRYPTED_REASONING = "reasoning_encrypted_content"
+
+
+class ReplyAccumulator(Protocol):
+    """Reads a streamed answer line by line (``StreamAccumulator`` for chat completions)."""
+
+    END: ClassVar[str]  # what ends the stream, in words for an error
+    started: bool  # something of the reply has arrived
+    done: bool  # the stream's end has arrived
+
+    def feed_line(self, line: bytes) -> dict[str, str] | None: ...
+
+    def reply(self) -> Reply: ...
+
+
+class UpstreamApi(Protocol):
+    """One upstream endpoint: where a turn's request goes, in which shape, and how its answer
+    (whole, or streamed) becomes a ``Reply``. Turns build their request as a chat completion
+    (``{**params, "model", "messages"}``); an API converts it to its own shape."""
+
+    path: str
+
+    def request(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]: ...
+
+    def parse(self, content: bytes, requested_model: str, max_chars: int) -> Reply: ...
+
+    def accumulator(self, requested_model: str, max_chars: int) -> ReplyAccumulator: ...
+
+
+class ChatCompletions:
+    """``POST /chat/completions``, xAI's chat completions (see ``UPSTREAM.md``)."""
+
+    path = "/chat/completions"
+
+    def request(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        messages = body.get("messages")
+        if messages and any(ENCRYPTED_REASONING in m for m in messages):
+            plain = [{k: v for k, v in m.items() if k != ENCRYPTED_REASONING} for m in messages]
+            body = {**body, "messages": plain}
+        if stream:
+            return {**body, "stream": True, "stream_options": {"include_usage": True}}
+        return body
+
+    def parse(self, content: bytes, requested_model: str, max_chars: int) -> Reply:
+        return parse_completion(content, requested_model, max_chars)
+
+    def accumulator(self, requested_model: str, max_chars: int) -> ReplyAccumulator:
+        return StreamAccumulator(requested_model, max_chars)
+
+
+CHAT_COMPLETIONS = ChatCompletions()
+
+
 @dataclass(frozen=True, slots=True)
 class Attempted:
     """A result and how many attempts it took."""
@@ -225,7 +284,8 @@ class Attempted:
 
 
 class UpstreamClient:
-    """Calls ``POST {base_url}/chat/completions``, retrying transient failures with backoff."""
+    """Calls ``POST {base_url}{api.path}`` (chat completions unless another ``api`` is given),
+    retrying transient failures with backoff."""
 
     def __init__(
         self,
@@ -238,10 +298,12 @@ class UpstreamClient:
         retry_deadline: float = 60.0,
         backoff: float = 0.5,
         max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+        api: UpstreamApi = CHAT_COMPLETIONS,
     ) -> None:
         self.http = http
+        self.api = api
         # Parsed once: httpx parses a URL given as text on every request (45 µs here).
-        self.url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
+        self.url = httpx.URL(base_url.rstrip("/") + api.path)
         self.api_key = api_key
         self.timeout = timeout
         self.max_retries = max_retries
@@ -259,9 +321,9 @@ class UpstreamClient:
     async def complete(
         self, body: dict[str, Any], *, conversation_id: str, raw: bytes | None = None
     ) -> Attempted:
-        """One chat completion. Raises an ``UpstreamError`` subclass if none could be had.
-        ``raw``: a body to send exactly (kept from an earlier call) instead of ``body``'s."""
-        content = _encoder.encode(body) if raw is None else raw
+        """One reply. Raises an ``UpstreamError`` subclass if none could be had. ``raw``: a
+        body to send exactly (kept from an earlier call) instead of ``body``'s."""
+        content = _encoder.encode(self.api.request(body, stream=False)) if raw is None else raw
         headers = self.headers(conversation_id)
         requested_model = str(body.get("model", ""))
 
@@ -276,7 +338,7 @@ class UpstreamClient:
                 raise self._failure(exc) from exc
             if cut:
                 raise self._too_large()
-            return parse_completion(answer, requested_model, self.max_reply_chars)
+            return self.api.parse(answer, requested_model, self.max_reply_chars)
 
         return await self._sending(content, once)
 
@@ -288,20 +350,18 @@ class UpstreamClient:
         on_delta: Callable[[dict[str, str]], Awaitable[None]],
         raw: bytes | None = None,
     ) -> Attempted:
-        """A streamed chat completion, read to its end.
+        """A streamed reply, read to its end.
 
         Each ``content`` / ``reasoning_content`` piece is passed to ``on_delta`` as it arrives;
         the whole reply is returned at the end. Failures before the first piece are retried
         like ``complete``; a stream cut after that raises ``UpstreamStreamCut``.
         """
-        content = raw or _encoder.encode(
-            {**body, "stream": True, "stream_options": {"include_usage": True}}
-        )
+        content = raw or _encoder.encode(self.api.request(body, stream=True))
         headers = self.headers(conversation_id)
         requested_model = str(body.get("model", ""))
 
         async def once() -> Reply:
-            accumulator = StreamAccumulator(requested_model, self.max_reply_chars)
+            accumulator = self.api.accumulator(requested_model, self.max_reply_chars)
             try:
                 response = await self._open(content, headers)
                 try:
@@ -327,7 +387,8 @@ class UpstreamClient:
                 if not accumulator.started:
                     raise UpstreamBadResponse("The model's stream ended before any data.")
                 raise UpstreamStreamCut(
-                    "The model's stream ended before [DONE].", partial=accumulator.reply()
+                    f"The model's stream ended before {accumulator.END}.",
+                    partial=accumulator.reply(),
                 )
             return accumulator.reply()
 
@@ -427,42 +488,71 @@ class UpstreamClient:
         return delay
 
 
-class StreamAccumulator:
-    """Parses an upstream SSE stream line by line and accumulates the reply.
+class StreamReader:
+    """What every reader of a streamed reply shares: the text accumulated so far, the budget of
+    characters (content, reasoning and tool call arguments past ``max_chars`` raise
+    ``UpstreamReplyTooLarge``) and the SSE framing: only ``data:`` lines count, comment lines
+    (``: keepalive``) and other fields are skipped, and ``data: [DONE]`` is an end."""
 
-    Follows the observed xAI order: role on the first delta, empty deltas while reasoning, no
-    ``finish_reason`` key until the finish chunk, whole tool calls, a usage chunk with empty
-    ``choices``, then ``[DONE]``. Comment lines (``: keepalive``) and other SSE fields are skipped.
-    A reply (content, reasoning and tool call arguments) past ``max_chars`` characters raises
-    ``UpstreamReplyTooLarge``.
-    """
+    END: ClassVar[str] = "[DONE]"
 
     def __init__(self, requested_model: str, max_chars: int = DEFAULT_MAX_REPLY_CHARS) -> None:
         self.model = requested_model
         self.content: list[str] = []
         self.reasoning: list[str] = []
-        self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.started = False
         self.done = False
         self.chars_left = max_chars
         self.max_chars = max_chars
 
-    def feed_line(self, line: bytes) -> dict[str, str] | None:
-        """Take one line; return the text delta it carried, if any."""
+    def data(self, line: bytes) -> bytes | None:
+        """The JSON a line carries, if any; ``[DONE]`` calls ``ended`` instead."""
         if not line.startswith(b"data:"):
             return None
         data = line[5:].strip()
         if data == b"[DONE]":
-            self.done = True
+            self.ended()
             return None
+        return data
+
+    def ended(self) -> None:
+        self.done = True
+
+    @staticmethod
+    def decode(decoder: msgspec.json.Decoder[_T], data: bytes) -> _T:
         try:
-            chunk = _chunk_decoder.decode(data)
+            return decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise UpstreamBadResponse(
                 f"The model's stream held something unreadable: {exc}"
             ) from exc
+
+    def _take(self, chars: int) -> None:
+        self.chars_left -= chars
+        if self.chars_left < 0:
+            raise UpstreamReplyTooLarge(too_large_text(self.max_chars))
+
+
+class StreamAccumulator(StreamReader):
+    """Parses an upstream chat-completions SSE stream line by line and accumulates the reply.
+
+    Follows the observed xAI order: role on the first delta, empty deltas while reasoning, no
+    ``finish_reason`` key until the finish chunk, whole tool calls, a usage chunk with empty
+    ``choices``, then ``[DONE]``.
+    """
+
+    def __init__(self, requested_model: str, max_chars: int = DEFAULT_MAX_REPLY_CHARS) -> None:
+        super().__init__(requested_model, max_chars)
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+
+    def feed_line(self, line: bytes) -> dict[str, str] | None:
+        """Take one line; return the text delta it carried, if any."""
+        data = self.data(line)
+        if data is None:
+            return None
+        chunk = self.decode(_chunk_decoder, data)
         if chunk.error is not None:
             message = (
                 chunk.error
@@ -494,11 +584,6 @@ class StreamAccumulator:
                 self._merge_tool_call(call)
         return delta or None
 
-    def _take(self, chars: int) -> None:
-        self.chars_left -= chars
-        if self.chars_left < 0:
-            raise UpstreamReplyTooLarge(too_large_text(self.max_chars))
-
     def _merge_tool_call(self, call: _DeltaToolCall) -> None:
         # xAI sends each call whole; OpenAI-style streams send the arguments in pieces.
         entry = self.tool_calls.setdefault(
@@ -520,9 +605,9 @@ class StreamAccumulator:
             content=column_text("".join(self.content)),
             reasoning_content=column_text("".join(self.reasoning)) or None,
             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
-            finish_reason=_bounded_column(self.finish_reason, MAX_FINISH_REASON_CHARS),
+            finish_reason=bounded_column(self.finish_reason, MAX_FINISH_REASON_CHARS),
             usage=self.usage,
-            model=_bounded_column(self.model, MAX_MODEL_CHARS) or "",
+            model=bounded_column(self.model, MAX_MODEL_CHARS) or "",
         )
 
 
@@ -767,13 +852,13 @@ def parse_completion(
         content=column_text(text) if isinstance(text, str) else text,
         reasoning_content=column_text(message.reasoning_content),
         tool_calls=tool_call_dicts(message.tool_calls),
-        finish_reason=_bounded_column(choice.finish_reason, MAX_FINISH_REASON_CHARS),
+        finish_reason=bounded_column(choice.finish_reason, MAX_FINISH_REASON_CHARS),
         usage=completion.usage,
-        model=_bounded_column(completion.model, MAX_MODEL_CHARS) or requested_model,
+        model=bounded_column(completion.model, MAX_MODEL_CHARS) or requested_model,
     )
 
 
-def _bounded_column(value: str | None, limit: int) -> str | None:
+def bounded_column(value: str | None, limit: int) -> str | None:
     """A short text from the upstream (the model's name, a finish reason) as its column holds
     it: a longer one is cut, so that it is neither refused by the database nor kept whole."""
     text = column_text(value)

@@ -1,5 +1,6 @@
 """Hypothesis strategies for stored messages and conversations: every role, text with any
-character a JSON string can hold, content parts, names, tool calls and null content."""
+character a JSON string can hold, content parts, names, tool calls, reasoning (readable and
+encrypted) and null content."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
                 message["content"] = None
         if draw(st.booleans()):
             message["reasoning_content"] = draw(texts)
+        if draw(st.booleans()):
+            # Kept and exported as given; only the Responses upstream is sent it.
+            message["reasoning_encrypted_content"] = draw(texts)
     return message
 
 

@@ -1037,3 +1037,223 @@ def test_hidden_reasoning_is_counted_but_not_shown(client: httpx.Client) -> None
     assert {} in deltas
     content = "".join(d.get("content", "") for d in deltas)
     assert content == message["content"]
+
+
+# ---- POST /v1/responses ----------------------------------------------------------------------
+
+
+def respond(client: httpx.Client, **body: Any) -> httpx.Response:
+    body.setdefault("model", "grok-3-mini")
+    body.setdefault("input", HISTORY)
+    return client.post("/responses", json=body)
+
+
+def response_events(raw: str) -> list[dict[str, Any]]:
+    """The events of a Responses stream; each ``event:`` line names its data's type."""
+    events = []
+    for block in raw.split("\n\n"):
+        if not block or block.startswith(":"):
+            continue
+        name, data = block.split("\n")
+        event = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        events.append(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    return events
+
+
+def test_a_response_answers_as_the_chat_completion_would(client: httpx.Client) -> None:
+    body = respond(client, include=["reasoning.encrypted_content"]).json()
+    completion = chat(client, model="grok-3-mini").json()
+    assert body["object"] == "response"
+    assert body["status"] == "completed"
+    assert body["store"] is False
+    reasoning, message = body["output"]
+    assert reasoning["type"] == "reasoning"
+    assert reasoning["summary"] == [
+        {"type": "summary_text", "text": completion["choices"][0]["message"]["reasoning_content"]}
+    ]
+    assert reasoning["encrypted_content"]
+    assert message["type"] == "message"
+    assert message["content"][0]["text"] == expected_reply(HISTORY)
+    usage, counted = body["usage"], completion["usage"]
+    assert usage["input_tokens"] == counted["prompt_tokens"]
+    reasoning_tokens = counted["completion_tokens_details"]["reasoning_tokens"]
+    assert usage["output_tokens"] == counted["completion_tokens"] + reasoning_tokens
+    assert usage["output_tokens_details"] == {"reasoning_tokens": reasoning_tokens}
+    assert usage["total_tokens"] == counted["total_tokens"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    # Without include, no encrypted content; a hidden reasoner shows no summary.
+    plain = respond(client, model="grok-4").json()["output"][0]
+    assert plain == {
+        "id": plain["id"],
+        "type": "reasoning",
+        "summary": [],
+        "status": "completed",
+    }
+
+
+def test_input_items_are_read_as_the_chat_messages_they_stand_for(client: httpx.Client) -> None:
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    asked = respond(
+        client, input="please use tool", tools=tools, include=["reasoning.encrypted_content"]
+    ).json()
+    reasoning, call = asked["output"]
+    assert call["type"] == "function_call"
+    assert call["name"] == "lookup"
+    answered = respond(
+        client,
+        instructions="be brief",
+        tools=tools,
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "please use tool"}]},
+            reasoning,
+            {key: call[key] for key in ("type", "call_id", "name", "arguments")},
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "42"},
+        ],
+    ).json()
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "please use tool"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call["call_id"],
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": call["arguments"]},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call["call_id"], "content": "42"},
+    ]
+    assert answered["output"][-1]["content"][0]["text"] == expected_reply(messages)
+
+
+def test_encrypted_reasoning_must_come_back_intact(client: httpx.Client) -> None:
+    item = respond(client, include=["reasoning.encrypted_content"]).json()["output"][0]
+    payload, _, seal = item["encrypted_content"].rpartition(".")
+    for altered in (payload + "x." + seal, payload + "." + seal[::-1], "opaque"):
+        refused = respond(client, input=[{**item, "encrypted_content": altered}, *HISTORY])
+        assert refused.status_code == 400
+        assert error_of(refused) == {
+            "code": "invalid-argument",
+            "error": "Could not decrypt the provided encrypted_content.",
+        }
+    missing = respond(client, input=[{"type": "reasoning", "summary": []}, *HISTORY])
+    assert missing.status_code == 400
+    assert respond(client, input=[item, *HISTORY]).status_code == 200
+
+
+def test_a_responses_stream_has_the_semantic_events_in_order(client: httpx.Client) -> None:
+    response = respond(client, stream=True, include=["reasoning.encrypted_content"])
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.startswith(": keepalive\n\n")
+    assert "[DONE]" not in response.text
+    events = response_events(response.text)
+    kinds = [e["type"].removeprefix("response.") for e in events]
+    pieces = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    thoughts = [e for e in events if e["type"] == "response.reasoning_summary_text.delta"]
+    assert kinds[:4] == [
+        "created",
+        "in_progress",
+        "output_item.added",
+        "reasoning_summary_part.added",
+    ]
+    assert (
+        kinds[-8:]
+        == [
+            "output_item.added",
+            "content_part.added",
+            *["output_text.delta"] * len(pieces),
+            "output_text.done",
+            "content_part.done",
+            "output_item.done",
+            "completed",
+        ][-8:]
+    )
+    assert "".join(pieces) == expected_reply(HISTORY)
+    assert len(pieces) > 1
+    assert thoughts
+    final = events[-1]["response"]
+    whole = respond(client, include=["reasoning.encrypted_content"]).json()
+    assert final["output"][1]["content"] == whole["output"][1]["content"]
+    assert final["usage"] == whole["usage"]
+    assert final["output"][0]["encrypted_content"] == whole["output"][0]["encrypted_content"]
+
+
+def test_a_streamed_function_call_has_argument_events(client: httpx.Client) -> None:
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    events = response_events(
+        respond(client, model="grok-3", input="use tool", tools=tools, stream=True).text
+    )
+    kinds = [e["type"] for e in events]
+    assert "response.output_text.delta" not in kinds
+    delta = kinds.index("response.function_call_arguments.delta")
+    assert kinds[delta - 1 : delta + 3] == [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert events[delta]["delta"] == events[-1]["response"]["output"][-1]["arguments"]
+
+
+def test_max_output_tokens_makes_an_incomplete_response(client: httpx.Client) -> None:
+    body = respond(client, model="grok-3", max_output_tokens=2).json()
+    assert body["status"] == "incomplete"
+    assert body["incomplete_details"] == {"reason": "max_output_tokens"}
+    events = response_events(respond(client, model="grok-3", max_output_tokens=2, stream=True).text)
+    assert events[-1]["type"] == "response.incomplete"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"input": 5}, 422, "input: invalid type: integer"),
+        ({"input": [{"type": "mystery"}]}, 422, "input[0].type: unknown variant `mystery`"),
+        ({"input": [{"role": "robot", "content": "x"}]}, 422, "input[0].role"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]},
+            422,
+            "content[0]",
+        ),
+        ({"input": [{"type": "function_call", "name": "f"}]}, 422, "call_id"),
+        ({"model": "nope"}, 404, "The model nope does not exist"),
+        ({"model": "grok-4", "reasoning": {"effort": "low"}}, 400, "reasoningEffort"),
+        ({"previous_response_id": "resp_1"}, 400, "previous_response_id"),
+    ],
+    ids=["input", "item", "role", "part", "call", "model", "effort", "previous"],
+)
+def test_bad_responses_requests_are_refused_as_upstream(
+    client: httpx.Client, body: dict[str, Any], status: int, words: str
+) -> None:
+    response = respond(client, **body)
+    assert response.status_code == status, response.text
+    assert words in error_of(response)["error"]
+
+
+def test_faults_apply_to_responses(client: httpx.Client, fake: FakeUpstream) -> None:
+    fake.push_fault(Fault(kind="status", status=429, retry_after=2))
+    limited = respond(client)
+    assert limited.status_code == 429
+    assert error_of(limited)["code"] == "resource-exhausted"
+    assert limited.headers["retry-after"] == "2"
+    fake.push_fault(Fault(kind="drop_stream", after_chunks=2))
+    received: list[str] = []
+    body = {"model": "grok-3", "input": HISTORY, "stream": True}
+    with (
+        client.stream("POST", "/responses", json=body) as response,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        received.extend(response.iter_lines())  # keeps the lines read before the cut
+    assert received.count("event: response.output_text.delta") == 2
+    assert "event: response.completed" not in received
+    fake.push_fault(Fault(kind="no_usage"))
+    events = response_events(respond(client, stream=True).text)
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["usage"] is None
+    assert respond(client).status_code == 200  # used up
+    assert fake.calls == 4
+    assert fake.requests[-1]["body"]["input"] == HISTORY

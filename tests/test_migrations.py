@@ -219,7 +219,7 @@ def _run(url: str, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
     asyncio.run(go())
 
 
-_BEFORE_SIZES = "a3f1c7e2b9d4"  # the message tree
+_BEFORE_SIZES = "c8d2e6f4a1b3"  # encrypted reasoning
 
 
 def test_stored_messages_get_their_sizes_and_running_sums(database_url: str) -> None:

@@ -64,7 +64,14 @@ ABANDONED = {
     "detail": "The server running this turn stopped before it finished.",
 }
 # The columns of a stored message that go upstream, in the history of a turn.
-HISTORY_COLUMNS = (M.role, M.content, M.name, M.tool_calls, M.tool_call_id)
+HISTORY_COLUMNS = (
+    M.role,
+    M.content,
+    M.name,
+    M.tool_calls,
+    M.tool_call_id,
+    M.reasoning_encrypted_content,
+)
 NO_SUCH_MESSAGE = "No message has this id in this conversation."
 NO_SEQ = 2**31 - 1  # past every seq
 
@@ -219,6 +226,7 @@ def message_rows(
             "tool_calls": message.get("tool_calls"),
             "tool_call_id": message.get("tool_call_id"),
             "reasoning_content": message.get("reasoning_content"),
+            "reasoning_encrypted_content": message.get("reasoning_encrypted_content"),
             "model": message.get("model"),
             "finish_reason": message.get("finish_reason"),
             "usage": message.get("usage"),
@@ -758,10 +766,16 @@ def _whole(value: Any) -> int | None:
 
 
 def history_entry(
-    role: str, content: Any, name: str | None, tool_calls: Any, tool_call_id: str | None
+    role: str,
+    content: Any,
+    name: str | None,
+    tool_calls: Any,
+    tool_call_id: str | None,
+    encrypted_reasoning: str | None,
 ) -> dict[str, Any]:
     """A message as the upstream receives it: ``role`` and ``content``, and the tool fields
-    it has."""
+    and encrypted reasoning it has (the chat-completions request leaves the latter out:
+    ``service.upstream``)."""
     entry: dict[str, Any] = {"role": role, "content": content}
     if name is not None:
         entry["name"] = name
@@ -769,6 +783,8 @@ def history_entry(
         entry["tool_calls"] = tool_calls
     if tool_call_id is not None:
         entry["tool_call_id"] = tool_call_id
+    if encrypted_reasoning is not None:
+        entry["reasoning_encrypted_content"] = encrypted_reasoning
     return entry
 
 

@@ -50,6 +50,7 @@ MESSAGE_COLUMNS = (
     M.tool_calls,
     M.tool_call_id,
     M.reasoning_content,
+    M.reasoning_encrypted_content,
     M.model,
     M.finish_reason,
     M.usage,

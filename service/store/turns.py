@@ -170,6 +170,7 @@ class TurnStore(StoreBase):
             "content": reply.content,
             "tool_calls": reply.tool_calls,
             "reasoning_content": reply.reasoning_content,
+            "reasoning_encrypted_content": reply.reasoning_encrypted_content,
             "model": reply.model,
             "finish_reason": reply.finish_reason,
             "usage": reply.usage,

@@ -569,6 +569,7 @@ export interface components {
             name?: string;
             tool_calls?: components["schemas"]["ToolCall"][];
             reasoning_content?: string;
+            reasoning_encrypted_content?: string;
             /** @constant */
             role: "assistant";
         };
@@ -702,6 +703,7 @@ export interface components {
             tool_calls?: unknown;
             tool_call_id?: string | null;
             reasoning_content?: string | null;
+            reasoning_encrypted_content?: string | null;
             model?: string | null;
             finish_reason?: string | null;
             usage?: unknown;
@@ -776,6 +778,7 @@ export interface components {
             } | null;
             /** @default  */
             model?: string;
+            reasoning_encrypted_content?: string | null;
         };
         /** ResponseCreate */
         ResponseCreate: {
@@ -969,6 +972,8 @@ export interface components {
             tool_calls?: components["schemas"]["Transcript_toolCall"][];
             tool_call_id?: string;
             reasoning_content?: string;
+            /** @description The reasoning as xAI's Responses API returned it, encrypted; sent back on later turns. */
+            reasoning_encrypted_content?: string;
             model?: string;
             finish_reason?: string;
             usage?: Record<string, never>;

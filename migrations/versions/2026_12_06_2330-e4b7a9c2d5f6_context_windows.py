@@ -2,9 +2,9 @@
 conversation's context policy; a turn's record of what the model saw (and, optionally, the
 exact request body sent); the summaries of ``compact`` (``context_summary``).
 
-Revision ID: c8d2e6f4a1b3
-Revises: a3f1c7e2b9d4
-Create Date: 2026-12-06 23:00:00+00:00
+Revision ID: e4b7a9c2d5f6
+Revises: c8d2e6f4a1b3
+Create Date: 2026-12-06 23:30:00+00:00
 
 Stored messages get their estimated size (``service.tokens.estimate``; a reply with usage, its
 completion tokens) and the sum along their path, a conversation at a time, in batches of
@@ -19,8 +19,8 @@ from alembic import op
 
 from service.tokens import estimate, reply_tokens
 
-revision: str = "c8d2e6f4a1b3"
-down_revision: str | None = "a3f1c7e2b9d4"
+revision: str = "e4b7a9c2d5f6"
+down_revision: str | None = "c8d2e6f4a1b3"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
