@@ -511,3 +511,20 @@ def test_model_windows_setting() -> None:
     for bad in ("[1]", '{"grok-4": 0}', '{"grok-4": "big"}', "nope"):
         with pytest.raises(SettingsError, match="CONVSTORE_MODEL_WINDOWS"):
             Settings.from_env({"CONVSTORE_MODEL_WINDOWS": bad})
+
+
+async def test_a_first_turn_under_truncate_records_its_input(
+    client: Client, alice: dict[str, str], upstream: FakeUpstream
+) -> None:
+    cid = await new_conversation(client, alice, context={"strategy": "truncate"})
+    answered = await turn(
+        client,
+        alice,
+        cid,
+        messages=[{"role": "system", "content": "Hi."}, {"role": "user", "content": "Hello"}],
+    )
+    assert answered.status_code == 201, answered.text
+    context = answered.json()["turn"]["context"]
+    assert context["sent"] == [[1, 2]]
+    assert context["dropped"] == []
+    assert context["window"] == 256_000  # grok-4's

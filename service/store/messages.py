@@ -665,7 +665,8 @@ def _locate_in_window(
     total = rows[-1]["tokens_through"] if rows else place.through
     new = total - place.through
     if parent_id is None:
-        return place, rows, [], Seen([], [], new + REQUEST_OVERHEAD, place.through)
+        inputs = [[rows[0]["seq"], rows[-1]["seq"]]] if rows else []
+        return place, rows, [], Seen(inputs, [], new + REQUEST_OVERHEAD, place.through)
     params = {"head_id": parent_id}
     systems = conn.execute(_SYSTEMS, params).all()
     system_tokens = sum(s.tokens for s in systems)
