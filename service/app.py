@@ -118,6 +118,9 @@ def create_app(
             lease=settings.turn_lease,
             keepalive=keepalive,
             rate_limit=TurnRateLimit(),
+            windows=settings.model_windows,
+            keep_requests=settings.keep_requests,
+            compaction_model=settings.compaction_model,
         )
         app.state.turns = turns
         app.state.importer = Importer(store, default_model=settings.default_model)

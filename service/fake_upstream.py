@@ -260,6 +260,12 @@ MODELS: tuple[_Model, ...] = (
 """The models the fake knows (canonical id, aliases, and what each accepts). Prices are
 illustrative, in the units of ``/v1/language-models``."""
 _BY_NAME: dict[str, _Model] = {n: m for m in MODELS for n in (m.id, *m.aliases)}
+# Each model's context window (UPSTREAM.md section 5); a longer prompt is refused with 400.
+_WINDOW_BY_ID = {"grok-3": 131_072, "grok-3-mini": 131_072, "grok-4-0709": 256_000}
+_WINDOW_DEFAULT = 256_000
+_TOO_LONG = (
+    "This model's maximum prompt length is {window} but the request contains {count} tokens."
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -906,7 +912,8 @@ class FakeUpstream:
     reasoning tokens; ``chunk_size`` is the number of words per streamed content delta;
     ``reply_delay`` seconds pass before every chat reply; ``keepalive`` starts every stream
     with a ``: keepalive`` comment; ``legacy_usage`` makes every chunk repeat the role and
-    carry the cumulative usage, as the API did in 2024.
+    carry the cumulative usage, as the API did in 2024; ``context_window`` gives every model
+    that window (default: each model's own), past which a prompt is refused as xAI does.
     """
 
     def __init__(
@@ -920,6 +927,7 @@ class FakeUpstream:
         legacy_usage: bool = False,
         max_recorded: int = 1000,
         lenient: bool = False,
+        context_window: int | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
@@ -930,6 +938,8 @@ class FakeUpstream:
         # Lenient: any model name and any parameters are accepted (messages are still checked),
         # for fuzzing the service's own validation without upstream refusals in the way.
         self.lenient = lenient
+        # Every model's window, if given (a small one makes long conversations quick to test).
+        self.context_window = context_window
         self.keepalive = keepalive
         self.legacy_usage = legacy_usage
         self.max_recorded = max_recorded
@@ -1187,6 +1197,12 @@ class FakeUpstream:
             model = _check_semantics(request)
         reply = _plan(request, model, request["model"], self.reasoning)
         reply.encrypt = encrypt
+        window = self.context_window or _WINDOW_BY_ID.get(model.id, _WINDOW_DEFAULT)
+        counted = reply.prompt[0] + reply.prompt[1]
+        if counted > window:
+            # As xAI refuses it: 400, the gRPC wording of the code, the numbers in the text.
+            message = _TOO_LONG.format(window=window, count=counted)
+            raise _Problem(400, "Client specified an invalid argument", message)
         if self.reply_delay > 0 and not await self._pause(self.reply_delay, exchange):
             return await self._aborted(exchange)
         slow = fault.delay if fault is not None and fault.kind == "slow" else 0.0

@@ -42,6 +42,10 @@ Content = Text | list[Part]
 # Parameters the service itself sets on every upstream request; a client may not override them.
 # ``response`` holds what the OpenAI-compatible surface keeps with a turn (``turns.KEPT_PARAMS``).
 RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "n", "response"})
+# A turn's params under this key are kept with the turn but never sent as they are: what the
+# OpenAI-compatible surface remembers of a response (its ``instructions``, sent first as a
+# system message for that turn only, ``previous_response_id`` and ``metadata``).
+KEPT_PARAMS = "response"
 
 
 class Strict(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -221,6 +225,16 @@ def in_utc(name: str, value: datetime | UnsetType | None) -> Any:
         raise ValueError(f"`{name}` is out of the range of dates this service stores") from None
 
 
+class ContextPolicy(Strict, omit_defaults=False):
+    """How a turn fits the history into the model's window: ``full`` sends it all (a history
+    too long fails the turn), ``truncate`` the system messages and the newest others that fit,
+    ``compact`` a summary of the oldest part in place of it. ``max_input_tokens`` caps the
+    input below the model's window."""
+
+    strategy: Literal["full", "truncate", "compact"] = "full"
+    max_input_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
+
+
 class ConversationCreate(Strict):
     title: Title | None = None
     user: EndUser | None = None
@@ -230,6 +244,7 @@ class ConversationCreate(Strict):
     messages: MessageList = msgspec.field(default_factory=list)
     # Retention deletes the conversation after this instant (null: the default age, if any).
     expires_at: InstantText | None = None
+    context: ContextPolicy | None = None
 
     def __post_init__(self) -> None:
         check_params(self.params, self.metadata)
@@ -243,6 +258,7 @@ class ConversationPatch(Strict):
     model: Model | UnsetType = UNSET
     params: Params | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
+    context: ContextPolicy | UnsetType | None = UNSET
     # Switch branch: the head becomes the newest leaf below this message.
     head_id: uuid.UUID | UnsetType = UNSET
     expires_at: InstantText | UnsetType | None = UNSET
@@ -268,6 +284,8 @@ class TurnCreate(Strict):
     stream: bool = False
     model: Model | UnsetType = UNSET
     params: Params | UnsetType = UNSET
+    # Overrides the conversation's for this turn.
+    context: ContextPolicy | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         check_params(self.params)
@@ -311,6 +329,10 @@ class MessageOut(Struct, omit_defaults=True):
     finish_reason: str | None = None
     usage: Any = None
     turn_id: uuid.UUID | None = None
+    # Its size in tokens as the upstream receives it, and whether the upstream counted it
+    # (else it is estimated).
+    tokens: int | None = None
+    tokens_exact: bool | None = None
     # The messages with the same parent (this one among them), and this one's place among
     # them (1-based, in creation order): a frontend's "< 2/3 >".
     sibling_count: int | None = None
@@ -336,6 +358,7 @@ class ConversationOut(Struct, omit_defaults=True):
     expires_at: datetime | None = None
     # Set by an admin: no one may delete the conversation while it holds.
     legal_hold: bool = False
+    context: Any = None
 
 
 class TurnOut(Struct):
@@ -352,6 +375,19 @@ class TurnOut(Struct):
     completed_at: datetime | None
     reply_seq: int | None = None
     reply_id: uuid.UUID | None = None
+    # What the model saw (see ``service.context``); None for a turn from before it was kept.
+    context: Any = None
+
+
+class Replayed(Struct):
+    """A turn's request sent again: the stored turn and its reply (None if it failed), and the
+    new answer, stored nowhere. ``same_request``: the body sent has the SHA-256 recorded."""
+
+    turn: TurnOut
+    stored: MessageOut | None
+    replayed: Reply
+    request_sha256: str
+    same_request: bool
 
 
 class TurnResult(Struct):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from service.tokens import MODEL_WINDOWS
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./convstore.db"
 DEFAULT_UPSTREAM_URL = "https://api.x.ai/v1"
@@ -59,6 +62,12 @@ class Settings:
     retention_days: int = 0
     # Admin reads of a conversation's messages must give a reason (X-Admin-Reason).
     admin_reason_required: bool = False
+    # Context windows by model, tokens: the defaults of service.tokens, changed or added to.
+    model_windows: Mapping[str, int] = field(default_factory=lambda: dict(MODEL_WINDOWS))
+    # Keep each turn's exact upstream request body (for replay).
+    keep_requests: bool = False
+    # The model that writes summaries under `compact` (None: the conversation's).
+    compaction_model: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -96,6 +105,9 @@ class Settings:
             admin_insecure_cookies=_flag(env, "CONVSTORE_ADMIN_INSECURE_COOKIES"),
             retention_days=int(_number(env, "CONVSTORE_RETENTION_DAYS", 0, whole=True)),
             admin_reason_required=_flag(env, "CONVSTORE_ADMIN_REASON_REQUIRED"),
+            model_windows={**MODEL_WINDOWS, **_windows(env, "CONVSTORE_MODEL_WINDOWS")},
+            keep_requests=_flag(env, "CONVSTORE_KEEP_REQUESTS"),
+            compaction_model=env.get("CONVSTORE_COMPACTION_MODEL") or None,
         )
         settings.validate()
         return settings
@@ -230,6 +242,25 @@ def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = 
         raise SettingsError(f"{name} must be {kind}, not {raw!r}") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise SettingsError(f"{name} must be a finite number, not {raw!r}")
+    return value
+
+
+def _windows(env: Mapping[str, str], name: str) -> dict[str, int]:
+    """Context windows by model, as a JSON object of model names to whole numbers of tokens."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and type(v) is int and v > 0 for k, v in value.items()
+    ):
+        raise SettingsError(
+            f'{name} must be a JSON object of model names to token counts, like {{"grok-4": '
+            f"256000}}, not {raw!r}"
+        )
     return value
 
 

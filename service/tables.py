@@ -15,6 +15,7 @@ from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -173,6 +175,8 @@ class Conversation(Base):
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     # An admin's hold: no deletion (by retention, its tenant or an admin) while it is set.
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How turns fit the history to the model's window (None: send it all); see API.md.
+    context: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
 
 
 class Branch(Base):
@@ -211,6 +215,16 @@ class Message(Base):
         Index("ix_message_conversation_parent", "conversation_id", "parent_id"),
         # Siblings, and deleting a message's replies with it.
         Index("ix_message_parent_id", "parent_id"),
+        # Where a path is cut to fit a window: the first message of a branch past a running sum.
+        Index("ix_message_branch_tokens", "branch_id", "tokens_through"),
+        # The system messages of a path, always sent, read without the rest of a long history.
+        Index(
+            "ix_message_branch_system",
+            "branch_id",
+            "seq",
+            sqlite_where=text("role = 'system'"),
+            postgresql_where=text("role = 'system'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
@@ -241,6 +255,12 @@ class Message(Base):
     usage: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
     turn_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Its size in tokens as the upstream receives it (``service.tokens``): the upstream's count
+    # where its usage told it (``tokens_exact``), else estimated. ``tokens_through`` sums the
+    # sizes along its path, itself included: where to cut a path to fit is one index lookup.
+    tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    tokens_exact: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    tokens_through: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class Turn(Base):
@@ -284,6 +304,34 @@ class Turn(Base):
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     # After this instant a turn still marked running belongs to a process that died.
     deadline_at: Mapped[datetime] = mapped_column()
+    # What the model saw: the strategy, the seq ranges sent and left out, the input's tokens
+    # (estimated and as the upstream counted them), the SHA-256 of the request body.
+    context: Mapped[Any] = mapped_column(JSON, nullable=True, default=None)
+    # The exact request body sent, kept only with CONVSTORE_KEEP_REQUESTS (for replay).
+    request_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None)
+
+
+class ContextSummary(Base):
+    """A compaction: the model's summary of a path's oldest messages, up to and including
+    ``upto_id`` (``covers``: the seq ranges it summarises, a previous summary's among them).
+    Any path through ``upto_id`` may send it instead of those messages; the messages stay.
+    ``turn_id`` is the summarising turn (its usage)."""
+
+    __tablename__ = "context_summary"
+    __table_args__ = (Index("ix_context_summary_conversation_id", "conversation_id", "upto_seq"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("conversation.id", ondelete="CASCADE")
+    )
+    # Deleting the message (or what it lies below) deletes the summary with it.
+    upto_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("message.id", ondelete="CASCADE"))
+    upto_seq: Mapped[int] = mapped_column(Integer)
+    covers: Mapped[Any] = mapped_column(JSON)
+    content: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int] = mapped_column(Integer)
+    turn_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class IdempotencyKey(Base):
@@ -380,3 +428,4 @@ idempotency_table = cast(Table, IdempotencyKey.__table__)
 secret_table = cast(Table, ServiceSecret.__table__)
 deletion_receipt_table = cast(Table, DeletionReceipt.__table__)
 admin_read_table = cast(Table, AdminRead.__table__)
+summary_table = cast(Table, ContextSummary.__table__)

@@ -40,6 +40,8 @@ MESSAGE_FIELDS = (
     "model",
     "finish_reason",
     "usage",
+    "tokens",
+    "tokens_exact",
 )
 TURN_FIELDS = (
     "model",
@@ -49,6 +51,7 @@ TURN_FIELDS = (
     "error",
     "latency_ms",
     "reply_seq",
+    "context",
 )
 MAX_REPORTED_ERRORS = 20
 # The import limits, as the schema states them (tests/test_transcripts.py holds the two to each
@@ -135,6 +138,8 @@ def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str,
     }
     if c.source_id is not None:
         conversation["source_id"] = c.source_id
+    if c.context is not None:
+        conversation["context"] = c.context
     if c.forked_from_id is not None:
         conversation["forked_from"] = {
             "conversation_id": str(c.forked_from_id),
@@ -434,6 +439,7 @@ def to_rows(data: dict[str, Any], *, default_model: str) -> ImportRows:
         "created_at": created,
         "updated_at": _timestamp(c.get("updated_at"), created),
         "source_id": c["id"],
+        "context": c.get("context"),
     }
     tree = data["version"] == TREE
     forked = c.get("forked_from")
@@ -473,6 +479,7 @@ def to_rows(data: dict[str, Any], *, default_model: str) -> ImportRows:
                 "error": error,
                 "latency_ms": t.get("latency_ms"),
                 "reply_seq": t.get("reply_seq"),
+                "context": t.get("context"),
                 "attempts": 0,
                 "imported": True,  # its usage was another deployment's
                 "created_at": turn_created,

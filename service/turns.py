@@ -15,25 +15,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
+import msgspec
+from msgspec import UNSET
 from sqlalchemy.exc import DBAPIError
 
-from service.errors import NotFound, ServiceError, database_unavailable
+from service.context import (
+    CLEARLY_OVER,
+    overflow,
+    request_sha256,
+    summary_message,
+    summary_request,
+)
+from service.errors import Conflict, NotFound, ServiceError, database_unavailable
 from service.events import KEEPALIVE, KEEPALIVE_SECONDS, Position, TurnFeed, rebuilt
 from service.observability import observe_turn
 from service.ratelimit import TurnRateLimit
-from service.schemas import MessageOut, Reply, TurnCreate, TurnOut, TurnResult, message_fields
-from service.store import Principal, Store, TurnStart
+from service.schemas import (
+    KEPT_PARAMS,
+    MessageOut,
+    Replayed,
+    Reply,
+    TurnCreate,
+    TurnOut,
+    TurnResult,
+    message_fields,
+)
+from service.store import Compaction, Principal, Store, TurnStart
 from service.tables import uuid7
+from service.tokens import MESSAGE_OVERHEAD
 from service.upstream import (
     Attempted,
     UpstreamClient,
+    UpstreamContextExceeded,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -46,12 +67,15 @@ PURGE_EVERY = 600.0  # seconds between sweeps of expired idempotency keys
 POLL_SECONDS = 0.5  # how often a follower of a turn running elsewhere looks at it again
 RECORD_ATTEMPTS = 3  # tries to record a turn's failure before leaving it to its lease
 UPSTREAM_STATUS = {"upstream_timeout": 504, "upstream_rate_limited": 429}
-
-
-# A turn's params under this key are kept with the turn but never sent as they are: what the
-# OpenAI-compatible surface remembers of a response (its ``instructions``, sent first as a
-# system message for that turn only, ``previous_response_id`` and ``metadata``).
-KEPT_PARAMS = "response"  # one of schemas.RESERVED_PARAMS: /v1 callers cannot set it
+# What a 422 ``context_length_exceeded`` tells besides its detail (``service.context.overflow``).
+OVERFLOW_FIELDS = (
+    "estimated_input_tokens",
+    "upstream_input_tokens",
+    "max_input_tokens",
+    "window",
+    "strategy",
+    "helpful_strategies",
+)
 
 
 def upstream_body(start: TurnStart) -> dict[str, Any]:
@@ -86,8 +110,9 @@ def upstream_failure(exc: UpstreamError) -> dict[str, Any]:
 def turn_error(turn_id: uuid.UUID, error: dict[str, Any]) -> ServiceError:
     """The answer a caller gets for a turn that failed with ``error`` (as stored in the turn)."""
     extra: dict[str, Any] = {"turn_id": str(turn_id)}
-    if error.get("upstream_status") is not None:
-        extra["upstream_status"] = error["upstream_status"]
+    for name in ("upstream_status", *OVERFLOW_FIELDS):
+        if error.get(name) is not None:
+            extra[name] = error[name]
     headers: dict[str, str] = {}
     status = int(error.get("status") or 502)
     if status in (429, 503):
@@ -116,6 +141,7 @@ class _Failure(Exception):
     attempts: int = 1
     upstream_ms: int | None = None
     reply: Reply | None = None
+    context: dict[str, Any] | None = None  # the turn's context record, if it changed
 
 
 class TurnRunner:
@@ -130,8 +156,14 @@ class TurnRunner:
         lease: float = 60.0,
         keepalive: float = KEEPALIVE_SECONDS,
         rate_limit: TurnRateLimit | None = None,
+        windows: Mapping[str, int] | None = None,
+        keep_requests: bool = False,
+        compaction_model: str | None = None,
     ) -> None:
         self.store = store
+        self.windows = windows
+        self.keep_requests = keep_requests
+        self.compaction_model = compaction_model
         self.upstream = upstream
         self.lease = lease
         self.keepalive = keepalive
@@ -215,6 +247,8 @@ class TurnRunner:
             stream=request.stream,
             lease=self.lease,
             idempotency_key=idempotency_key,
+            context=None if request.context is UNSET else msgspec.to_builtins(request.context),
+            windows=self.windows,
         )
         timing.db_ms += _ms_since(timing.started, exact=True)
         feed = TurnFeed(
@@ -259,11 +293,15 @@ class TurnRunner:
         upstream_started = time.perf_counter()
         try:
             try:
+                compaction = start.seen.compaction
+                if compaction is not None and compaction.summary is None:
+                    start = await self._compact(start, compaction)
+                estimated, policy = start.seen.estimated, start.policy
+                if estimated > policy.budget * CLEARLY_OVER:
+                    raise _Failure(overflow(estimated, policy), attempts=0)
                 attempted = await self._ask(start, feed, stream=stream)
             except UpstreamError as exc:
-                raise _Failure(
-                    upstream_failure(exc), exc.attempts, _ms_since(upstream_started)
-                ) from exc
+                raise self._upstream_failure(start, exc, upstream_started) from exc
             stored_at = time.perf_counter()
             timing.upstream_ms = (stored_at - upstream_started) * 1000
             stored = await self._store_reply(start, attempted, timing)
@@ -321,6 +359,66 @@ class TurnRunner:
 
         return await self.upstream.stream(body, conversation_id=conversation_id, on_delta=relay)
 
+    async def _compact(self, start: TurnStart, compaction: Compaction) -> TurnStart:
+        """Have the model summarise what the turn's history leaves out (with the previous
+        summary, if any), store the summary and the summarising turn, and put the summary in
+        the history after the system messages. An upstream failure fails the turn."""
+        model = self.compaction_model or start.model
+        previous = compaction.previous.content if compaction.previous is not None else None
+        body = {
+            "model": model,
+            "messages": summary_request(previous, compaction.messages),
+            "max_completion_tokens": compaction.reserve - MESSAGE_OVERHEAD,
+        }
+        began = time.perf_counter()
+        attempted = await self.upstream.complete(
+            body, conversation_id=str(start.turn.conversation_id)
+        )
+        summary = await self.store.record_compaction(
+            start,
+            compaction,
+            attempted.reply,
+            model=model,
+            params={"max_completion_tokens": body["max_completion_tokens"]},
+            attempts=attempted.attempts,
+            latency_ms=_ms_since(began),
+            request_sha256=request_sha256(attempted.sent),
+        )
+        history = list(start.history)
+        history.insert(compaction.at, summary_message(summary.content))
+        estimated = start.seen.estimated - compaction.reserve + summary.tokens
+        context = {
+            **(start.turn.context or {}),
+            "summary_id": str(summary.id),
+            "estimated_input_tokens": estimated,
+        }
+        return dataclasses.replace(
+            start,
+            history=history,
+            turn=msgspec.structs.replace(start.turn, context=context),
+            seen=dataclasses.replace(start.seen, estimated=estimated),
+        )
+
+    def _upstream_failure(
+        self, start: TurnStart, exc: UpstreamError, upstream_started: float
+    ) -> _Failure:
+        """How a turn fails when the upstream gave no answer; a refusal for length is a 422
+        ``context_length_exceeded`` that says which strategy would help."""
+        more: dict[str, Any] = {"request_sha256": request_sha256(exc.sent)} if exc.sent else {}
+        error = upstream_failure(exc)
+        if isinstance(exc, UpstreamContextExceeded):
+            error = {
+                **overflow(
+                    start.seen.estimated, start.policy, upstream=exc.message, window=exc.window
+                ),
+                "upstream_status": exc.status,
+                "attempts": exc.attempts,
+            }
+            if exc.counted is not None:
+                error["upstream_input_tokens"] = more["upstream_input_tokens"] = exc.counted
+        context = {**(start.turn.context or {}), **more}
+        return _Failure(error, exc.attempts, _ms_since(upstream_started), context=context)
+
     async def _store_reply(
         self, start: TurnStart, attempted: Attempted, timing: Timing
     ) -> tuple[TurnOut, MessageOut] | None:
@@ -331,6 +429,8 @@ class TurnRunner:
                 latency_ms=_ms_since(timing.started),
                 upstream_ms=round(timing.upstream_ms),
                 attempts=attempted.attempts,
+                request_sha256=request_sha256(attempted.sent),
+                request_body=attempted.sent if self.keep_requests else None,
             )
         except Exception as exc:
             log.exception("turn %s: the model's reply could not be stored", start.turn.id)
@@ -373,6 +473,7 @@ class TurnRunner:
                     latency_ms=latency_ms,
                     upstream_ms=failure.upstream_ms,
                     attempts=failure.attempts,
+                    context=failure.context,
                 )
             except Exception:
                 log.exception("turn %s: its failure could not be recorded", start.turn.id)
@@ -471,6 +572,42 @@ class TurnRunner:
 
         task.add_done_callback(done)
         return feed, task
+
+    async def replay(
+        self, caller: Principal, conversation_id: uuid.UUID, turn_id: uuid.UUID
+    ) -> Replayed:
+        """Send a turn's kept request body upstream again, byte for byte, and answer the new
+        reply beside the stored one; nothing is stored. 409 ``request_not_kept`` if the body
+        was not kept (``CONVSTORE_KEEP_REQUESTS`` off when the turn ran)."""
+        self.rate_limit.check(caller)
+        turn, body = await self.store.kept_request(caller.tenant, conversation_id, turn_id)
+        if body is None:
+            raise Conflict(
+                "This turn's request body was not kept: turns keep it while "
+                "CONVSTORE_KEEP_REQUESTS is on.",
+                code="request_not_kept",
+            )
+        stored = None
+        if turn.reply_id is not None:
+            stored = await self.store.get_message(conversation_id, turn.reply_id)
+        decoded = msgspec.json.decode(body)
+        routed = str(conversation_id)
+        try:
+            if isinstance(decoded, dict) and decoded.get("stream") is True:
+
+                async def ignore(delta: dict[str, str]) -> None:
+                    return None
+
+                attempted = await self.upstream.stream(
+                    decoded, conversation_id=routed, on_delta=ignore, raw=body
+                )
+            else:
+                attempted = await self.upstream.complete(decoded, conversation_id=routed, raw=body)
+        except UpstreamError as exc:
+            raise turn_error(turn.id, upstream_failure(exc)) from None
+        digest = request_sha256(attempted.sent)
+        recorded = (turn.context or {}).get("request_sha256")
+        return Replayed(turn, stored, attempted.reply, digest, digest == recorded)
 
     # ---- following ----------------------------------------------------------------------
 

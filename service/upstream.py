@@ -10,6 +10,7 @@ connection handling are the same for both.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import errno
 import logging
@@ -60,6 +61,7 @@ class UpstreamError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.attempts = 1
+        self.sent = b""  # the request body, exactly as sent
 
     def as_dict(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "detail": self.message}
@@ -85,6 +87,26 @@ class UpstreamRateLimited(UpstreamError):
 
 class UpstreamRejected(UpstreamError):
     """A 4xx other than 408/429: the request itself is wrong; never retried."""
+
+
+class UpstreamContextExceeded(UpstreamRejected):
+    """The request was refused as longer than the model's window; ``window`` and ``counted``
+    are the numbers the refusal gives, if it gives them."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, status: int, window: int | None, counted: int | None):
+        super().__init__(message, status=status)
+        self.window = window
+        self.counted = counted
+
+
+# How xAI words the refusal ("This model's maximum prompt length is 131072 but the request
+# contains 136973 tokens."), and OpenAI ("maximum context length is 8192 tokens, however you
+# requested 9000 tokens").
+_TOO_LONG = re.compile(
+    r"maximum (?:prompt|context) length is (\d+)\D+?(?:contains|requested|resulted in) (\d+)"
+)
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -258,6 +280,7 @@ class Attempted:
 
     reply: Reply
     attempts: int
+    sent: bytes = b""  # the request body, exactly as sent
 
 
 class UpstreamClient:
@@ -295,9 +318,12 @@ class UpstreamClient:
             headers["authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    async def complete(self, body: dict[str, Any], *, conversation_id: str) -> Attempted:
-        """One reply. Raises an ``UpstreamError`` subclass if none could be had."""
-        content = _encoder.encode(self.api.request(body, stream=False))
+    async def complete(
+        self, body: dict[str, Any], *, conversation_id: str, raw: bytes | None = None
+    ) -> Attempted:
+        """One reply. Raises an ``UpstreamError`` subclass if none could be had. ``raw``: a
+        body to send exactly (kept from an earlier call) instead of ``body``'s."""
+        content = _encoder.encode(self.api.request(body, stream=False)) if raw is None else raw
         headers = self.headers(conversation_id)
         requested_model = str(body.get("model", ""))
 
@@ -314,7 +340,7 @@ class UpstreamClient:
                 raise self._too_large()
             return self.api.parse(answer, requested_model, self.max_reply_chars)
 
-        return await self.retrying(once)
+        return await self._sending(content, once)
 
     async def stream(
         self,
@@ -322,6 +348,7 @@ class UpstreamClient:
         *,
         conversation_id: str,
         on_delta: Callable[[dict[str, str]], Awaitable[None]],
+        raw: bytes | None = None,
     ) -> Attempted:
         """A streamed reply, read to its end.
 
@@ -329,7 +356,7 @@ class UpstreamClient:
         the whole reply is returned at the end. Failures before the first piece are retried
         like ``complete``; a stream cut after that raises ``UpstreamStreamCut``.
         """
-        content = _encoder.encode(self.api.request(body, stream=True))
+        content = raw or _encoder.encode(self.api.request(body, stream=True))
         headers = self.headers(conversation_id)
         requested_model = str(body.get("model", ""))
 
@@ -365,7 +392,16 @@ class UpstreamClient:
                 )
             return accumulator.reply()
 
-        return await self.retrying(once)
+        return await self._sending(content, once)
+
+    async def _sending(self, content: bytes, once: Callable[[], Awaitable[Reply]]) -> Attempted:
+        """``retrying(once)``, with the request body sent on its result, or on its error."""
+        try:
+            attempted = await self.retrying(once)
+        except UpstreamError as exc:
+            exc.sent = content
+            raise
+        return dataclasses.replace(attempted, sent=content)
 
     async def _open(self, content: bytes, headers: dict[str, str]) -> httpx.Response:
         """Send the request; its answer, the body still to read, if the status is 200. Any
@@ -785,6 +821,10 @@ def error_for_response(status: int, headers: httpx.Headers, content: bytes) -> U
         return UpstreamUnavailable(message, status=status, retry_after=retry_after)
     if 200 <= status < 300:
         return UpstreamBadResponse(f"Unexpected status {status}: {message}", status=status)
+    too_long = _TOO_LONG.search(message)
+    if too_long is not None:
+        window, counted = (int(n) for n in too_long.groups())
+        return UpstreamContextExceeded(message, status=status, window=window, counted=counted)
     return UpstreamRejected(message, status=status)
 
 

@@ -515,6 +515,31 @@ def pager_view(m: Any, view_url: str, view: PathView, keep: str = "") -> dict[st
     }
 
 
+def context_text(context: Any) -> str | None:
+    """What the model saw on a turn, in a line: the strategy, the seq ranges sent, dropped and
+    summarised, the input's tokens (estimated, and as the upstream counted them), the request
+    body's SHA-256."""
+    if not isinstance(context, dict):
+        return None
+
+    def seqs(key: str) -> str:
+        spans = context.get(key) or []
+        return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans) or "none"
+
+    parts = [str(context.get("strategy", "full")), f"sent {seqs('sent')}"]
+    if context.get("dropped"):
+        parts.append(f"dropped {seqs('dropped')}")
+    if context.get("summarised"):
+        parts.append(f"summarised {seqs('summarised')}")
+    tokens = f"~{context.get('estimated_input_tokens', 0):,} tokens estimated"
+    if context.get("upstream_input_tokens") is not None:
+        tokens += f", {context['upstream_input_tokens']:,} counted"
+    parts.append(f"{tokens} of {context.get('max_input_tokens', 0):,}")
+    if context.get("request_sha256"):
+        parts.append(f"request sha256 {context['request_sha256'][:16]}…")
+    return "; ".join(parts)
+
+
 def turn_view(t: Any) -> dict[str, Any]:
     error = t.error if isinstance(t.error, dict) else ({"detail": t.error} if t.error else None)
     return {
@@ -527,6 +552,7 @@ def turn_view(t: Any) -> dict[str, Any]:
         "finish_reason": t.finish_reason,
         "reply_seq": t.reply_seq,
         "reply_id": str(t.reply_id) if t.reply_id else None,
+        "context": context_text(t.context),
         "error": (
             {
                 "code": error.get("code"),

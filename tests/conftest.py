@@ -27,6 +27,7 @@ PG_ADMIN_URL = os.environ.get(
 UPSTREAM_KEY = "test-key"
 # Every table a test may write to (not service_secret: the migration's key stays).
 TABLES = (
+    "context_summary",
     "message",
     "branch",
     "turn",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from strategies import contents
 from service.migrate import alembic_config, check, upgrade
 from service.store import make_engine
 from service.tables import branch_table, conversation_table, message_table, turn_table
+from service.tokens import estimate
 
 B, C, M, T = branch_table.c, conversation_table.c, message_table.c, turn_table.c
 
@@ -215,3 +217,92 @@ def _run(url: str, work: Callable[[AsyncConnection], Awaitable[None]]) -> None:
             await engine.dispose()
 
     asyncio.run(go())
+
+
+_BEFORE_SIZES = "c8d2e6f4a1b3"  # encrypted reasoning
+
+
+def test_stored_messages_get_their_sizes_and_running_sums(database_url: str) -> None:
+    """Messages stored before sizes get their estimate (a reply with usage, its count) and the
+    running sum along their own path, on every branch."""
+    config = alembic_config(database_url)
+    command.downgrade(config, _BEFORE_SIZES)
+    cid, root, fork = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    ids = [uuid.uuid4() for _ in range(4)]
+    # seq 1 system, 2 user, 3 assistant (with usage) on the root branch; 3' user on a fork at 2.
+    rows = [
+        (ids[0], None, root, 1, "system", '"Be brief."', None),
+        (ids[1], ids[0], root, 2, "user", '"what is the time"', None),
+        (ids[2], ids[1], root, 3, "assistant", '"noon"', '{"completion_tokens": 7}'),
+        (ids[3], ids[1], fork, 3, "user", '"\\u4f60\\u597d"', None),
+    ]
+
+    async def seed(conn: AsyncConnection) -> None:
+        now = datetime.now(UTC)
+        u = functools.partial(_uuid, database_url)
+        await conn.execute(
+            text(
+                "INSERT INTO conversation (id, tenant, model, params, metadata, "
+                "message_count, created_at, updated_at) "
+                "VALUES (:id, 't', 'grok-4', '{}', '{}', 3, :now, :now)"
+            ),
+            {"id": u(cid), "now": now},
+        )
+        for branch, parent, fork_seq in ((root, None, 0), (fork, root, 2)):
+            await conn.execute(
+                text(
+                    "INSERT INTO branch (id, conversation_id, parent_branch_id, fork_seq) "
+                    "VALUES (:id, :cid, :parent, :fork_seq)"
+                ),
+                {
+                    "id": u(branch),
+                    "cid": u(cid),
+                    "parent": parent and u(parent),
+                    "fork_seq": fork_seq,
+                },
+            )
+        for ident, parent, branch, seq, role, content, usage in rows:
+            await conn.execute(
+                text(
+                    "INSERT INTO message (id, conversation_id, parent_id, branch_id, seq, role, "
+                    "content, usage, created_at) "
+                    "VALUES (:id, :cid, :parent, :branch, :seq, :role, :content, :usage, :now)"
+                ),
+                {
+                    "id": u(ident),
+                    "cid": u(cid),
+                    "parent": parent and u(parent),
+                    "branch": u(branch),
+                    "seq": seq,
+                    "role": role,
+                    "content": content,
+                    "usage": usage,
+                    "now": now,
+                },
+            )
+
+    _run(database_url, seed)
+    command.upgrade(config, "head")
+    check(database_url)
+
+    async def read(conn: AsyncConnection) -> None:
+        found = {
+            row.id: row
+            for row in await conn.execute(select(M.id, M.tokens, M.tokens_exact, M.tokens_through))
+        }
+        system = estimate({"role": "system", "content": "Be brief."})
+        question = estimate({"role": "user", "content": "what is the time"})
+        other = estimate({"role": "user", "content": "\u4f60\u597d"})
+        assert [found[i].tokens for i in ids] == [system, question, 7 + 4, other]
+        assert [found[i].tokens_exact for i in ids] == [False, False, True, False]
+        assert [found[i].tokens_through for i in ids] == [
+            system,
+            system + question,
+            system + question + 11,
+            system + question + other,
+        ]
+        await conn.execute(text("DELETE FROM message"))
+        await conn.execute(text("DELETE FROM branch"))
+        await conn.execute(text("DELETE FROM conversation"))
+
+    _run(database_url, read)

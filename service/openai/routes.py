@@ -39,6 +39,7 @@ from service.openai.shapes import (
     message_items,
     response_resource,
     stored_messages,
+    turn_context,
 )
 from service.openai.shapes import conversation_id as conversation_uuid
 from service.openai.shapes import item_id as item_id_uuid
@@ -206,7 +207,11 @@ async def create_response(
         )
         conversation = new.id
     request = TurnCreate(
-        messages=messages, parent_id=parent, stream=stream, model=data.model or UNSET
+        messages=messages,
+        parent_id=parent,
+        stream=stream,
+        model=data.model or UNSET,
+        context=turn_context(data),
     )
     request.params = params  # set after validation: it holds the kept params, reserved for us
     try:

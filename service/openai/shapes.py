@@ -16,13 +16,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from service.errors import BadRequest, NotFound
 from service.schemas import (
+    KEPT_PARAMS,
     MAX_CONTENT_CHARS,
     MAX_MESSAGES_PER_REQUEST,
     NO_NUL,
+    ContextPolicy,
     MessageIn,
     MessageOut,
     Model,
@@ -31,7 +33,6 @@ from service.schemas import (
     holds_nul,
     message_fields,
 )
-from service.turns import KEPT_PARAMS
 
 ItemList = Annotated[list[dict[str, Any]], Meta(max_length=MAX_MESSAGES_PER_REQUEST)]
 # OpenAI's metadata: at most 16 pairs, keys of at most 64 characters, values of at most 512;
@@ -318,6 +319,23 @@ def chat_params(request: ResponseCreate) -> dict[str, Any]:
     return params
 
 
+# Responses' `truncation` as a turn's context strategy: `auto` drops the oldest messages that
+# do not fit (keeping the system messages), as `truncate` does; unset follows the conversation.
+TRUNCATION = {None: None, "disabled": "full", "auto": "truncate"}
+
+
+def turn_context(request: ResponseCreate) -> ContextPolicy | UnsetType:
+    """The turn's context for a response's ``truncation`` (unset: the conversation's)."""
+    strategy = TRUNCATION.get(request.truncation)
+    return UNSET if strategy is None else ContextPolicy(strategy=strategy)  # type: ignore[arg-type]
+
+
+def truncation_of(turn: TurnOut) -> str:
+    """A stored turn's strategy as Responses' ``truncation``."""
+    context = turn.context if isinstance(turn.context, dict) else {}
+    return "auto" if context.get("strategy") == "truncate" else "disabled"
+
+
 def _refuse_unmappable(request: ResponseCreate) -> None:
     refused: list[tuple[str, str]] = []
     if request.background:
@@ -328,8 +346,10 @@ def _refuse_unmappable(request: ResponseCreate) -> None:
         refused.append(("max_tool_calls", "The model behind this service cannot cap tool calls."))
     if request.top_logprobs:
         refused.append(("top_logprobs", "Log probabilities are not returned by this service."))
-    if request.truncation not in (None, "disabled"):
-        refused.append(("truncation", "Only `truncation: disabled` is supported."))
+    if request.truncation not in TRUNCATION:
+        refused.append(("truncation", "`truncation` is `auto` or `disabled`."))
+    elif request.truncation == "auto" and request.store is False:
+        refused.append(("truncation", "`truncation: auto` needs a stored response (`store` true)."))
     if request.service_tier not in (None, "auto", "default"):
         refused.append(("service_tier", "Only the default service tier is offered."))
     for index, value in enumerate(request.include or ()):
@@ -629,7 +649,7 @@ def response_resource(
         "error": error,
         "tools": _responses_tools(params),
         "tool_choice": _responses_tool_choice(params),
-        "truncation": "disabled",
+        "truncation": truncation_of(turn),
         "parallel_tool_calls": params.get("parallel_tool_calls", True),
         "text": {"format": _text_format(params)},
         "top_p": params.get("top_p", 1.0),

@@ -63,6 +63,7 @@ class ConversationController(Controller):
                 messages=[message_fields(m) for m in data.messages],
                 user=data.user,
                 expires_at=instant("expires_at", data.expires_at),
+                context=msgspec.to_builtins(data.context),
             )
             created = ConversationCreated(**msgspec.structs.asdict(conversation), messages=messages)
             return Response(created, status_code=201)
@@ -115,8 +116,17 @@ class ConversationController(Controller):
         instant with its time zone) has retention delete the conversation after it; null
         returns it to the default age (``CONVSTORE_RETENTION_DAYS``), if any."""
         changes = {
-            name: value
-            for name in ("title", "user", "archived", "model", "params", "metadata", "expires_at")
+            name: msgspec.to_builtins(value)
+            for name in (
+                "title",
+                "user",
+                "archived",
+                "model",
+                "params",
+                "metadata",
+                "expires_at",
+                "context",
+            )
             if (value := getattr(data, name)) is not UNSET
         }
         if "expires_at" in changes:

@@ -15,7 +15,7 @@ from service.errors import Conflict, ServiceError
 from service.events import FINISHED, Position, parse_last_event_id
 from service.idempotency import HEADER, idempotent
 from service.routes.params import Caller, ConversationId, TurnId
-from service.schemas import TurnCreate, TurnOut, TurnResult
+from service.schemas import Replayed, TurnCreate, TurnOut, TurnResult
 from service.turns import TurnRunner
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -103,6 +103,21 @@ class TurnController(Controller):
             replay=replay_stream,
             recover=follow_stream,
         )
+
+    @post(
+        "/{turn_id:uuid}/replay",
+        status_code=200,
+        summary="Send a turn's exact request again; the new answer beside the stored one",
+    )
+    async def replay_turn(
+        self, conversation_id: ConversationId, turn_id: TurnId, principal: Caller, state: State
+    ) -> Replayed:
+        """For debugging and evaluation: the request body the turn sent upstream (kept while
+        ``CONVSTORE_KEEP_REQUESTS`` is on) is sent again byte for byte, and the new answer is
+        returned with the stored turn and reply. Nothing is stored; 409 ``request_not_kept``
+        if the turn's body was not kept."""
+        turns: TurnRunner = state.turns
+        return await turns.replay(principal, conversation_id, turn_id)
 
     @get("/{turn_id:uuid}", summary="Get a turn")
     async def get_turn(

@@ -11,6 +11,7 @@ from service.store.engine import StoreBase, make_engine
 from service.store.filters import ConversationFilter
 from service.store.idempotency import IdempotencyStore
 from service.store.keys import KeyStore
+from service.store.messages import Compaction
 from service.store.records import (
     ExportRows,
     ImportRows,
@@ -24,7 +25,7 @@ from service.store.records import (
 from service.store.responses import ResponseStore
 from service.store.retention import Deleter
 from service.store.transcripts import TranscriptStore
-from service.store.turns import TurnStart, TurnStore
+from service.store.turns import Summary, TurnStart, TurnStore
 
 
 class Store(
@@ -41,6 +42,7 @@ class Store(
 
 
 __all__ = [
+    "Compaction",
     "ConversationFilter",
     "Deleter",
     "ExportRows",
@@ -54,6 +56,7 @@ __all__ = [
     "Store",
     "StoreBase",
     "StoredAnswer",
+    "Summary",
     "TurnStart",
     "make_engine",
 ]

@@ -60,6 +60,7 @@ class ConversationStore(StoreBase):
         messages: list[dict[str, Any]],
         user: str | None = None,
         expires_at: datetime | None = None,
+        context: dict[str, Any] | None = None,
     ) -> tuple[ConversationOut, list[MessageOut]]:
         now = utcnow()
         conversation_id = uuid7()
@@ -78,6 +79,7 @@ class ConversationStore(StoreBase):
             user=user,
             archived=False,
             expires_at=expires_at,
+            context=context,
         )
 
         def create(conn: Connection) -> list[MessageOut]:

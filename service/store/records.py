@@ -23,6 +23,7 @@ from service.tables import (
     deletion_receipt_table,
     idempotency_table,
     message_table,
+    summary_table,
     turn_table,
 )
 
@@ -39,6 +40,7 @@ AS = admin_session_table.c
 IK = idempotency_table.c
 DR = deletion_receipt_table.c
 AR = admin_read_table.c
+S = summary_table.c
 
 MESSAGE_COLUMNS = (
     M.id,
@@ -57,6 +59,8 @@ MESSAGE_COLUMNS = (
     M.finish_reason,
     M.usage,
     M.turn_id,
+    M.tokens,
+    M.tokens_exact,
 )
 CONVERSATION_COLUMNS = (
     C.id,
@@ -75,6 +79,7 @@ CONVERSATION_COLUMNS = (
     C.archived,
     C.expires_at,
     C.legal_hold,
+    C.context,
 )
 TURN_COLUMNS = (
     T.id,
@@ -90,6 +95,7 @@ TURN_COLUMNS = (
     T.completed_at,
     T.reply_seq,
     T.reply_id,
+    T.context,
 )
 
 

@@ -32,6 +32,7 @@ from service.store.records import (
     C,
     M,
     ReadBy,
+    S,
     T,
 )
 from service.tables import (
@@ -41,6 +42,7 @@ from service.tables import (
     deletion_receipt_table,
     idempotency_table,
     message_table,
+    summary_table,
     turn_table,
     utcnow,
     uuid7,
@@ -131,6 +133,7 @@ def delete_completely(
     )
     conn.execute(delete_rows(idempotency_table).where(IK.conversation_id.in_(ids)))
     # Children first, so no database-level cascade setting is needed.
+    conn.execute(delete_rows(summary_table).where(S.conversation_id.in_(ids)))
     conn.execute(delete_rows(message_table).where(M.conversation_id.in_(ids)))
     conn.execute(delete_rows(branch_table).where(B.conversation_id.in_(ids)))
     conn.execute(delete_rows(turn_table).where(T.conversation_id.in_(ids)))

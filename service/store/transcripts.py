@@ -326,6 +326,9 @@ class TranscriptStore(ConversationStore, RetentionStore):
                         C.end_user,
                         C.message_count,
                         C.head_id,
+                        C.message_count,
+                        C.head_id,
+                        C.context,
                     ).where(C.id == conversation_id, C.tenant == tenant)
                 )
             ).first()
@@ -357,6 +360,7 @@ class TranscriptStore(ConversationStore, RetentionStore):
                     params=source.params,
                     metadata=source.metadata,
                     end_user=source.end_user,
+                    context=source.context,
                     head_id=rows[-1]["id"] if rows else None,
                     message_count=count,
                     created_at=now,
@@ -380,8 +384,8 @@ class _Tree:
         self.conversation_id = conversation_id
         self.turn_ids = turn_ids
         self.now = now
-        # Each placed message's transcript id: its new id, branch and seq.
-        self.placed: dict[Any, tuple[uuid.UUID, uuid.UUID, int]] = {}
+        # Each placed message's transcript id: its new id, branch, seq and running sum of tokens.
+        self.placed: dict[Any, tuple[uuid.UUID, uuid.UUID, int, int]] = {}
         self.taken: set[tuple[uuid.UUID, int]] = set()
         self.last: Any = None
         # (turn id, seq) of each message of a turn: its new id, for the turn's reply.
@@ -397,7 +401,12 @@ class _Tree:
         fields["turn_id"] = self.turn_ids.get(message.get("turn_id"))
         (row,) = message_rows(place, [fields], self.now)
         self.taken.add((place.branch_id, place.seq))
-        self.placed[message["id"]] = (row["id"], place.branch_id, place.seq)
+        self.placed[message["id"]] = (
+            row["id"],
+            place.branch_id,
+            place.seq,
+            row["tokens_through"],
+        )
         self.last = message["id"]
         if row["turn_id"] is not None:
             self.replies[(row["turn_id"], place.seq)] = row["id"]

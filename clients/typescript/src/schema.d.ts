@@ -144,6 +144,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/conversations/{conversation_id}/turns/{turn_id}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a turn's exact request again; the new answer beside the stored one */
+        post: operations["V1ConversationsConversationIdTurnsTurnIdReplayReplayTurn"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/export": {
         parameters: {
             query?: never;
@@ -606,6 +623,7 @@ export interface components {
             expires_at?: string | null;
             /** @default false */
             legal_hold?: boolean;
+            context?: unknown;
             tenant: string;
         };
         /** AdminConversationDetail */
@@ -654,6 +672,15 @@ export interface components {
             /** @constant */
             role: "assistant";
         };
+        /** ContextPolicy */
+        ContextPolicy: {
+            /**
+             * @default full
+             * @enum {string}
+             */
+            strategy?: "full" | "truncate" | "compact";
+            max_input_tokens?: number | null;
+        };
         /** ConversationCreate */
         ConversationCreate: {
             title?: string | null;
@@ -669,6 +696,7 @@ export interface components {
             messages?: (components["schemas"]["SystemMessage"] | components["schemas"]["UserMessage"] | components["schemas"]["AssistantMessage"] | components["schemas"]["ToolMessage"])[];
             /** @description A date and time with its offset (RFC 3339). */
             expires_at?: string | null;
+            context?: components["schemas"]["ContextPolicy"] | null;
         };
         /** ConversationCreated */
         ConversationCreated: {
@@ -696,6 +724,7 @@ export interface components {
             expires_at?: string | null;
             /** @default false */
             legal_hold?: boolean;
+            context?: unknown;
             messages?: components["schemas"]["MessageOut"][];
         };
         /** ConversationOut */
@@ -724,6 +753,7 @@ export interface components {
             expires_at?: string | null;
             /** @default false */
             legal_hold?: boolean;
+            context?: unknown;
         };
         /** ConversationPage */
         ConversationPage: {
@@ -744,6 +774,7 @@ export interface components {
             metadata?: {
                 [key: string]: unknown;
             };
+            context?: components["schemas"]["ContextPolicy"] | null;
             head_id?: string;
             /** @description A date and time with its offset (RFC 3339). */
             expires_at?: string | null;
@@ -816,6 +847,8 @@ export interface components {
             finish_reason?: string | null;
             usage?: unknown;
             turn_id?: string | null;
+            tokens?: number | null;
+            tokens_exact?: boolean | null;
             sibling_count?: number | null;
             sibling_index?: number | null;
         };
@@ -862,6 +895,29 @@ export interface components {
             detail: string;
             problems: components["schemas"]["ImportProblem"][];
             problem_count: number;
+        };
+        /** Replayed */
+        Replayed: {
+            turn: components["schemas"]["TurnOut"];
+            stored: components["schemas"]["MessageOut"] | null;
+            replayed: components["schemas"]["Reply"];
+            request_sha256: string;
+            same_request: boolean;
+        };
+        /** Reply */
+        Reply: {
+            content: unknown;
+            reasoning_content?: string | null;
+            tool_calls?: {
+                [key: string]: unknown;
+            }[] | null;
+            finish_reason?: string | null;
+            usage?: {
+                [key: string]: unknown;
+            } | null;
+            /** @default  */
+            model?: string;
+            reasoning_encrypted_content?: string | null;
         };
         /** ResponseCreate */
         ResponseCreate: {
@@ -946,6 +1002,7 @@ export interface components {
             params?: {
                 [key: string]: unknown;
             };
+            context?: components["schemas"]["ContextPolicy"];
         };
         /** TurnOut */
         TurnOut: {
@@ -967,6 +1024,7 @@ export interface components {
             completed_at: string | null;
             reply_seq?: number | null;
             reply_id?: string | null;
+            context?: unknown;
         };
         /** TurnResult */
         TurnResult: {
@@ -1001,6 +1059,11 @@ export interface components {
             };
         };
         Transcript_messageId: string;
+        Transcript_contextPolicy: {
+            /** @enum {unknown} */
+            strategy: "full" | "truncate" | "compact";
+            max_input_tokens?: number | null;
+        } | null;
         /** Format: date-time */
         Transcript_timestamp: string;
         Transcript_nullableTimestamp: components["schemas"]["Transcript_timestamp"] | null;
@@ -1017,6 +1080,7 @@ export interface components {
             updated_at?: components["schemas"]["Transcript_timestamp"];
             source_id?: string | null;
             head_id?: components["schemas"]["Transcript_messageId"] | null;
+            context?: components["schemas"]["Transcript_contextPolicy"];
             forked_from?: {
                 conversation_id: string;
                 through_seq: number;
@@ -1056,6 +1120,8 @@ export interface components {
             finish_reason?: string;
             usage?: Record<string, never>;
             turn_id?: string;
+            tokens?: number;
+            tokens_exact?: boolean;
             created_at?: components["schemas"]["Transcript_timestamp"];
         } & (unknown & unknown & unknown);
         Transcript_turn: {
@@ -1069,6 +1135,7 @@ export interface components {
             error?: Record<string, never> | null;
             latency_ms?: number | null;
             reply_seq?: number | null;
+            context?: Record<string, never> | null;
             created_at?: components["schemas"]["Transcript_timestamp"];
             completed_at?: components["schemas"]["Transcript_nullableTimestamp"];
         };
@@ -2283,6 +2350,106 @@ export interface operations {
                      *       "status": 404,
                      *       "detail": "No conversation has this id.",
                      *       "code": "not_found"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    V1ConversationsConversationIdTurnsTurnIdReplayReplayTurn: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Makes a retried request return the first answer instead of acting twice. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                /** @description A conversation id. */
+                conversation_id: string;
+                /** @description A turn id. */
+                turn_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Replayed"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "about:blank",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "`cursor` is not a cursor this API handed out.",
+                     *       "code": "bad_request"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "about:blank",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "Send an API key as `Authorization: Bearer <key>`.",
+                     *       "code": "unauthorized"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "about:blank",
+                     *       "title": "Not Found",
+                     *       "status": 404,
+                     *       "detail": "No conversation has this id.",
+                     *       "code": "not_found"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "about:blank",
+                     *       "title": "Conflict",
+                     *       "status": 409,
+                     *       "detail": "A turn is already running in this conversation; wait for it to finish.",
+                     *       "code": "turn_in_progress"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
