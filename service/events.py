@@ -21,14 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from litestar.response import ServerSentEventMessage
 
 from service.errors import BadRequest
 
 STARTED_ID = "0"
 END_ID = "end"
+# Lines end with LF, as in OpenAI's and xAI's streams (Litestar's default, CRLF, is valid SSE,
+# but clients that split events at "\n\n", common if wrong, would see none).
+_LINE_END = "\n"
 # Proxies cut a connection idle for 60 s; a reasoning model may think silently for minutes.
 KEEPALIVE_SECONDS = 15.0
-KEEPALIVE = b": keep-alive\n\n"
+KEEPALIVE = ServerSentEventMessage(data=None, comment="keep-alive", sep=_LINE_END)
 _POSITION = re.compile(r"(\d{1,15})\.(\d{1,15})")
 _encoder = msgspec.json.Encoder()
 
@@ -79,12 +83,10 @@ def parse_last_event_id(value: str | None) -> Position | Finished | None:
     return Position(int(match[1]), int(match[2]))
 
 
-def sse(event: str, data: Any, event_id: str) -> bytes:
-    """One server-sent event."""
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
-        event_id.encode(),
-        event.encode(),
-        _encoder.encode(data),
+def sse(event: str, data: Any, event_id: str | None = None) -> ServerSentEventMessage:
+    """One server-sent event, its data as JSON (written by Litestar when it is sent)."""
+    return ServerSentEventMessage(
+        data=_encoder.encode(data), event=event, id=event_id, sep=_LINE_END
     )
 
 
@@ -104,7 +106,7 @@ def rebuilt(
     content: str,
     terminal: tuple[str, Any],
     after: Position | None,
-) -> list[bytes]:
+) -> list[ServerSentEventMessage]:
     """The events of an ended turn after ``after``, rebuilt from what is stored: the reply's
     text as one delta, then the terminal event."""
     events = []
@@ -174,7 +176,7 @@ class TurnFeed:
             except TimeoutError:
                 yield None
 
-    async def follow(self, after: Position | None = None) -> AsyncIterator[bytes]:
+    async def follow(self, after: Position | None = None) -> AsyncIterator[ServerSentEventMessage]:
         """The events after ``after`` (None: all of them), then live ones until the end, with a
         keep-alive comment whenever nothing else was sent for ``keepalive`` seconds."""
         if after is None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import msgspec
+from litestar.response import ServerSentEventMessage
 from msgspec import UNSET
 from sqlalchemy.exc import DBAPIError
 
@@ -611,7 +612,9 @@ class TurnRunner:
 
     # ---- following ----------------------------------------------------------------------
 
-    async def follow(self, turn: TurnOut, after: Position | None) -> AsyncIterator[bytes]:
+    async def follow(
+        self, turn: TurnOut, after: Position | None
+    ) -> AsyncIterator[ServerSentEventMessage]:
         """A turn's events after ``after`` (see ``service.events``): live if it runs in this
         process; otherwise from the database, waiting (with keep-alives) while it runs
         elsewhere, and marking it abandoned if its lease runs out meanwhile."""
@@ -647,7 +650,7 @@ class TurnRunner:
         for event in await self.rebuild(settled, after):
             yield event
 
-    async def rebuild(self, turn: TurnOut, after: Position | None) -> list[bytes]:
+    async def rebuild(self, turn: TurnOut, after: Position | None) -> list[ServerSentEventMessage]:
         """The events of an ended turn after ``after``, from what is stored."""
         started = {"turn": turn, "messages": []}
         if turn.status == "completed" and turn.reply_id is not None:

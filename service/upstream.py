@@ -10,6 +10,7 @@ connection handling are the same for both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import email.utils
 import errno
@@ -19,13 +20,14 @@ import random
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import aiohttp
 import httpx
 import msgspec
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from service.schemas import Reply
 
@@ -225,13 +227,13 @@ ENCRYPTED_REASONING = "reasoning_encrypted_content"
 
 
 class ReplyAccumulator(Protocol):
-    """Reads a streamed answer line by line (``StreamAccumulator`` for chat completions)."""
+    """Reads a streamed answer event by event (``StreamAccumulator`` for chat completions)."""
 
     END: ClassVar[str]  # what ends the stream, in words for an error
     started: bool  # something of the reply has arrived
     done: bool  # the stream's end has arrived
 
-    def feed_line(self, line: bytes) -> dict[str, str] | None: ...
+    def feed(self, event: ServerSentEvent) -> dict[str, str] | None: ...
 
     def reply(self) -> Reply: ...
 
@@ -365,14 +367,19 @@ class UpstreamClient:
             try:
                 response = await self._open(content, headers)
                 try:
-                    async for line in sse_lines(response.aiter_bytes(), self.max_reply_bytes):
-                        delta = accumulator.feed_line(line)
-                        if delta:
-                            await on_delta(delta)
-                        if accumulator.done:
-                            break
+                    async with contextlib.aclosing(self._events(response)) as events:
+                        async for event in events:
+                            delta = accumulator.feed(event)
+                            if delta:
+                                await on_delta(delta)
+                            if accumulator.done:
+                                break
                 finally:
                     await response.aclose()
+            except SSEError as exc:  # before TRANSPORT_ERRORS: it is an httpx.TransportError
+                raise UpstreamBadResponse(
+                    f"The model's answer was not an event stream: {exc}"
+                ) from exc
             except TRANSPORT_ERRORS as exc:
                 if not accumulator.started:
                     raise self._failure(exc) from exc
@@ -381,8 +388,6 @@ class UpstreamClient:
                 else:
                     message = f"The model's stream broke off: {self._describe(exc)}."
                 raise UpstreamStreamCut(message, partial=accumulator.reply()) from exc
-            except LineTooLong as exc:
-                raise self._too_large() from exc
             if not accumulator.done:
                 if not accumulator.started:
                     raise UpstreamBadResponse("The model's stream ended before any data.")
@@ -393,6 +398,28 @@ class UpstreamClient:
             return accumulator.reply()
 
         return await self._sending(content, once)
+
+    async def _events(self, response: httpx.Response) -> AsyncGenerator[ServerSentEvent]:
+        """The events of a streamed answer, as httpx-sse reads them. More than
+        ``max_reply_bytes`` of it without an event's end (one endless line, or an event of
+        endless lines) raise ``UpstreamReplyTooLarge``: no reply within the limit needs them,
+        and the parser would keep them all."""
+        pending = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal pending
+            async for chunk in response.aiter_bytes():  # decoded: a gzip bomb counts whole
+                pending += len(chunk)
+                if pending > self.max_reply_bytes:
+                    raise self._too_large()
+                yield chunk
+
+        # httpx-sse reads a response's text; this one's is the answer's body, decoded, counted.
+        content_type = response.headers.get("content-type", "")
+        body = httpx.Response(200, headers={"content-type": content_type}, content=counted())
+        async for event in EventSource(body).aiter_sse():
+            pending = 0
+            yield event
 
     async def _sending(self, content: bytes, once: Callable[[], Awaitable[Reply]]) -> Attempted:
         """``retrying(once)``, with the request body sent on its result, or on its error."""
@@ -491,8 +518,9 @@ class UpstreamClient:
 class StreamReader:
     """What every reader of a streamed reply shares: the text accumulated so far, the budget of
     characters (content, reasoning and tool call arguments past ``max_chars`` raise
-    ``UpstreamReplyTooLarge``) and the SSE framing: only ``data:`` lines count, comment lines
-    (``: keepalive``) and other fields are skipped, and ``data: [DONE]`` is an end."""
+    ``UpstreamReplyTooLarge``) and what an event's data holds: JSON, or ``[DONE]``, an end.
+    Events without data (and comments such as ``: keepalive``, which are no events) count for
+    nothing."""
 
     END: ClassVar[str] = "[DONE]"
 
@@ -506,21 +534,19 @@ class StreamReader:
         self.chars_left = max_chars
         self.max_chars = max_chars
 
-    def data(self, line: bytes) -> bytes | None:
-        """The JSON a line carries, if any; ``[DONE]`` calls ``ended`` instead."""
-        if not line.startswith(b"data:"):
-            return None
-        data = line[5:].strip()
-        if data == b"[DONE]":
+    def data(self, event: ServerSentEvent) -> str | None:
+        """The JSON an event carries, if any; ``[DONE]`` calls ``ended`` instead."""
+        data = event.data.strip()
+        if data == "[DONE]":
             self.ended()
             return None
-        return data
+        return data or None
 
     def ended(self) -> None:
         self.done = True
 
     @staticmethod
-    def decode(decoder: msgspec.json.Decoder[_T], data: bytes) -> _T:
+    def decode(decoder: msgspec.json.Decoder[_T], data: str) -> _T:
         try:
             return decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -535,7 +561,7 @@ class StreamReader:
 
 
 class StreamAccumulator(StreamReader):
-    """Parses an upstream chat-completions SSE stream line by line and accumulates the reply.
+    """Parses an upstream chat-completions SSE stream event by event and accumulates the reply.
 
     Follows the observed xAI order: role on the first delta, empty deltas while reasoning, no
     ``finish_reason`` key until the finish chunk, whole tool calls, a usage chunk with empty
@@ -547,9 +573,9 @@ class StreamAccumulator(StreamReader):
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
 
-    def feed_line(self, line: bytes) -> dict[str, str] | None:
-        """Take one line; return the text delta it carried, if any."""
-        data = self.data(line)
+    def feed(self, event: ServerSentEvent) -> dict[str, str] | None:
+        """Take one event; return the text delta it carried, if any."""
+        data = self.data(event)
         if data is None:
             return None
         chunk = self.decode(_chunk_decoder, data)
@@ -609,39 +635,6 @@ class StreamAccumulator(StreamReader):
             usage=self.usage,
             model=bounded_column(self.model, MAX_MODEL_CHARS) or "",
         )
-
-
-class LineTooLong(Exception):
-    """A stream line longer than any reply within the limit could make."""
-
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-async def sse_lines(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
-    """The lines of an event stream, ended by CRLF, LF or CR as SSE has them (httpx's
-    ``aiter_lines`` also splits at U+2028 and other Unicode line breaks, which JSON holds
-    unescaped). A line past ``max_bytes`` raises ``LineTooLong``."""
-    parts: list[bytes] = []
-    size = 0
-    after_cr = False  # the last chunk ended with CR: an LF opening this one belongs to it
-    async for chunk in chunks:
-        start = 1 if after_cr and chunk.startswith(b"\n") else 0
-        after_cr = False
-        for end in _LINE_END.finditer(chunk, start):
-            parts.append(chunk[start : end.start()])
-            yield b"".join(parts) if len(parts) > 1 else parts[0]
-            parts.clear()
-            size = 0
-            start = end.end()
-            after_cr = start == len(chunk) and chunk.endswith(b"\r")
-        if start < len(chunk):
-            parts.append(chunk[start:])
-            size += len(chunk) - start
-            if size > max_bytes:
-                raise LineTooLong(f"a stream line passed {max_bytes} bytes")
-    if parts:
-        yield b"".join(parts)
 
 
 async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import msgspec
+from httpx_sse import ServerSentEvent
 
 from service.schemas import Reply
 from service.upstream import (
@@ -351,7 +352,7 @@ _ENDS = frozenset({"response.completed", "response.incomplete"})
 
 
 class ResponsesStreamAccumulator(StreamReader):
-    """Reads a Responses event stream line by line and accumulates the reply.
+    """Reads a Responses event stream event by event and accumulates the reply.
 
     Text deltas (``response.output_text.delta``) become ``content`` deltas and reasoning
     deltas (summary or reasoning text) ``reasoning_content`` ones; function calls are put
@@ -360,7 +361,8 @@ class ResponsesStreamAccumulator(StreamReader):
     An item given whole in its ``….done`` event (no deltas before it) is taken from there, and
     passed on as one delta. ``response.completed`` (or ``response.incomplete``) ends the stream
     and brings the usage; ``response.failed``, an ``error`` event or a flat ``{"code",
-    "error"}`` raise ``UpstreamBadResponse``. Other event types and SSE fields are skipped.
+    "error"}`` raise ``UpstreamBadResponse``. An event's kind is its data's ``type``, else its
+    SSE name; other kinds are skipped.
     """
 
     END: ClassVar[str] = "response.completed"  # or response.incomplete
@@ -378,15 +380,15 @@ class ResponsesStreamAccumulator(StreamReader):
         # [DONE] (which xAI's Responses streams do not send) ends nothing by itself.
         self.done = self.done or self.status is not None
 
-    def feed_line(self, line: bytes) -> dict[str, str] | None:
-        """Take one line; return the text delta it carried, if any."""
-        data = self.data(line)
+    def feed(self, sse: ServerSentEvent) -> dict[str, str] | None:
+        """Take one event; return the text delta it carried, if any."""
+        data = self.data(sse)
         if data is None:
             return None
         event = self.decode(_event_decoder, data)
-        kind = event.type
+        kind = event.type or (sse.event if sse.event != "message" else "")
         if kind in ("error", "response.failed") or (not kind and event.error is not None):
-            message = _stream_error(event)
+            message = _stream_error(kind, event)
             raise UpstreamBadResponse(f"The model's stream reported an error: {message}")
         self.started = True
         if kind in _TEXT_DELTAS and isinstance(event.delta, str):
@@ -493,12 +495,12 @@ class ResponsesStreamAccumulator(StreamReader):
         )
 
 
-def _stream_error(event: _Event) -> str:
-    if event.type == "response.failed":
+def _stream_error(kind: str, event: _Event) -> str:
+    if kind == "response.failed":
         return _error_text((event.response or {}).get("error") or "the response failed")
-    if event.type == "error":
-        return _error_text({"message": event.message or "", "code": event.code})
-    return _error_text({"error": event.error, "code": event.code})
+    if event.message is not None:  # OpenAI's error event
+        return _error_text({"message": event.message, "code": event.code})
+    return _error_text({"error": event.error, "code": event.code})  # xAI's flat error
 
 
 class Responses:

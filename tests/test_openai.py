@@ -81,6 +81,10 @@ async def sse(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, A
     async with http.stream("POST", "/openai/v1/responses", json={**body, "stream": True}) as got:
         assert got.status_code == 200
         assert got.headers["content-type"].startswith("text/event-stream")
+        assert (got.headers["cache-control"], got.headers["x-accel-buffering"]) == (
+            "no-cache",
+            "no",
+        )
         async for line in got.aiter_lines():
             if line.startswith("data: "):
                 event = json.loads(line[6:])

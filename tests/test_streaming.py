@@ -63,6 +63,9 @@ async def test_streamed_turn_is_relayed_and_stored_exactly(
     )
     assert response.status_code == 201, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
+    # Neither a cache nor a buffering proxy (nginx) may hold the events back.
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
     names = [name for name, _ in events]
     assert names[0] == "turn.started"
     assert names[-1] == "turn.completed"

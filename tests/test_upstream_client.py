@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import dataclasses
 import gzip
+import itertools
 import json
 import logging
-import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,6 @@ from service.upstream import (
     UpstreamUnavailable,
     parse_retry_after,
     redact,
-    sse_lines,
     upstream_message,
 )
 
@@ -339,6 +338,21 @@ def sse(*chunks: dict[str, Any], done: bool = True) -> bytes:
     return b"".join(lines) + (b"data: [DONE]\n\n" if done else b"")
 
 
+EVENT_STREAM = {"content-type": "text/event-stream"}
+
+
+def streamed(body: bytes | Iterable[bytes]) -> httpx.Response:
+    """A 200 event stream answering ``body``, or its pieces each as a chunk of its own."""
+    if isinstance(body, bytes):
+        return httpx.Response(200, headers=EVENT_STREAM, content=body)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for piece in body:
+            yield piece
+
+    return httpx.Response(200, headers=EVENT_STREAM, content=pieces())
+
+
 def delta(**fields: Any) -> dict[str, Any]:
     return {"model": "grok-4", "choices": [{"index": 0, "delta": fields}]}
 
@@ -360,21 +374,55 @@ async def no_delta(_: dict[str, str]) -> None:
     ids=["content", "reasoning and content", "content and tool call arguments"],
 )
 async def test_a_streamed_reply_past_the_limit_is_too_large(chunks: list[dict[str, Any]]) -> None:
-    client, seen = client_for([httpx.Response(200, content=sse(*chunks))], max_reply_chars=20)
+    client, seen = client_for([streamed(sse(*chunks))], max_reply_chars=20)
     with pytest.raises(UpstreamReplyTooLarge):
         await client.stream({"model": "m"}, conversation_id="c", on_delta=no_delta)
     assert len(seen) == 1
 
-    client, _ = client_for([httpx.Response(200, content=sse(*chunks[:1]))], max_reply_chars=20)
+    client, _ = client_for([streamed(sse(*chunks[:1]))], max_reply_chars=20)
     result = await client.stream({"model": "m"}, conversation_id="c", on_delta=no_delta)
     assert result.attempts == 1
 
 
-async def test_a_stream_line_longer_than_any_reply_within_the_limit_is_too_large() -> None:
-    line = b"data: " + b" " * (2 * 1024 * 1024)
-    client, _ = client_for([httpx.Response(200, content=line)], max_reply_chars=10)
-    with pytest.raises(UpstreamReplyTooLarge):
+@pytest.mark.parametrize(
+    "piece", [b" " * 65536, b"data: " + b" " * 65536 + b"\n"], ids=["one line", "one event"]
+)
+async def test_a_stream_endless_without_an_event_is_too_large_and_not_read_whole(
+    piece: bytes,
+) -> None:
+    read = 0
+
+    def endless() -> Iterable[bytes]:
+        nonlocal read
+        yield b"data: "
+        while read < 50 * 1024 * 1024:
+            read += len(piece)
+            yield piece
+
+    # At most 10 characters: 120 bytes of JSON, and 1 MiB for the rest of the event.
+    client, seen = client_for([lambda request: streamed(endless())], max_reply_chars=10)
+    with pytest.raises(UpstreamReplyTooLarge, match="10 characters"):
         await client.stream({"model": "m"}, conversation_id="c", on_delta=no_delta)
+    assert read < 2 * 1024 * 1024
+    assert len(seen) == 1  # not retried
+
+
+async def test_a_stream_longer_than_the_limit_in_events_within_it_is_read_whole() -> None:
+    # 1 KiB events, 3 MiB in all, in 16 KiB chunks (as read from a socket): the bound is on
+    # what has come since the last event.
+    padded = {"model": "grok-4", "choices": [], "usage": {"pad": "x" * 1000}}
+    body = sse(delta(content="hi"), *[padded] * 3072)
+    chunks = [body[i : i + 16384] for i in range(0, len(body), 16384)]
+    client, _ = client_for([streamed(chunks)], max_reply_chars=10)
+    result = await client.stream({"model": "m"}, conversation_id="c", on_delta=no_delta)
+    assert result.reply.content == "hi"
+
+
+async def test_an_answer_that_is_not_an_event_stream_is_a_bad_response() -> None:
+    client, seen = client_for([ok()])
+    with pytest.raises(UpstreamBadResponse, match=r"not an event stream.*application/json"):
+        await client.stream({"model": "m"}, conversation_id="c", on_delta=no_delta)
+    assert len(seen) == 1  # not retried
 
 
 async def test_a_long_model_name_or_finish_reason_is_cut_to_its_column() -> None:
@@ -387,49 +435,59 @@ async def test_a_long_model_name_or_finish_reason_is_cut_to_its_column() -> None
 
     chunk = {"model": long_name, "choices": [{"index": 0, "delta": {"content": "hi"}}]}
     finish = {"model": long_name, "choices": [{"index": 0, "delta": {}, "finish_reason": "x" * 99}]}
-    client, _ = client_for([httpx.Response(200, content=sse(chunk, finish))])
+    client, _ = client_for([streamed(sse(chunk, finish))])
     reply = (await client.stream({"model": "m"}, conversation_id="c", on_delta=no_delta)).reply
     assert (reply.model, reply.finish_reason) == (long_name[:200], "x" * 32)
 
 
-async def lines_of(chunks: list[bytes], limit: int = 1000) -> list[bytes]:
-    async def given() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
+async def stream_of(chunks: list[bytes]) -> tuple[Attempted, list[dict[str, str]]]:
+    client, _ = client_for([streamed(chunks)])
+    deltas: list[dict[str, str]] = []
 
-    return [line async for line in sse_lines(given(), limit)]
+    async def relay(delta: dict[str, str]) -> None:
+        deltas.append(delta)
+
+    return await client.stream({"model": "m"}, conversation_id="c", on_delta=relay), deltas
 
 
 async def test_stream_lines_end_at_crlf_lf_or_cr_only() -> None:
+    # Raw in JSON, U+2028, U+2029 and NEL are text, not line breaks (str.splitlines would cut).
+    first = "data: " + json.dumps(delta(content="a\u2028b\x85"), ensure_ascii=False)
+    second = "data: " + json.dumps(delta(content="c\u2029d"), ensure_ascii=False)
     chunks = [
-        b"data: a\r",
-        b"\ndata: b\rdata: c\n\n",
-        b"dat",
-        "a: d\u2028e\x85f\n".encode(),
-        b"end",
+        b": keep-alive\r",
+        b"\n\r\n" + first.encode()[:9],
+        first.encode()[9:] + b"\r",
+        b"\r" + second.encode() + b"\n",
+        b"\ndata: [DONE]\r\n\r\n",
     ]
-    assert await lines_of(chunks) == [
-        b"data: a",
-        b"data: b",
-        b"data: c",
-        b"",
-        "data: d\u2028e\x85f".encode(),
-        b"end",
-    ]
+    result, deltas = await stream_of(chunks)
+    assert result.reply.content == "a\u2028b\x85c\u2029d"
+    assert deltas == [{"content": "a\u2028b\x85"}, {"content": "c\u2029d"}]
 
 
-@given(st.text(alphabet="ab\r\n\u2028", max_size=40), st.lists(st.integers(1, 40), max_size=8))
-def test_stream_lines_do_not_depend_on_how_the_stream_is_cut(text: str, cuts: list[int]) -> None:
+@given(
+    st.lists(st.text('ab \r\n\u2028\u2029\x85é😀"\\', min_size=1, max_size=6), max_size=4),
+    st.lists(st.sampled_from(["\r\n", "\r", "\n"]), min_size=1, max_size=6),
+    st.lists(st.integers(1, 600), max_size=10),
+)
+def test_stream_events_do_not_depend_on_line_endings_or_how_the_stream_is_cut(
+    pieces: list[str], line_ends: list[str], cuts: list[int]
+) -> None:
+    ends = itertools.cycle(line_ends)
+    lines = [": keep-alive"]
+    lines += ["data: " + json.dumps(delta(content=p), ensure_ascii=False) for p in pieces]
+    text = (
+        "".join(line + end + end for line, end in zip(lines, ends, strict=False))
+        + "data: [DONE]\n\n"
+    )
     whole = text.encode()
-    chunks, start = [], 0
-    for cut in sorted(cuts):
-        chunks.append(whole[start:cut])
-        start = max(start, cut)
-    chunks = [c for c in [*chunks, whole[start:]] if c]
-    expected = [line.encode() for line in re.split(r"\r\n|\r|\n", text)]
-    if expected and expected[-1] == b"":
-        expected.pop()  # a stream ending with a line break has no unended last line
-    assert asyncio.run(lines_of(chunks)) == expected
+    # Cut anywhere: inside a CRLF, or inside a character's UTF-8 bytes.
+    bounds = [0, *sorted(c for c in cuts if c < len(whole)), len(whole)]
+    chunks = [whole[a:b] for a, b in itertools.pairwise(bounds) if a < b]
+    result, deltas = asyncio.run(stream_of(chunks))
+    assert result.reply.content == "".join(pieces)
+    assert deltas == [{"content": p} for p in pieces]
 
 
 # ---- over sockets: the service's client (httpx over aiohttp) -------------------------------
@@ -572,6 +630,31 @@ async def test_a_compressed_answer_is_decoded() -> None:
     result, _ = await complete_over(reply(200, compressed, ("content-encoding", "gzip")))
     assert isinstance(result, Attempted)
     assert result.reply.content == "hi"
+
+
+async def test_a_compressed_stream_is_decoded_and_bounded_as_decoded() -> None:
+    text = "data: " + json.dumps(delta(content="a\u2028b"), ensure_ascii=False) + "\r\n\r\n"
+    # 3 MiB of one line in 3 KiB: counting the bytes as sent would let all of it through.
+    bomb = b"data: " + b" " * (3 * 1024 * 1024)
+    for body in (text.encode() + b"data: [DONE]\r\n\r\n", bomb):
+        answer = reply(
+            200,
+            gzip.compress(body),
+            ("content-type", "text/event-stream"),
+            ("content-encoding", "gzip"),
+        )
+        async with scripted(answer) as server, socket_client(server.url, max_reply_chars=10) as c:
+            try:
+                result: Attempted | UpstreamError = await c.stream(
+                    {"model": "m"}, conversation_id="c", on_delta=no_delta
+                )
+            except UpstreamError as exc:
+                result = exc
+        if body is bomb:
+            assert isinstance(result, UpstreamReplyTooLarge), result
+        else:
+            assert isinstance(result, Attempted), result
+            assert result.reply.content == "a\u2028b"
 
 
 async def test_no_answer_is_a_timeout_over_sockets() -> None:

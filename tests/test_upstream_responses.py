@@ -417,7 +417,8 @@ def sse(*events: dict[str, Any]) -> bytes:
 
 
 async def stream_reply(answer: bytes, **client: Any) -> tuple[Any, list[dict[str, str]]]:
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=answer))
+    stream = {"content-type": "text/event-stream"}
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, headers=stream, content=answer))
     async with httpx.AsyncClient(transport=transport) as http:
         upstream = UpstreamClient(
             http, base_url="http://x/v1", api_key="k", timeout=5, api=RESPONSES, **client
@@ -552,6 +553,20 @@ async def test_errors_in_a_stream_fail_it(event: dict[str, Any], words: str) -> 
     with pytest.raises(UpstreamBadResponse, match="reported an error") as raised:
         await stream_reply(answer)
     assert words in str(raised.value)
+
+
+NAMED_DELTA = b'event: response.output_text.delta\ndata: {"output_index": 0, "delta": "x"}\n\n'
+
+
+async def test_an_event_named_only_by_its_sse_field_counts() -> None:
+    reply, deltas = await stream_reply(NAMED_DELTA + sse(COMPLETED))
+    assert (reply.content, deltas) == ("x", [{"content": "x"}])
+
+
+async def test_a_flat_error_without_an_event_name_fails_the_stream() -> None:
+    flat = b'data: {"code": "invalid-argument", "error": "Model x does not exist"}\n\n'
+    with pytest.raises(UpstreamBadResponse, match="reported an error: Model x does not exist"):
+        await stream_reply(NAMED_DELTA + flat)
 
 
 async def test_a_stream_that_ends_before_response_completed_is_cut() -> None:

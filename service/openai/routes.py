@@ -19,7 +19,7 @@ from litestar import Controller, Response, Router, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, PathParameter, QueryParameter
-from litestar.response import Stream
+from litestar.response import ServerSentEvent
 from msgspec import UNSET
 
 from service.errors import Conflict, NotFound
@@ -45,7 +45,6 @@ from service.openai.shapes import conversation_id as conversation_uuid
 from service.openai.shapes import item_id as item_id_uuid
 from service.openai.streaming import response_events
 from service.routes.params import Caller
-from service.routes.turns import SSE_HEADERS
 from service.schemas import ParentId, TurnCreate, TurnOut
 from service.store import Deleter, Principal, Store
 from service.store.messages import HISTORY_COLUMNS
@@ -75,10 +74,6 @@ NO_CONVERSATION = uuid.UUID(int=0)
 
 def response_ident(value: str) -> uuid.UUID:
     return internal(value, ("resp",), "response")
-
-
-def event_stream(events: Any) -> Stream:
-    return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def ended_as(turn: TurnOut) -> Callable[[dict[str, Any]], TurnOut]:
@@ -226,7 +221,7 @@ async def create_response(
         raise
     turn: TurnOut = feed.started["turn"]
     if stream:
-        return event_stream(response_events(feed, turn, stored=True, failed=ended_as(turn)))
+        return ServerSentEvent(response_events(feed, turn, stored=True, failed=ended_as(turn)))
     # Shielded: a client that hangs up must not cancel a turn whose input is stored.
     result = await asyncio.shield(task)
     return Response(response_resource(result.turn, result.reply, stored=True), status_code=200)
@@ -281,7 +276,7 @@ async def unstored_response(
         completed_at=None,
     )
     if stream:
-        return event_stream(response_events(feed, turn, stored=False, failed=ended_as(turn)))
+        return ServerSentEvent(response_events(feed, turn, stored=False, failed=ended_as(turn)))
     reply = await task
     done = msgspec.structs.replace(turn, status="completed", completed_at=utcnow())
     return Response(response_resource(done, reply, stored=False), status_code=200)

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
+from litestar.response import ServerSentEventMessage
 
-from service.events import KEEPALIVE, TurnFeed
+from service.events import KEEPALIVE, TurnFeed, sse
 from service.openai.shapes import (
     message_item,
     reasoning_item,
@@ -27,8 +27,6 @@ from service.openai.shapes import (
     response_resource,
 )
 from service.schemas import TurnOut
-
-_encoder = msgspec.json.Encoder()
 
 
 @dataclass
@@ -45,9 +43,8 @@ class _Events:
     def __init__(self) -> None:
         self.numbers = itertools.count()
 
-    def __call__(self, kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, "sequence_number": next(self.numbers), **fields}
-        return b"event: %s\ndata: %s\n\n" % (kind.encode(), _encoder.encode(data))
+    def __call__(self, kind: str, **fields: Any) -> ServerSentEventMessage:
+        return sse(kind, {"type": kind, "sequence_number": next(self.numbers), **fields})
 
 
 def _part(kind: str, text: str) -> dict[str, Any]:
@@ -62,7 +59,7 @@ def _item(kind: str, ident: uuid.UUID, text: str, status: str) -> dict[str, Any]
     return message_item(ident, text, status)
 
 
-def _opened(event: _Events, item: _Open, ident: uuid.UUID) -> Iterator[bytes]:
+def _opened(event: _Events, item: _Open, ident: uuid.UUID) -> Iterator[ServerSentEventMessage]:
     yield event(
         "response.output_item.added",
         output_index=item.index,
@@ -77,7 +74,7 @@ def _opened(event: _Events, item: _Open, ident: uuid.UUID) -> Iterator[bytes]:
     )
 
 
-def _delta(event: _Events, item: _Open, piece: str) -> bytes:
+def _delta(event: _Events, item: _Open, piece: str) -> ServerSentEventMessage:
     kind = "response.reasoning.delta" if item.kind == "reasoning" else "response.output_text.delta"
     fields: dict[str, Any] = {"logprobs": []} if item.kind == "message" else {}
     return event(
@@ -85,7 +82,7 @@ def _delta(event: _Events, item: _Open, piece: str) -> bytes:
     )
 
 
-def _closed(event: _Events, item: _Open, done: dict[str, Any]) -> Iterator[bytes]:
+def _closed(event: _Events, item: _Open, done: dict[str, Any]) -> Iterator[ServerSentEventMessage]:
     text = "".join(item.text)
     kind = "response.reasoning.done" if item.kind == "reasoning" else "response.output_text.done"
     fields: dict[str, Any] = {"logprobs": []} if item.kind == "message" else {}
@@ -102,7 +99,7 @@ def _closed(event: _Events, item: _Open, done: dict[str, Any]) -> Iterator[bytes
     yield event("response.output_item.done", output_index=item.index, item=done)
 
 
-def _whole(event: _Events, index: int, item: dict[str, Any]) -> Iterator[bytes]:
+def _whole(event: _Events, index: int, item: dict[str, Any]) -> Iterator[ServerSentEventMessage]:
     """An output item not streamed piece by piece (a function call, or an empty message)."""
     if item["type"] == "function_call":
         yield event(
@@ -150,7 +147,7 @@ async def response_events(
     *,
     stored: bool,
     failed: Callable[[dict[str, Any]], TurnOut],
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[ServerSentEventMessage]:
     """The Responses events of a running turn (``turn``, as it started), from its feed.
     ``failed`` makes the turn as it ended from a ``turn.failed`` event's data."""
     event = _Events()

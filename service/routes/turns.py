@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import HeaderParameter, JSONBody
-from litestar.response import Stream
+from litestar.response import ServerSentEvent
 
 from service.errors import Conflict, ServiceError
 from service.events import FINISHED, Position, parse_last_event_id
@@ -18,7 +17,6 @@ from service.routes.params import Caller, ConversationId, TurnId
 from service.schemas import Replayed, TurnCreate, TurnOut, TurnResult
 from service.turns import TurnRunner
 
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 LastEventId = Annotated[
     str | None,
     HeaderParameter(
@@ -28,10 +26,6 @@ LastEventId = Annotated[
         description="The id of the last event received: the stream resumes after it.",
     ),
 ]
-
-
-def event_stream(events: AsyncIterator[bytes]) -> Stream:
-    return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class TurnController(Controller):
@@ -85,14 +79,14 @@ class TurnController(Controller):
         async def run_streamed() -> Response[Any]:
             feed, _, _ = await turns.begin(principal, conversation_id, data, idempotency_key=key)
             started.append(feed.turn_id)
-            return event_stream(feed.follow())
+            return ServerSentEvent(feed.follow())
 
         async def replay_stream(stored: Any) -> Response[Any]:
             return await follow_stream(uuid.UUID(stored["stream_turn_id"]))
 
         async def follow_stream(turn_id: uuid.UUID) -> Response[Any]:
             turn = await state.store.get_turn(principal.tenant, conversation_id, turn_id)
-            return event_stream(turns.follow(turn, None))
+            return ServerSentEvent(turns.follow(turn, None))
 
         return await idempotent(
             request,
@@ -150,7 +144,7 @@ class TurnController(Controller):
         if after is FINISHED:
             return Response(None, status_code=204)  # EventSource stops reconnecting on 204
         assert after is None or isinstance(after, Position)
-        return event_stream(state.turns.follow(turn, after))
+        return ServerSentEvent(state.turns.follow(turn, after))
 
 
 __all__ = ["TurnController"]
