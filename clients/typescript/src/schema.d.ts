@@ -3945,7 +3945,10 @@ export interface operations {
     OpenaiV1ResponsesCreateResponse: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes a retried request return the first answer instead of acting twice. */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -4398,7 +4401,10 @@ export interface operations {
     OpenaiV1ConversationsCreateConversation: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes a retried request return the first answer instead of acting twice. */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -4451,6 +4457,25 @@ export interface operations {
                      *         "type": "authentication_error",
                      *         "param": null,
                      *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "A turn is already running in this conversation; wait for it to finish.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "turn_in_progress"
                      *       }
                      *     }
                      */
@@ -4575,7 +4600,10 @@ export interface operations {
                 /** @description Accepted; every item is complete already. */
                 include?: string[] | null;
             };
-            header?: never;
+            header?: {
+                /** @description Makes a retried request return the first answer instead of acting twice. */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A conversation id (`conv_…`). */
                 conversation_id: string;
