@@ -801,3 +801,32 @@ async def test_the_openapi_document_names_the_idempotency_key(http: httpx.AsyncC
         assert "409" in operation["responses"]
     update = paths["/openai/v1/conversations/{conversation_id}"]["post"]
     assert "Idempotency-Key" not in [p["name"] for p in update.get("parameters", [])]
+
+
+async def test_metadata_is_kept_with_the_response_and_never_sent_upstream(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    tags = {"ticket": "T-1", "lang": "en"}
+    made = await create(client, model="grok-4", input="Tagged", metadata=tags)
+    assert made.metadata == tags
+    assert "metadata" not in upstream.requests[-1]["body"]
+    assert (await retrieve(client, made.id)).metadata == tags
+    assert made.conversation is not None
+    conversation = await http.get(f"/v1/conversations/{uuid_of(made.conversation.id)}")
+    assert conversation.json()["metadata"] == {}  # the response's, not the conversation's
+    turn = await http.get(
+        f"/v1/conversations/{uuid_of(made.conversation.id)}/turns/{uuid_of(made.id)}"
+    )
+    assert turn.json()["params"]["response"]["metadata"] == tags
+    later = await create(client, model="grok-4", input="Untagged", previous_response_id=made.id)
+    assert later.metadata == {}
+    events = await sse(http, {"model": "grok-4", "input": "Streamed", "metadata": tags})
+    assert "metadata" not in upstream.requests[-1]["body"]
+    assert events[0]["response"]["metadata"] == events[-1]["response"]["metadata"] == tags
+    too_many = {f"k{i}": "v" for i in range(17)}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model="grok-4", input="x", metadata=too_many)
+    assert refused.value.param == "metadata"
+    paths = (await http.get("/schema/openapi.json")).json()["components"]["schemas"]
+    described = paths["ResponseCreate"]["properties"]["metadata"]["description"]
+    assert "Never sent upstream" in described

@@ -953,6 +953,7 @@ export interface components {
             presence_penalty?: number | null;
             frequency_penalty?: number | null;
             top_logprobs?: number | null;
+            /** @description Up to 16 pairs of strings (keys up to 64 characters, values up to 512), kept with the response and returned on it (create, GET, the streamed response objects). Never sent upstream: xAI's chat-completions API documents no metadata field. */
             metadata?: {
                 [key: string]: string;
             } | null;
