@@ -17,6 +17,10 @@ log = logging.getLogger("convstore")
 PROBLEM_JSON = "application/problem+json"
 
 
+# What every problem document holds besides an error's own extra members.
+_PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "instance"})
+
+
 class ServiceError(Exception):
     """An error the caller should see: ``status``, a machine-readable ``code`` and a detail."""
 
@@ -37,6 +41,14 @@ class ServiceError(Exception):
             self.code = code
         self.headers = headers or {}
         self.extra = extra
+
+    @classmethod
+    def from_problem(cls, problem: dict[str, Any]) -> ServiceError:
+        """The error a problem document (``problem()``) describes, to be raised again."""
+        extra = {k: v for k, v in problem.items() if k not in _PROBLEM_MEMBERS}
+        error = cls(str(problem.get("detail") or ""), code=str(problem.get("code")), **extra)
+        error.status = int(problem.get("status") or cls.status)
+        return error
 
     @property
     def title(self) -> str:

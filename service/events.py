@@ -100,26 +100,6 @@ def text_after(reasoning: str, content: str, position: Position) -> dict[str, st
     return delta
 
 
-def rebuilt(
-    started: Any,
-    reasoning: str,
-    content: str,
-    terminal: tuple[str, Any],
-    after: Position | None,
-) -> list[ServerSentEventMessage]:
-    """The events of an ended turn after ``after``, rebuilt from what is stored: the reply's
-    text as one delta, then the terminal event."""
-    events = []
-    if after is None:
-        events.append(sse("turn.started", started, STARTED_ID))
-        after = Position()
-    delta = text_after(reasoning, content, after)
-    if delta:
-        events.append(sse("message.delta", delta, Position(len(reasoning), len(content)).id))
-    events.append(sse(*terminal, END_ID))
-    return events
-
-
 class TurnFeed:
     """The events of one turn running in this process, kept so that followers can join (and
     rejoin) at any point and then follow live."""

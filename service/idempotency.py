@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, Response
 
 from service.errors import BadRequest, Conflict, ServiceError
-from service.schemas import ConversationOut
+from service.schemas import ConversationOut, TurnResult
 from service.store import OrphanedTurn, Principal
 from service.turns import TurnRunner
 
@@ -28,6 +28,8 @@ TTL_SECONDS = 24 * 3600
 ON_LOOP_BYTES = 1024 * 1024
 
 Answer = Response[Any]
+# The conversation a request acted on, from the request and (once it succeeded) its answer.
+ActedOn = Callable[[Request[Any, Any, Any], Answer | None], uuid.UUID | None]
 
 
 def fingerprint(request: Request[Any, Any, Any], body: bytes) -> str:
@@ -46,6 +48,17 @@ def acted(error: ServiceError) -> bool:
     return "turn_id" in error.extra
 
 
+def conversation_of(
+    request: Request[Any, Any, Any], answer: Answer | None = None
+) -> uuid.UUID | None:
+    """The conversation a request acted on (its path's) or made (its answer's), if any."""
+    named = request.path_params.get("conversation_id")
+    if isinstance(named, uuid.UUID):
+        return named
+    content = answer.content if answer is not None else None
+    return content.id if isinstance(content, ConversationOut) else None
+
+
 async def idempotent(
     request: Request[Any, Any, Any],
     principal: Principal,
@@ -55,6 +68,7 @@ async def idempotent(
     remember: Callable[[Answer], Any] | None = None,
     replay: Callable[[Any], Awaitable[Answer]] | None = None,
     recover: Callable[[uuid.UUID], Awaitable[Answer]] | None = None,
+    acted_on: ActedOn = conversation_of,
 ) -> Answer:
     """Run ``run`` once per Idempotency-Key; a repeat gets the stored answer.
 
@@ -62,6 +76,8 @@ async def idempotent(
     and a repeat gets what ``replay`` rebuilds from that. A turn whose server stopped before
     answering is answered by ``recover`` from the turn itself. The claim's lock is renewed
     while ``run`` runs, so a claim left by a server that stopped is free again within a lease.
+    A stored answer is kept with the conversation ``acted_on`` names (deleting the
+    conversation deletes it).
     """
     key = request.headers.get(HEADER)
     if key is None:
@@ -89,18 +105,21 @@ async def idempotent(
                     key,
                     error.status,
                     error.problem(instance=request.scope["path"]),
-                    conversation_of(request),
+                    acted_on(request, None),
                 )
             error.headers["idempotent-replayed"] = "true"
             raise
         answer.headers["idempotent-replayed"] = "true"
         return answer
     if stored is not None:
-        if replay is not None and stored.status < 400:
+        if stored.status >= 400:  # raised again, for the router to render in its own shape
+            failed = ServiceError.from_problem(stored.body)
+            failed.headers["idempotent-replayed"] = "true"
+            raise failed
+        if replay is not None:
             answer = await replay(stored.body)
         else:
-            media_type = "application/problem+json" if stored.status >= 400 else "application/json"
-            answer = Response(stored.body, status_code=stored.status, media_type=media_type)
+            answer = Response(stored.body, status_code=stored.status, media_type="application/json")
         answer.headers["idempotent-replayed"] = "true"
         return answer
     try:
@@ -113,7 +132,7 @@ async def idempotent(
                 key,
                 error.status,
                 error.problem(instance=request.scope["path"]),
-                conversation_of(request),
+                acted_on(request, None),
             )
         else:
             await store.release_idempotency_key(principal.tenant, key)
@@ -127,17 +146,46 @@ async def idempotent(
         key,
         answer.status_code or 200,
         stored_body,
-        conversation_of(request, answer),
+        acted_on(request, answer),
     )
     return answer
 
 
-def conversation_of(
-    request: Request[Any, Any, Any], answer: Answer | None = None
-) -> uuid.UUID | None:
-    """The conversation a request acted on (its path's) or made (its answer's), if any."""
-    named = request.path_params.get("conversation_id")
-    if isinstance(named, uuid.UUID):
-        return named
-    content = answer.content if answer is not None else None
-    return content.id if isinstance(content, ConversationOut) else None
+async def idempotent_stream(
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    runner: TurnRunner,
+    begin: Callable[[list[uuid.UUID]], Awaitable[Answer]],
+    follow: Callable[[uuid.UUID], Awaitable[Answer]],
+    *,
+    acted_on: ActedOn = conversation_of,
+) -> Answer:
+    """``idempotent`` for a streamed turn: ``begin`` starts it (adding its id to the list it
+    is given) and answers its stream; the key's answer is that turn, so a repeat, or a retry
+    after its server stopped, gets ``follow`` of it: its events again, live while it runs."""
+    started: list[uuid.UUID] = []
+    return await idempotent(
+        request,
+        principal,
+        runner,
+        lambda: begin(started),
+        remember=lambda _: {"stream_turn_id": str(started[0])},
+        replay=lambda stored: follow(uuid.UUID(stored["stream_turn_id"])),
+        recover=follow,
+        acted_on=acted_on,
+    )
+
+
+async def turn_result(runner: TurnRunner, turn_id: uuid.UUID) -> TurnResult:
+    """What the turn a key's request started answered, for a retry after its server stopped:
+    its result, or its error raised; 409 ``idempotency_key_in_use`` while it still runs."""
+    outcome = await runner.outcome(turn_id)
+    if outcome is None:
+        raise Conflict(
+            "The first request with this Idempotency-Key is still running; retry later.",
+            code="idempotency_key_in_use",
+            headers={"retry-after": str(max(1, round(runner.lease / 4)))},
+        )
+    if isinstance(outcome, ServiceError):
+        raise outcome
+    return outcome

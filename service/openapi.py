@@ -43,6 +43,12 @@ STRICT_BODIES = (
     "OpenAIItemsCreate",
 )
 OPENAI = "/openai/v1"
+# The creating POSTs of /openai/v1 that take an Idempotency-Key, as /v1's do.
+OPENAI_IDEMPOTENT = (
+    f"{OPENAI}/responses",
+    f"{OPENAI}/conversations",
+    f"{OPENAI}/conversations/{{conversation_id}}/items",
+)
 MESSAGES = ("SystemMessage", "UserMessage", "AssistantMessage", "ToolMessage")
 CODES = {
     400: ("bad_request", "`cursor` is not a cursor this API handed out."),
@@ -145,6 +151,8 @@ def _openai_statuses(path: str, method: str, operation: dict[str, Any]) -> set[i
         statuses.add(413)
     if method == "post" and path.endswith(("/responses", "/items")):
         statuses.add(409)  # a turn running in the conversation
+    if method == "post" and path in OPENAI_IDEMPOTENT:
+        statuses.add(409)  # an Idempotency-Key still in use
     if method == "delete" and "/responses/" in path:
         statuses.add(409)
     if method == "post" and path.endswith("/responses"):
@@ -238,10 +246,12 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             else:
                 for status in sorted(_statuses(path, method, operation)):
                     responses[str(status)] = problem(status)
-            if (
-                method == "post"
-                and path.startswith("/v1/conversations")
-                and ("{source}" not in path and not path.endswith("/fork"))
+            if method == "post" and (
+                path in OPENAI_IDEMPOTENT
+                or (
+                    path.startswith("/v1/conversations")
+                    and ("{source}" not in path and not path.endswith("/fork"))
+                )
             ):
                 operation.setdefault("parameters", []).append(IDEMPOTENCY_HEADER)
             _media_types(path, method, operation)

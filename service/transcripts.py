@@ -1,7 +1,8 @@
 """The JSON transcript (``convstore.transcript``): build, validate, import, render.
 
-A transcript holds a conversation, every message with every stored field, and its turns. Import
-of an export and export again give the same messages and conversation fields; only ids are new.
+A transcript holds a conversation, every message with every stored field, its turns and, if
+``compact`` made any, its context summaries. Import of an export and export again give the same
+messages, conversation fields and summaries; only ids are new.
 
 Version 2 is a tree: every message has its ``id`` and its ``parent_id`` (null for a first
 message), and the conversation its ``head_id``, the end of the active path; messages come after
@@ -173,7 +174,7 @@ def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str,
         turn["created_at"] = t.created_at
         turn["completed_at"] = t.completed_at
         turns.append(turn)
-    return {
+    transcript: dict[str, Any] = {
         "format": FORMAT,
         "version": TREE if tree else LINE,
         "exported_at": exported_at or datetime.now(UTC),
@@ -181,6 +182,26 @@ def build(rows: ExportRows, *, exported_at: datetime | None = None) -> dict[str,
         "messages": messages,
         "turns": turns,
     }
+    if rows.summaries:
+        transcript["summaries"] = _summaries(rows, tree=tree)
+    return transcript
+
+
+def _summaries(rows: ExportRows, *, tree: bool) -> list[dict[str, Any]]:
+    """The conversation's context summaries: each names the message it ends at by seq (in a
+    tree, by id too) and its summarising turn, if that turn is still there."""
+    turn_ids = {t.id for t in rows.turns}
+    summaries = []
+    for s in rows.summaries:
+        summary: dict[str, Any] = {"id": str(s.id)}
+        if tree:
+            summary["upto_id"] = str(s.upto_id)
+        summary.update(upto_seq=s.upto_seq, covers=s.covers, content=s.content, tokens=s.tokens)
+        if s.turn_id in turn_ids:
+            summary["turn_id"] = str(s.turn_id)
+        summary["created_at"] = s.created_at
+        summaries.append(summary)
+    return summaries
 
 
 def encode(transcript: dict[str, Any]) -> bytes:
@@ -248,6 +269,35 @@ def problems(data: Any) -> Iterator[Problem]:
     for index, message in enumerate(messages):
         if "turn_id" in message and message["turn_id"] not in known:
             yield Problem(f"$.messages[{index}].turn_id", "names no turn in `turns`")
+    yield from _bad_summaries(data, known)
+
+
+def _bad_summaries(data: dict[str, Any], turn_ids: set[Any]) -> Iterator[Problem]:
+    """Summaries that do not fit their transcript: a repeated id; an end that is no message
+    (in version 2, ``upto_seq`` not that message's seq); a covered range that is not within
+    1..``upto_seq``; a summarising turn that is not in ``turns``."""
+    messages = data["messages"]
+    seq_of = {m["id"]: m["seq"] for m in messages} if data["version"] == TREE else {}
+    seen: set[str] = set()
+    for index, summary in enumerate(data.get("summaries", [])):
+        where, upto = f"$.summaries[{index}]", summary["upto_seq"]
+        if summary["id"] in seen:
+            yield Problem(f"{where}.id", "summary ids must be unique")
+        seen.add(summary["id"])
+        if data["version"] == TREE:
+            seq = seq_of.get(summary["upto_id"])
+            if seq is None:
+                yield Problem(f"{where}.upto_id", "names no message")
+            elif seq != upto:
+                yield Problem(f"{where}.upto_seq", f"must be {seq}, the seq of `upto_id`")
+        elif upto > len(messages):
+            yield Problem(f"{where}.upto_seq", f"names no message (there are {len(messages)})")
+        for at, (first, last) in enumerate(summary["covers"]):
+            if not first <= last <= upto:
+                problem = "must be a range [first, last] of seqs, first <= last <= upto_seq"
+                yield Problem(f"{where}.covers[{at}]", problem)
+        if summary.get("turn_id") is not None and summary["turn_id"] not in turn_ids:
+            yield Problem(f"{where}.turn_id", "names no turn in `turns`")
 
 
 def _misplaced(data: dict[str, Any]) -> Iterator[Problem]:
@@ -362,6 +412,10 @@ def _bad_timestamps(data: dict[str, Any]) -> Iterator[Problem]:
             for i, t in enumerate(data.get("turns", []))
             for k in ("created_at", "completed_at")
         ),
+        (
+            (f"$.summaries[{i}].created_at", s.get("created_at"))
+            for i, s in enumerate(data.get("summaries", []))
+        ),
     )
     now = datetime.now(UTC)
     for path, value in places:
@@ -425,7 +479,8 @@ def prepare(data: Any, *, default_model: str) -> ImportRows:
 
 def to_rows(data: dict[str, Any], *, default_model: str) -> ImportRows:
     """The rows an import stores for a validated transcript: conversation, messages (each
-    with its transcript ``id`` and ``parent_id``), turns, and the transcript id of the head."""
+    with its transcript ``id`` and ``parent_id``), turns, the transcript id of the head, and
+    the context summaries (each naming the message it ends at by transcript id)."""
     now = datetime.now(UTC)
     c = data["conversation"]
     created = _timestamp(c.get("created_at"), now)
@@ -488,7 +543,19 @@ def to_rows(data: dict[str, Any], *, default_model: str) -> ImportRows:
                 else (turn_created if status != "completed" else None),
             }
         )
-    return ImportRows(conversation, messages, turns, head)
+    summaries = [
+        {
+            "id": s["id"],
+            "upto": s["upto_id"] if tree else s["upto_seq"],
+            "covers": s["covers"],
+            "content": s["content"],
+            "tokens": s["tokens"],
+            "turn_id": s.get("turn_id"),
+            "created_at": _timestamp(s.get("created_at"), created),
+        }
+        for s in data.get("summaries", [])
+    ]
+    return ImportRows(conversation, messages, turns, head, summaries)
 
 
 def active_path(transcript: dict[str, Any]) -> list[dict[str, Any]]:

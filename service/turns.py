@@ -36,7 +36,7 @@ from service.context import (
     summary_request,
 )
 from service.errors import Conflict, NotFound, ServiceError, database_unavailable
-from service.events import KEEPALIVE, KEEPALIVE_SECONDS, Position, TurnFeed, rebuilt
+from service.events import KEEPALIVE, KEEPALIVE_SECONDS, Position, TurnFeed, text_after
 from service.observability import observe_turn
 from service.ratelimit import TurnRateLimit
 from service.schemas import (
@@ -615,66 +615,59 @@ class TurnRunner:
     async def follow(
         self, turn: TurnOut, after: Position | None
     ) -> AsyncIterator[ServerSentEventMessage]:
-        """A turn's events after ``after`` (see ``service.events``): live if it runs in this
-        process; otherwise from the database, waiting (with keep-alives) while it runs
-        elsewhere, and marking it abandoned if its lease runs out meanwhile."""
-        feed = self.feeds.get(turn.id)
-        if feed is not None:
+        """A turn's events after ``after`` (see ``service.events``), from its ``feed``, with a
+        keep-alive comment while it runs in another process."""
+        async for feed in self.feed(turn):
+            if feed is None:
+                yield KEEPALIVE
+                continue
             async for event in feed.follow(after):
                 yield event
-            return
+
+    async def feed(self, turn: TurnOut) -> AsyncIterator[TurnFeed | None]:
+        """A turn's feed, yielded once: the live one if the turn runs in this process (or comes
+        to: an idempotent retry may land where it runs); otherwise, once it ended, one rebuilt
+        from the database. While it runs in another process, None every ``keepalive`` seconds
+        (time for a keep-alive), and the turn is marked abandoned if its lease runs out."""
         quiet_since = time.monotonic()
         settled: TurnOut | None = turn
-        while settled is not None and settled.status == "running":
+        while (feed := self.feeds.get(turn.id)) is None:
+            if settled is None or settled.status != "running":
+                yield await self.ended_feed(turn, settled)
+                return
             if time.monotonic() - quiet_since >= self.keepalive:
                 quiet_since = time.monotonic()
-                yield KEEPALIVE
+                yield None
             await asyncio.sleep(POLL_SECONDS)
-            feed = self.feeds.get(turn.id)
-            if feed is not None:  # an idempotent retry may land where the turn runs
-                async for event in feed.follow(after):
-                    yield event
-                return
             settled = await self.store.settled_turn(turn.id)
-        if settled is None:
-            error = NotFound("The conversation was deleted while the model was answering.")
-            for event in rebuilt(
-                {"turn": turn, "messages": []},
-                "",
-                "",
-                ("turn.failed", {**error.problem(), "turn_id": str(turn.id)}),
-                after,
-            ):
-                yield event
-            return
-        for event in await self.rebuild(settled, after):
-            yield event
+        yield feed
 
-    async def rebuild(self, turn: TurnOut, after: Position | None) -> list[ServerSentEventMessage]:
-        """The events of an ended turn after ``after``, from what is stored."""
-        started = {"turn": turn, "messages": []}
-        if turn.status == "completed" and turn.reply_id is not None:
-            reply = await self.store.get_message(turn.conversation_id, turn.reply_id)
+    async def ended_feed(self, turn: TurnOut, settled: TurnOut | None) -> TurnFeed:
+        """The feed of a turn that ended (``settled``, None if its conversation was deleted
+        meanwhile), rebuilt from what is stored: the reply's text as one delta, then the
+        terminal event."""
+        if settled is None:
+            feed = TurnFeed(turn.id, {"turn": turn, "messages": []})
+            gone = NotFound("The conversation was deleted while the model was answering.")
+            feed.end("turn.failed", {**gone.problem(), "turn_id": str(turn.id)})
+            return feed
+        feed = TurnFeed(settled.id, {"turn": settled, "messages": []})
+        if settled.status == "completed" and settled.reply_id is not None:
+            reply = await self.store.get_message(settled.conversation_id, settled.reply_id)
             if reply is not None:
                 content = reply.content if isinstance(reply.content, str) else ""
-                return rebuilt(
-                    started,
-                    reply.reasoning_content or "",
-                    content,
-                    ("turn.completed", {"turn": turn, "reply": reply}),
-                    after,
-                )
-        error = turn.error if isinstance(turn.error, dict) else {}
+                _add_text(feed, reply.reasoning_content, content)
+                feed.end("turn.completed", {"turn": settled, "reply": reply})
+                return feed
+        error = settled.error if isinstance(settled.error, dict) else {}
         kept = error.get("reply") or {}
-        partial_reasoning = error.get("partial_reasoning_content") or kept.get("reasoning_content")
-        partial_content = error.get("partial_content") or kept.get("content")
-        return rebuilt(
-            started,
-            partial_reasoning if isinstance(partial_reasoning, str) else "",
-            partial_content if isinstance(partial_content, str) else "",
-            ("turn.failed", failed_event(turn)),
-            after,
+        _add_text(
+            feed,
+            error.get("partial_reasoning_content") or kept.get("reasoning_content"),
+            error.get("partial_content") or kept.get("content"),
         )
+        feed.end("turn.failed", failed_event(settled))
+        return feed
 
     async def outcome(self, turn_id: uuid.UUID) -> TurnResult | ServiceError | None:
         """What a finished turn answered (its result, or its error); None while it runs."""
@@ -688,6 +681,17 @@ class TurnRunner:
             if reply is not None:
                 return TurnResult(turn=turn, reply=reply)
         return turn_error(turn.id, turn.error or {})
+
+
+def _add_text(feed: TurnFeed, reasoning: Any, content: Any) -> None:
+    """A stored reply's text (what of it is text) as one delta of ``feed``."""
+    delta = text_after(
+        reasoning if isinstance(reasoning, str) else "",
+        content if isinstance(content, str) else "",
+        Position(),
+    )
+    if delta:
+        feed.delta(delta)
 
 
 def _reply_fields(reply: Reply) -> dict[str, Any]:

@@ -158,6 +158,48 @@ async def test_search_sees_renamed_titles_and_forgets_deleted(
     assert await admin_ids(client, admin, q="appended") == []
 
 
+async def test_search_forgets_deleted_messages(
+    client: Client, alice: dict[str, str], admin: dict[str, str]
+) -> None:
+    """Deleting a message (and what lies below it) takes its words out of the text index: no
+    search finds the conversation by them any more, while its other messages still count."""
+    cid = await create(
+        client,
+        alice,
+        messages=[
+            {"role": "user", "content": "keep these words"},
+            {"role": "assistant", "content": [{"type": "text", "text": "zebra stripes"}]},
+            {"role": "user", "content": "giraffe spots"},
+        ],
+    )
+    other = await create(client, alice, messages=[{"role": "user", "content": "zebra crossing"}])
+    listed = await client.get(f"/v1/conversations/{cid}/messages", headers=alice)
+    second = listed.json()["data"][1]["id"]
+
+    async def tenant_ids(q: str) -> list[str]:
+        found = await client.get("/v1/conversations", params={"q": q}, headers=alice)
+        assert found.status_code == 200, found.text
+        return [c["id"] for c in found.json()["data"]]
+
+    assert set(await admin_ids(client, admin, q="zebra")) == {cid, other}
+    deleted = await client.delete(f"/v1/conversations/{cid}/messages/{second}", headers=alice)
+    assert deleted.status_code == 204, deleted.text
+    for q in ("zebra", "stripes", "giraffe"):
+        assert await admin_ids(client, admin, q=q) == ([other] if q == "zebra" else [])
+        assert await tenant_ids(q) == ([other] if q == "zebra" else [])
+    assert await admin_ids(client, admin, q="keep words") == [cid]
+    assert await tenant_ids("keep") == [cid]
+    # Words said again are found again.
+    again = await client.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"messages": [{"role": "user", "content": "giraffe again"}]},
+        headers=alice,
+    )
+    assert again.status_code == 201, again.text
+    assert await admin_ids(client, admin, q="giraffe") == [cid]
+    assert await admin_ids(client, admin, q="spots") == []
+
+
 async def test_detail_failed_filter_and_stats(
     client: Client,
     alice: dict[str, str],

@@ -12,9 +12,11 @@ import httpx
 import msgspec
 import openai
 import pytest
+from jsonschema import Draft202012Validator
 from live import LiveServer
 from test_turns import new_conversation, stored_messages, turn
 
+from service import transcripts
 from service.app import create_app
 from service.fake_upstream import FakeUpstream
 from service.settings import Settings, SettingsError
@@ -24,6 +26,7 @@ from service.web import context_text
 
 Client = httpx.AsyncClient
 WINDOW = 400  # the fake's window in these tests: a few dozen short messages
+TRANSCRIPT = Draft202012Validator(transcripts.schema())
 
 
 @pytest.fixture
@@ -528,3 +531,102 @@ async def test_a_first_turn_under_truncate_records_its_input(
     assert context["sent"] == [[1, 2]]
     assert context["dropped"] == []
     assert context["window"] == 256_000  # grok-4's
+
+
+@pytest.mark.parametrize("branched", [False, True], ids=["line", "tree"])
+async def test_summaries_survive_export_and_import(
+    client: Client, alice: dict[str, str], small: FakeUpstream, branched: bool
+) -> None:
+    """A transcript holds the conversation's summaries: imported, the conversation sends them
+    as the original does instead of summarising again. One without them (an older transcript)
+    still imports, and its conversation summarises again."""
+    cid = await new_conversation(
+        client,
+        alice,
+        messages=[{"role": "system", "content": "You are terse."}],
+        context={"strategy": "compact", "max_input_tokens": WINDOW},
+    )
+    for i in range(40):
+        before = small.calls
+        answered = await turn(
+            client, alice, cid, messages=[{"role": "user", "content": words(12, f"q{i}-")}]
+        )
+        assert answered.status_code == 201, answered.text
+        if small.calls == before + 2:  # the first compaction: a summarising call, the turn's
+            break
+    else:
+        pytest.fail("no compaction happened")
+    if branched:  # a sibling of the second message; the head stays on the main line
+        stored = await stored_messages(client, alice, cid)
+        aside = await client.post(
+            f"/v1/conversations/{cid}/messages",
+            json={"messages": [{"role": "user", "content": "aside"}], "parent_id": stored[0]["id"]},
+            headers=alice,
+        )
+        assert aside.status_code == 201, aside.text
+        back = await client.patch(
+            f"/v1/conversations/{cid}", json={"head_id": stored[-1]["id"]}, headers=alice
+        )
+        assert back.status_code == 200, back.text
+
+    original = (await client.get(f"/v1/conversations/{cid}/export", headers=alice)).json()
+    assert original["version"] == (2 if branched else 1)
+    assert list(TRANSCRIPT.iter_errors(original)) == []
+    (summary,) = original["summaries"]
+    (summarising,) = [t for t in original["turns"] if t["context"].get("purpose") == "compaction"]
+    assert summary["turn_id"] == summarising["id"]
+    assert summarising["context"]["summary_id"] == summary["id"]
+    assert summary["covers"] == summarising["context"]["summarised"]
+    sent_summary = sent_messages(small)[1]["content"]
+    assert sent_summary == f"Summary of the earlier conversation:\n{summary['content']}"
+
+    imported = await client.post("/v1/conversations/import", json=original, headers=alice)
+    assert imported.status_code == 201, imported.text
+    copy_id = imported.json()["id"]
+    copy = (await client.get(f"/v1/conversations/{copy_id}/export", headers=alice)).json()
+    (copied,) = copy["summaries"]
+    new_ids = ("id", "upto_id", "turn_id")
+    assert {k: v for k, v in copied.items() if k not in new_ids} == {
+        k: v for k, v in summary.items() if k not in new_ids
+    }
+    assert copied["id"] != summary["id"]
+    (copied_turn,) = [t for t in copy["turns"] if t["context"].get("purpose") == "compaction"]
+    assert copied["turn_id"] == copied_turn["id"] != summarising["id"]
+    assert copied_turn["context"]["summary_id"] == copied["id"]
+    if branched:
+        upto = {m["id"]: m for m in copy["messages"]}[copied["upto_id"]]
+        assert upto["seq"] == copied["upto_seq"]
+        was = {m["id"]: m for m in original["messages"]}[summary["upto_id"]]
+        assert upto["content"] == was["content"]
+
+    # The next turn of each: one upstream call, the same request, the summary in it.
+    question = [{"role": "user", "content": words(12, "next-")}]
+    before = small.calls
+    again = await turn(client, alice, cid, messages=question)
+    assert again.status_code == 201, again.text
+    sent = sent_messages(small)
+    moved_on = await turn(client, alice, copy_id, messages=question)
+    assert moved_on.status_code == 201, moved_on.text
+    assert small.calls == before + 2
+    assert sent_messages(small) == sent
+    assert sent[1]["content"] == sent_summary
+    context = moved_on.json()["turn"]["context"]
+    assert context["summary_id"] == copied["id"]
+    for field in ("summarised", "sent", "dropped"):
+        assert context[field] == again.json()["turn"]["context"][field]
+
+    older = {k: v for k, v in original.items() if k != "summaries"}
+    older["conversation"] = {**original["conversation"], "id": "an-older-export"}
+    assert list(TRANSCRIPT.iter_errors(older)) == []
+    imported = await client.post("/v1/conversations/import", json=older, headers=alice)
+    assert imported.status_code == 201, imported.text
+    assert (
+        "summaries"
+        not in (
+            await client.get(f"/v1/conversations/{imported.json()['id']}/export", headers=alice)
+        ).json()
+    )
+    before = small.calls
+    summarised_again = await turn(client, alice, imported.json()["id"], messages=question)
+    assert summarised_again.status_code == 201, summarised_again.text
+    assert small.calls == before + 2

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from strategies import contents
 
 from service.migrate import alembic_config, check, upgrade
-from service.store import make_engine
+from service.store import Deleter, Store, make_engine
+from service.store.filters import ConversationFilter
 from service.tables import branch_table, conversation_table, message_table, turn_table
 from service.tokens import estimate
 
@@ -306,3 +307,57 @@ def test_stored_messages_get_their_sizes_and_running_sums(database_url: str) -> 
         await conn.execute(text("DELETE FROM conversation"))
 
     _run(database_url, read)
+
+
+_BEFORE_SEARCH_FORGETS = "e4b7a9c2d5f6"  # context windows
+
+
+def test_messages_indexed_before_search_forgot_deletions_are_forgotten_now(
+    database_url: str,
+) -> None:
+    """Messages stored before the text index named its messages are indexed again by the
+    upgrade: deleting one afterwards takes its words out of search; the title and the other
+    messages are still found."""
+    config = alembic_config(database_url)
+    command.downgrade(config, _BEFORE_SEARCH_FORGETS)
+
+    async def with_store(work: Callable[[Store], Awaitable[Any]]) -> Any:
+        engine = make_engine(database_url, pool_size=1)
+        store = Store(engine)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+            await engine.dispose()
+
+    async def seed(store: Store) -> tuple[uuid.UUID, uuid.UUID]:
+        made, messages = await store.create_conversation(
+            "t",
+            title="menagerie",
+            model="grok-4",
+            params={},
+            metadata={},
+            messages=[
+                {"role": "user", "content": "keep these"},
+                {"role": "assistant", "content": "zebra stripes"},
+            ],
+        )
+        return made.id, messages[1].id
+
+    try:
+        cid, zebra = asyncio.run(with_store(seed))
+    finally:
+        command.upgrade(config, "head")
+
+    async def delete_then_search(store: Store) -> dict[str, list[uuid.UUID]]:
+        await store.delete_message("t", cid, zebra)
+        found = {}
+        for q in ("zebra", "stripes", "keep", "menagerie"):
+            filters = ConversationFilter(tenant="t", q=q, dialect=store.dialect)
+            page, _ = await store.list_conversations(filters, limit=10, cursor=None)
+            found[q] = [c.id for c in page]
+        await store.delete_conversation("t", cid, Deleter("tenant"))
+        return found
+
+    found = asyncio.run(with_store(delete_then_search))
+    assert found == {"zebra": [], "stripes": [], "keep": [cid], "menagerie": [cid]}

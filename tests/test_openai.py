@@ -5,14 +5,17 @@ is checked against the Open Responses specification's schemas (``tests/openrespo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
+import msgspec
 import openai
 import pydantic
 import pytest
@@ -21,7 +24,7 @@ from live import LiveServer
 from service.app import create_app
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
 from service.settings import Settings
-from service.store import Store
+from service.store import Reply, Store, TurnStart
 
 SPEC = json.loads((Path(__file__).parent / "openresponses" / "openapi.json").read_text())
 
@@ -96,8 +99,6 @@ async def sse(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, A
 
 def uuid_of(ident: str) -> str:
     """The convstore id behind an OpenAI-style id (``conv_<hex>``)."""
-    import uuid
-
     return str(uuid.UUID(hex=ident.split("_")[1][:32]))
 
 
@@ -510,3 +511,326 @@ async def test_an_agent_with_a_function_tool_over_a_conversations_session(
         assert sent[0] == {"role": "system", "content": "Answer with the weather."}
         assert [m["role"] for m in sent[1:]] == ["user", "assistant", "tool", "assistant", "user"]
     assert os.environ["OPENAI_AGENTS_DISABLE_TRACING"] == "1"
+
+
+# ---- Idempotency-Key ------------------------------------------------------------------------
+
+
+async def messages_of(http: httpx.AsyncClient, conversation: str) -> list[dict[str, Any]]:
+    page = await http.get(f"/v1/conversations/{uuid_of(conversation)}/messages?limit=100")
+    assert page.status_code == 200, page.text
+    data: list[dict[str, Any]] = page.json()["data"]
+    return data
+
+
+async def conversation_count(http: httpx.AsyncClient) -> int:
+    return len((await http.get("/v1/conversations")).json()["data"])
+
+
+async def test_an_idempotent_response_asks_the_model_once(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient, store: Store, upstream: FakeUpstream
+) -> None:
+    # The SDK sends no Idempotency-Key of its own for responses; a caller gives one.
+    once = {"Idempotency-Key": "resp-1"}
+    first = await client.responses.with_raw_response.create(
+        model="grok-4", input="Only once", extra_headers=once
+    )
+    again = await client.responses.with_raw_response.create(
+        model="grok-4", input="Only once", extra_headers=once
+    )
+    assert again.http_response.json() == first.http_response.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    conforms("ResponseResource", again.http_response.json())
+    assert upstream.calls == 1
+    made = first.parse()
+    assert made.conversation is not None
+    roles = [m["role"] for m in await messages_of(http, made.conversation.id)]
+    assert roles == ["user", "assistant"]
+    assert await conversation_count(http) == 1
+
+    # The same key with another body: refused in OpenAI's shape, and nothing is done.
+    with pytest.raises(openai.BadRequestError) as reused:
+        await client.responses.create(model="grok-4", input="Something else", extra_headers=once)
+    assert reused.value.code == "idempotency_key_reused"
+    assert upstream.calls == 1
+    assert await conversation_count(http) == 1
+
+    # Keys belong to the tenant: another tenant's same key is its own.
+    _, bob = await store.create_key("bob")
+    other = await http.post(
+        "/openai/v1/responses",
+        json={"model": "grok-4", "input": "Only once"},
+        headers={**once, "Authorization": f"Bearer {bob}"},
+    )
+    assert other.status_code == 200, other.text
+    assert other.json()["id"] != made.id
+    assert upstream.calls == 2
+
+    # A key continuing a conversation: one more exchange, however often it is sent.
+    follow = {"model": "grok-4", "input": "Then?", "previous_response_id": made.id}
+    answers = [
+        await http.post("/openai/v1/responses", json=follow, headers={"Idempotency-Key": "resp-2"})
+        for _ in range(2)
+    ]
+    assert answers[0].json() == answers[1].json()
+    assert upstream.calls == 3
+    assert len(await messages_of(http, made.conversation.id)) == 4
+
+
+async def test_an_idempotent_response_still_running_is_409(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.push_fault(Fault(kind="slow", delay=1))
+    once = {"Idempotency-Key": "slow-1"}
+    first = asyncio.create_task(
+        client.responses.create(model="grok-4", input="Take your time", extra_headers=once)
+    )
+    for _ in range(200):
+        if upstream.calls:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(openai.ConflictError) as running:
+        await client.responses.create(model="grok-4", input="Take your time", extra_headers=once)
+    assert running.value.code == "idempotency_key_in_use"
+    assert int(running.value.response.headers["retry-after"]) >= 1
+    assert set(running.value.response.json()["error"]) == {"message", "type", "param", "code"}
+    done = await first
+    assert done.status == "completed"
+    replayed = await client.responses.create(
+        model="grok-4", input="Take your time", extra_headers=once
+    )
+    assert replayed.id == done.id
+    assert upstream.calls == 1
+
+
+async def test_an_idempotent_failed_response_answers_its_error_again(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.push_fault(Fault(kind="status", status=400))
+    body = {"model": "grok-4", "input": "Doomed"}
+    once = {"Idempotency-Key": "doomed"}
+    first = await http.post("/openai/v1/responses", json=body, headers=once)
+    again = await http.post("/openai/v1/responses", json=body, headers=once)
+    assert first.status_code == again.status_code == 502
+    assert again.json() == first.json()
+    assert set(again.json()["error"]) == {"message", "type", "param", "code"}
+    assert again.json()["error"]["code"] == "upstream_error"
+    assert again.headers["content-type"] == "application/json"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert upstream.calls == 1
+    # The input stays, as for any failed turn; it was not sent twice.
+    listed = (await http.get("/v1/conversations")).json()["data"]
+    assert [c["message_count"] for c in listed] == [1]
+
+
+async def test_an_idempotent_streamed_response_is_streamed_again(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    body = {"model": "grok-3-mini", "input": "Stream once", "stream": True}
+    once = {"Idempotency-Key": "stream-1"}
+
+    async def events() -> list[dict[str, Any]]:
+        got = []
+        async with http.stream("POST", "/openai/v1/responses", json=body, headers=once) as sent:
+            assert sent.status_code == 200
+            async for line in sent.aiter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    conforms("StreamingEvent", event)
+                    got.append(event)
+        return got
+
+    first, again = await events(), await events()
+    assert upstream.calls == 1
+    assert first[-1]["type"] == again[-1]["type"] == "response.completed"
+    assert again[-1]["response"] == first[-1]["response"]
+    assert again[0]["response"]["id"] == first[0]["response"]["id"]
+
+    def text(stream: list[dict[str, Any]], kind: str) -> str:
+        return "".join(e["delta"] for e in stream if e["type"] == kind)
+
+    for kind in ("response.output_text.delta", "response.reasoning.delta"):
+        assert text(again, kind) == text(first, kind) != ""
+    conversation = first[-1]["response"]["conversation"]["id"]
+    assert len(await messages_of(http, conversation)) == 2
+
+
+async def test_an_idempotent_response_whose_server_stopped(
+    http: httpx.AsyncClient, store: Store, upstream: FakeUpstream
+) -> None:
+    """A key claimed by a server that stopped after its turn began: a retry answers that turn
+    (409 while it may still run; its outcome once it ended), never runs it again."""
+    made = (await http.post("/v1/conversations", json={})).json()["id"]
+    conversation = f"conv_{uuid.UUID(made).hex}"
+
+    async def orphan(key: str, body: dict[str, Any]) -> TurnStart:
+        canonical = msgspec.json.encode(body, order="sorted")
+        digest = hashlib.sha256(b"POST /openai/v1/responses\n" + canonical).hexdigest()
+        assert await store.claim_idempotency_key("alice", key, digest, lock=0, ttl=60) is None
+        return await store.begin_turn(
+            "alice",
+            uuid.UUID(made),
+            [{"role": "user", "content": body["input"]}],
+            model=None,
+            params=None,
+            stream=bool(body.get("stream")),
+            lease=60,
+            idempotency_key=key,
+        )
+
+    plain = {"model": "grok-4", "input": "Lost server", "conversation": conversation}
+    start = await orphan("lost-1", plain)
+    retried = await http.post(
+        "/openai/v1/responses", json=plain, headers={"Idempotency-Key": "lost-1"}
+    )
+    assert retried.status_code == 409, retried.text
+    assert retried.json()["error"]["code"] == "idempotency_key_in_use"
+    reply = Reply(content="answered elsewhere", model="grok-4", finish_reason="stop")
+    assert await store.complete_turn(start, reply, latency_ms=1, upstream_ms=1, attempts=1)
+    retried = await http.post(
+        "/openai/v1/responses", json=plain, headers={"Idempotency-Key": "lost-1"}
+    )
+    assert retried.status_code == 200, retried.text
+    assert retried.headers["idempotent-replayed"] == "true"
+    conforms("ResponseResource", retried.json())
+    assert retried.json()["id"] == f"resp_{start.turn.id.hex}"
+    assert retried.json()["output"][-1]["content"][0]["text"] == "answered elsewhere"
+
+    streamed = {
+        "model": "grok-4",
+        "input": "Lost stream",
+        "conversation": conversation,
+        "stream": True,
+    }
+    start = await orphan("lost-2", streamed)
+    reply = Reply(content="streamed elsewhere", model="grok-4", finish_reason="stop")
+    assert await store.complete_turn(start, reply, latency_ms=1, upstream_ms=1, attempts=1)
+    events = []
+    async with http.stream(
+        "POST", "/openai/v1/responses", json=streamed, headers={"Idempotency-Key": "lost-2"}
+    ) as sent:
+        assert sent.status_code == 200
+        async for line in sent.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    for event in events:
+        conforms("StreamingEvent", event)
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["id"] == f"resp_{start.turn.id.hex}"
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == "streamed elsewhere"
+    assert upstream.calls == 0
+
+
+async def test_idempotent_conversations_and_items(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    create = {
+        "items": [{"type": "message", "role": "user", "content": "hi"}],
+        "metadata": {"a": "1"},
+    }
+    made = [
+        await http.post("/openai/v1/conversations", json=create, headers={"Idempotency-Key": "c-1"})
+        for _ in range(2)
+    ]
+    assert made[0].json() == made[1].json()
+    assert made[1].headers["idempotent-replayed"] == "true"
+    assert await conversation_count(http) == 1
+    conversation = made[0].json()["id"]
+    items = {"items": [{"type": "message", "role": "assistant", "content": "hello"}]}
+    added = [
+        await client.conversations.items.with_raw_response.create(
+            conversation, extra_headers={"Idempotency-Key": "i-1"}, **items
+        )
+        for _ in range(2)
+    ]
+    assert added[0].http_response.json() == added[1].http_response.json()
+    assert [m["content"] for m in await messages_of(http, conversation)] == ["hi", "hello"]
+    reused = await http.post(
+        f"/openai/v1/conversations/{conversation}/items",
+        json={"items": [{"type": "message", "role": "assistant", "content": "other"}]},
+        headers={"Idempotency-Key": "i-1"},
+    )
+    assert reused.status_code == 400
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    # Deleting the conversation deletes the answers kept for its keys: the key acts anew.
+    await client.conversations.delete(conversation)
+    anew = await http.post(
+        "/openai/v1/conversations", json=create, headers={"Idempotency-Key": "c-1"}
+    )
+    assert anew.status_code == 200
+    assert "idempotent-replayed" not in anew.headers
+    assert anew.json()["id"] != conversation
+
+
+async def test_a_response_answer_kept_for_a_key_goes_with_its_conversation(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    body = {"model": "grok-4", "input": "Keep me"}
+    first = await http.post("/openai/v1/responses", json=body, headers={"Idempotency-Key": "k"})
+    conversation = first.json()["conversation"]["id"]
+    assert (await http.delete(f"/openai/v1/conversations/{conversation}")).status_code == 200
+    anew = await http.post("/openai/v1/responses", json=body, headers={"Idempotency-Key": "k"})
+    assert anew.status_code == 200
+    assert anew.json()["id"] != first.json()["id"]
+    assert upstream.calls == 2
+
+
+async def test_store_false_refuses_an_idempotency_key(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    refused = await http.post(
+        "/openai/v1/responses",
+        json={"model": "grok-4", "input": "Forget me", "store": False},
+        headers={"Idempotency-Key": "nothing-kept"},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "store"
+    assert upstream.calls == 0
+    # Nothing was claimed: the key serves a request that keeps its answer.
+    kept = await http.post(
+        "/openai/v1/responses",
+        json={"model": "grok-4", "input": "Forget me"},
+        headers={"Idempotency-Key": "nothing-kept"},
+    )
+    assert kept.status_code == 200, kept.text
+
+
+async def test_the_openapi_document_names_the_idempotency_key(http: httpx.AsyncClient) -> None:
+    paths = (await http.get("/schema/openapi.json")).json()["paths"]
+    for path in ("/responses", "/conversations", "/conversations/{conversation_id}/items"):
+        operation = paths[f"/openai/v1{path}"]["post"]
+        assert "Idempotency-Key" in [p["name"] for p in operation.get("parameters", [])], path
+        assert "409" in operation["responses"]
+    update = paths["/openai/v1/conversations/{conversation_id}"]["post"]
+    assert "Idempotency-Key" not in [p["name"] for p in update.get("parameters", [])]
+
+
+async def test_metadata_is_kept_with_the_response_and_never_sent_upstream(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    tags = {"ticket": "T-1", "lang": "en"}
+    made = await create(client, model="grok-4", input="Tagged", metadata=tags)
+    assert made.metadata == tags
+    assert "metadata" not in upstream.requests[-1]["body"]
+    assert (await retrieve(client, made.id)).metadata == tags
+    assert made.conversation is not None
+    conversation = await http.get(f"/v1/conversations/{uuid_of(made.conversation.id)}")
+    assert conversation.json()["metadata"] == {}  # the response's, not the conversation's
+    turn = await http.get(
+        f"/v1/conversations/{uuid_of(made.conversation.id)}/turns/{uuid_of(made.id)}"
+    )
+    assert turn.json()["params"]["response"]["metadata"] == tags
+    later = await create(client, model="grok-4", input="Untagged", previous_response_id=made.id)
+    assert later.metadata == {}
+    events = await sse(http, {"model": "grok-4", "input": "Streamed", "metadata": tags})
+    assert "metadata" not in upstream.requests[-1]["body"]
+    assert events[0]["response"]["metadata"] == events[-1]["response"]["metadata"] == tags
+    too_many = {f"k{i}": "v" for i in range(17)}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model="grok-4", input="x", metadata=too_many)
+    assert refused.value.param == "metadata"
+    paths = (await http.get("/schema/openapi.json")).json()["components"]["schemas"]
+    described = paths["ResponseCreate"]["properties"]["metadata"]["description"]
+    assert "Never sent upstream" in described

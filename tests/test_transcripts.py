@@ -170,6 +170,14 @@ def _tree(messages: list[dict[str, Any]], **conversation: Any) -> dict[str, Any]
     return {**_transcript(messages, **conversation), "version": 2}
 
 
+SUMMARY = {"id": "s1", "upto_seq": 1, "covers": [[1, 1]], "content": "They said hi.", "tokens": 9}
+
+
+def _summarised(transcript: dict[str, Any], **summary: Any) -> dict[str, Any]:
+    """The transcript with one context summary (``SUMMARY`` with the given fields)."""
+    return {**transcript, "summaries": [{**SUMMARY, **summary}]}
+
+
 @pytest.mark.parametrize(
     ("transcript", "where"),
     [
@@ -198,6 +206,29 @@ def _tree(messages: list[dict[str, Any]], **conversation: Any) -> dict[str, Any]
         (_tree([{**TREE, "seq": 2}]), "$.messages[0].seq"),
         (_tree([TREE], head_id="zz"), "$.conversation.head_id"),
         (_tree([{**TREE, "id": ""}]), "$.messages[0].id"),
+        # Context summaries.
+        (_summarised(_transcript([GOOD]), upto_id="a"), "$.summaries[0]"),
+        (_summarised(_tree([TREE])), "$.summaries[0]"),
+        (_summarised(_transcript([GOOD]), upto_seq=2), "$.summaries[0].upto_seq"),
+        (_summarised(_transcript([GOOD]), covers=[[1, 2]]), "$.summaries[0].covers[0]"),
+        (_summarised(_transcript([GOOD]), covers=[[1]]), "$.summaries[0].covers[0]"),
+        (_summarised(_transcript([GOOD]), turn_id="nope"), "$.summaries[0].turn_id"),
+        (_summarised(_transcript([GOOD]), content="a\u0000b"), "$.summaries[0].content"),
+        (_summarised(_transcript([GOOD]), created_at="soon"), "$.summaries[0].created_at"),
+        (_summarised(_tree([TREE]), upto_id="zz"), "$.summaries[0].upto_id"),
+        (
+            _summarised(
+                _tree([TREE, {**TREE, "id": "b", "parent_id": "a", "seq": 2}]),
+                upto_id="a",
+                upto_seq=2,
+            ),
+            "$.summaries[0].upto_seq",
+        ),
+        (
+            {**_transcript([GOOD]), "summaries": [SUMMARY, SUMMARY]},
+            "$.summaries[1].id",
+        ),
+        ({**_transcript([GOOD]), "summaries": [{"id": "s", "upto_seq": 1}]}, "$.summaries[0]"),
     ],
 )
 async def test_invalid_transcripts_say_what_and_where_and_store_nothing(
@@ -539,3 +570,34 @@ def test_the_schema_states_the_import_limits() -> None:
         defs["toolCall"]["properties"]["function"]["properties"]["arguments"],
     ):
         assert limited["maxLength"] == transcripts.MAX_IMPORT_CHARS
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_a_transcripts_summaries_import_and_export_again(
+    client: Client, alice: dict[str, str], version: int
+) -> None:
+    """A transcript with summaries (either version) fits the schema, imports, and exports with
+    them again: new ids, the same seqs, covered ranges, text and size."""
+    if version == 1:
+        given = _summarised(_transcript([GOOD, {**GOOD, "seq": 2, "content": "again"}]))
+    else:
+        second = {**TREE, "id": "b", "parent_id": "a", "seq": 2, "content": "again"}
+        given = _summarised(_tree([TREE, second], head_id="b"), upto_id="a")
+    given["summaries"][0]["created_at"] = "2026-01-02T03:04:05Z"
+    assert list(VALIDATOR.iter_errors(given)) == []
+    assert list(VALIDATOR.iter_errors({k: v for k, v in given.items() if k != "summaries"})) == []
+    imported = await client.post("/v1/conversations/import", json=given, headers=alice)
+    assert imported.status_code == 201, imported.text
+    exported = await export(client, alice, imported.json()["id"])
+    assert list(VALIDATOR.iter_errors(exported)) == []
+    (summary,) = exported["summaries"]
+    assert summary["id"] != "s1"
+    assert "turn_id" not in summary
+    assert (summary["upto_seq"], summary["covers"], summary["content"], summary["tokens"]) == (
+        1,
+        [[1, 1]],
+        "They said hi.",
+        9,
+    )
+    assert summary["created_at"].startswith("2026-01-02T03:04:05")
+    assert exported["messages"][0]["content"] == "hi"

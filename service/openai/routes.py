@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
-from litestar import Controller, Response, Router, delete, get, post
+from litestar import Controller, Request, Response, Router, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, PathParameter, QueryParameter
-from litestar.response import ServerSentEvent
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from msgspec import UNSET
 
 from service.errors import Conflict, NotFound
+from service.events import KEEPALIVE
+from service.idempotency import HEADER, idempotent, idempotent_stream, turn_result
 from service.observability import observe_deletions
 from service.openai.errors import OPENAI_EXCEPTION_HANDLERS
 from service.openai.shapes import (
@@ -76,6 +78,31 @@ def response_ident(value: str) -> uuid.UUID:
     return internal(value, ("resp",), "response")
 
 
+def acted_on(request: Request[Any, Any, Any], answer: Response[Any] | None) -> uuid.UUID | None:
+    """The conversation a request acted on (its path's) or made (its answer's), if any."""
+    named = request.path_params.get("conversation_id")
+    if isinstance(named, str):
+        return conversation_uuid(named)
+    content = answer.content if answer is not None else None
+    if isinstance(content, dict) and content.get("object") == "conversation":
+        return conversation_uuid(content["id"])
+    return None  # a response's: its turn ties the key to its conversation when it begins
+
+
+async def replayed_events(
+    runner: TurnRunner, turn: TurnOut
+) -> AsyncIterator[ServerSentEventMessage]:
+    """A stored response's events again, for a retried streamed request: live while its turn
+    runs in this process, else once it ended (keep-alives while it runs elsewhere)."""
+    async for feed in runner.feed(turn):
+        if feed is None:
+            yield KEEPALIVE
+            continue
+        begun: TurnOut = feed.started["turn"]
+        async for event in response_events(feed, begun, stored=True, failed=ended_as(begun)):
+            yield event
+
+
 def ended_as(turn: TurnOut) -> Callable[[dict[str, Any]], TurnOut]:
     """The turn as a ``turn.failed`` event's data tell it ended."""
 
@@ -101,12 +128,47 @@ class ResponseController(Controller):
         "of the Responses events (response.created … response.completed)",
     )
     async def create_response(
-        self, data: JSONBody[ResponseCreate], principal: Caller, state: State
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[ResponseCreate],
+        principal: Caller,
+        state: State,
     ) -> Response[dict[str, Any]]:
         """Continue after ``previous_response_id`` (any earlier response: an older one makes
         a branch), at the head of ``conversation``, or in a new conversation; ``instructions``
-        go first for this response only; ``store: false`` keeps nothing."""
-        return await create_response(data, principal, state.store, state.turns, state)
+        go first for this response only; ``store: false`` keeps nothing. With an
+        ``Idempotency-Key``, a retry gets the first answer (a streamed one: the same turn's
+        events) instead of asking the model again."""
+        store: Store = state.store
+        runner: TurnRunner = state.turns
+        key = request.headers.get(HEADER)
+        if key is not None and data.store is False:
+            raise invalid(
+                "`store: false` keeps nothing, so it cannot keep the answer an Idempotency-Key "
+                "would return; send one or the other.",
+                "store",
+            )
+
+        async def run(started: list[uuid.UUID] | None = None) -> Response[Any]:
+            return await create_response(
+                data, principal, store, runner, state, idempotency_key=key, started=started
+            )
+
+        if data.stream:
+
+            async def follow(turn_id: uuid.UUID) -> Response[Any]:
+                turn, _ = await store.response_turn(principal.tenant, turn_id)
+                return ServerSentEvent(replayed_events(runner, turn))
+
+            return await idempotent_stream(
+                request, principal, runner, run, follow, acted_on=acted_on
+            )
+
+        async def recover(turn_id: uuid.UUID) -> Response[Any]:
+            result = await turn_result(runner, turn_id)
+            return Response(response_resource(result.turn, result.reply, stored=True))
+
+        return await idempotent(request, principal, runner, run, recover=recover, acted_on=acted_on)
 
     @get("/{response_id:str}", summary="Get a response")
     async def get_response(
@@ -152,8 +214,16 @@ class ResponseController(Controller):
 
 
 async def create_response(
-    data: ResponseCreate, principal: Principal, store: Store, runner: TurnRunner, state: State
+    data: ResponseCreate,
+    principal: Principal,
+    store: Store,
+    runner: TurnRunner,
+    state: State,
+    *,
+    idempotency_key: str | None = None,
+    started: list[uuid.UUID] | None = None,
 ) -> Response[Any]:
+    """A response: its turn begun (its id added to ``started``) and answered, or streamed."""
     if data.previous_response_id is not None and data.conversation is not None:
         raise invalid(
             "Give `previous_response_id` or `conversation`, not both.", "previous_response_id"
@@ -210,7 +280,9 @@ async def create_response(
     )
     request.params = params  # set after validation: it holds the kept params, reserved for us
     try:
-        feed, task, _ = await runner.begin(principal, conversation, request)
+        feed, task, _ = await runner.begin(
+            principal, conversation, request, idempotency_key=idempotency_key
+        )
     except BaseException:
         if created:  # nothing was asked: the conversation made for it goes too
             await store.delete_conversation(
@@ -220,6 +292,8 @@ async def create_response(
             )
         raise
     turn: TurnOut = feed.started["turn"]
+    if started is not None:
+        started.append(turn.id)
     if stream:
         return ServerSentEvent(response_events(feed, turn, stored=True, failed=ended_as(turn)))
     # Shielded: a client that hangs up must not cancel a turn whose input is stored.
@@ -334,19 +408,29 @@ class ConversationController(Controller):
 
     @post("/", status_code=200, summary="Create a conversation, as OpenAI's Conversations API")
     async def create_conversation(
-        self, data: JSONBody[OpenAIConversationCreate], principal: Caller, state: State
-    ) -> dict[str, Any]:
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[OpenAIConversationCreate],
+        principal: Caller,
+        state: State,
+    ) -> Response[dict[str, Any]]:
         store: Store = state.store
         messages = input_messages(data.items or [], "items")
-        conversation, _ = await store.create_conversation(
-            principal.tenant,
-            title=None,
-            model=state.settings.default_model,
-            params={},
-            metadata=data.metadata or {},
-            messages=stored_messages(messages),
-        )
-        return conversation_object(conversation.id, conversation.created_at, conversation.metadata)
+
+        async def run() -> Response[Any]:
+            conversation, _ = await store.create_conversation(
+                principal.tenant,
+                title=None,
+                model=state.settings.default_model,
+                params={},
+                metadata=data.metadata or {},
+                messages=stored_messages(messages),
+            )
+            return Response(
+                conversation_object(conversation.id, conversation.created_at, conversation.metadata)
+            )
+
+        return await idempotent(request, principal, state.turns, run, acted_on=acted_on)
 
     @get("/{conversation_id:str}", summary="Get a conversation")
     async def get_conversation(
@@ -400,19 +484,25 @@ class ConversationController(Controller):
     )
     async def create_items(
         self,
+        request: Request[Any, Any, Any],
         conversation_id: ConversationId,
         data: JSONBody[OpenAIItemsCreate],
         principal: Caller,
         state: State,
         include: Include = None,
-    ) -> dict[str, Any]:
+    ) -> Response[dict[str, Any]]:
         messages = input_messages(data.items, "items")
         if not messages:
             raise invalid("Give at least one message, function call or function output.", "items")
-        appended = await state.store.append_messages(
-            principal.tenant, conversation_uuid(conversation_id), stored_messages(messages)
-        )
-        return item_list([item for m in appended for item in message_items(m)], False)
+        ident = conversation_uuid(conversation_id)
+
+        async def run() -> Response[Any]:
+            appended = await state.store.append_messages(
+                principal.tenant, ident, stored_messages(messages)
+            )
+            return Response(item_list([item for m in appended for item in message_items(m)], False))
+
+        return await idempotent(request, principal, state.turns, run, acted_on=acted_on)
 
     @get("/{conversation_id:str}/items/{item_id:str}", summary="Get an item")
     async def get_item(

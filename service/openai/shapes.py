@@ -44,6 +44,16 @@ Metadata = Annotated[
     ],
     Meta(max_length=16),
 ]
+# A response's metadata: kept with its turn and returned on it, never sent upstream (xAI
+# documents no metadata field for chat completions, so neither upstream API is sent one).
+ResponseMetadata = Annotated[
+    Metadata,
+    Meta(
+        description="Up to 16 pairs of strings (keys up to 64 characters, values up to 512), "
+        "kept with the response and returned on it (create, GET, the streamed response "
+        "objects). Never sent upstream: xAI's chat-completions API documents no metadata field."
+    ),
+]
 # What the caller may ask that convstore keeps or maps as it is.
 SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "parallel_tool_calls")
 
@@ -80,7 +90,7 @@ class ResponseCreate(Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     top_logprobs: int | None = None
-    metadata: Metadata | None = None
+    metadata: ResponseMetadata | None = None
     user: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None

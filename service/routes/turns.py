@@ -10,9 +10,8 @@ from litestar.datastructures import State
 from litestar.params import HeaderParameter, JSONBody
 from litestar.response import ServerSentEvent
 
-from service.errors import Conflict, ServiceError
 from service.events import FINISHED, Position, parse_last_event_id
-from service.idempotency import HEADER, idempotent
+from service.idempotency import HEADER, idempotent, idempotent_stream, turn_result
 from service.routes.params import Caller, ConversationId, TurnId
 from service.schemas import Replayed, TurnCreate, TurnOut, TurnResult
 from service.turns import TurnRunner
@@ -60,43 +59,20 @@ class TurnController(Controller):
                 return Response(result, status_code=201, headers={"server-timing": timing.header()})
 
             async def recover(turn_id: uuid.UUID) -> Response[Any]:
-                outcome = await turns.outcome(turn_id)
-                if outcome is None:
-                    raise Conflict(
-                        "The first request with this Idempotency-Key is still running; "
-                        "retry later.",
-                        code="idempotency_key_in_use",
-                        headers={"retry-after": str(max(1, round(turns.lease / 4)))},
-                    )
-                if isinstance(outcome, ServiceError):
-                    raise outcome
-                return Response(outcome, status_code=201)
+                return Response(await turn_result(turns, turn_id), status_code=201)
 
             return await idempotent(request, principal, turns, run, recover=recover)
 
-        started: list[uuid.UUID] = []
-
-        async def run_streamed() -> Response[Any]:
+        async def begin(started: list[uuid.UUID]) -> Response[Any]:
             feed, _, _ = await turns.begin(principal, conversation_id, data, idempotency_key=key)
             started.append(feed.turn_id)
             return ServerSentEvent(feed.follow())
 
-        async def replay_stream(stored: Any) -> Response[Any]:
-            return await follow_stream(uuid.UUID(stored["stream_turn_id"]))
-
-        async def follow_stream(turn_id: uuid.UUID) -> Response[Any]:
+        async def follow(turn_id: uuid.UUID) -> Response[Any]:
             turn = await state.store.get_turn(principal.tenant, conversation_id, turn_id)
             return ServerSentEvent(turns.follow(turn, None))
 
-        return await idempotent(
-            request,
-            principal,
-            turns,
-            run_streamed,
-            remember=lambda _: {"stream_turn_id": str(started[0])},
-            replay=replay_stream,
-            recover=follow_stream,
-        )
+        return await idempotent_stream(request, principal, turns, begin, follow)
 
     @post(
         "/{turn_id:uuid}/replay",

@@ -132,11 +132,13 @@ class KeyRecord:
 
 @dataclass(frozen=True, slots=True)
 class ExportRows:
-    """One conversation's rows for a transcript: the conversation, its messages, its turns."""
+    """One conversation's rows for a transcript: the conversation, its messages, its turns,
+    and the context summaries made of it (``compact``)."""
 
     conversation: Any
     messages: list[Any]
     turns: list[Any]
+    summaries: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +161,14 @@ class ImportRows:
     message and turn rows with their transcript's ids (the store gives new ids). Each message
     names its parent by transcript id (``parent_id``, None for a first message) and comes after
     it; ``head`` is the transcript id of the active path's last message (None: the last
-    message)."""
+    message). Each summary names the message it summarises up to by transcript id (``upto``),
+    its summarising turn by transcript id (``turn_id``), and keeps its own (``id``)."""
 
     conversation: dict[str, Any]
     messages: list[dict[str, Any]]
     turns: list[dict[str, Any]]
     head: Any = None
+    summaries: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

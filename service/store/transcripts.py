@@ -40,10 +40,11 @@ from service.store.records import (
     M,
     PathView,
     ReadBy,
+    S,
     T,
 )
 from service.store.retention import RetentionStore
-from service.tables import conversation_table, turn_table, utcnow, uuid7
+from service.tables import conversation_table, summary_table, turn_table, utcnow, uuid7
 
 log = logging.getLogger("convstore")
 _T = TypeVar("_T")
@@ -58,6 +59,17 @@ SQLITE_BATCH_PAUSE = 0.01
 # A conversation still being imported whose import wrote nothing for this long was left by a
 # process that stopped.
 ABANDONED_IMPORT = timedelta(hours=1)
+SUMMARY_COLUMNS = (
+    S.id,
+    S.conversation_id,
+    S.upto_id,
+    S.upto_seq,
+    S.covers,
+    S.content,
+    S.tokens,
+    S.turn_id,
+    S.created_at,
+)
 COPIED_MESSAGE_COLUMNS = tuple(
     c
     for c in MESSAGE_COLUMNS
@@ -190,7 +202,15 @@ class TranscriptStore(ConversationStore, RetentionStore):
         )
         for t in result:
             turns[t.conversation_id].append(t)
-        return [ExportRows(r, messages[r.id], turns[r.id]) for r in rows]
+        summaries: dict[uuid.UUID, list[Any]] = {i: [] for i in ids}
+        result = await conn.execute(
+            select(*SUMMARY_COLUMNS)
+            .where(S.conversation_id.in_(ids))
+            .order_by(S.conversation_id, S.upto_seq, S.created_at, S.id)
+        )
+        for s in result:
+            summaries[s.conversation_id].append(s)
+        return [ExportRows(r, messages[r.id], turns[r.id], summaries[r.id]) for r in rows]
 
     async def find_import(self, tenant: str, source_id: str) -> uuid.UUID | None:
         async with self._read() as conn:
@@ -242,6 +262,7 @@ class TranscriptStore(ConversationStore, RetentionStore):
                 )
             )
         tree = _Tree(conversation_id, turn_ids, now)
+        summary_ids = {s["id"]: uuid7() for s in rows.summaries}
         turns = (
             {
                 **t,
@@ -249,6 +270,7 @@ class TranscriptStore(ConversationStore, RetentionStore):
                 "conversation_id": conversation_id,
                 "reply_id": tree.replies.get((turn_ids[t["id"]], t.get("reply_seq"))),
                 "deadline_at": t.get("completed_at") or now,
+                "context": _remapped(t.get("context"), turn_ids, summary_ids),
             }
             for t in rows.turns
         )
@@ -260,13 +282,18 @@ class TranscriptStore(ConversationStore, RetentionStore):
                     await self._still_importing(conn, conversation_id)
                 if self.dialect == "sqlite":
                     await anyio.sleep(SQLITE_BATCH_PAUSE)
-            # After the messages: a turn names its reply's new id.
+            # After the messages: a turn names its reply's new id, a summary its last message's.
             for batch in _batches(turns):
                 async with self._write() as conn:
                     await conn.execute(insert(turn_table), batch)
                     await self._still_importing(conn, conversation_id)
                 if self.dialect == "sqlite":
                     await anyio.sleep(SQLITE_BATCH_PAUSE)
+            if rows.summaries:
+                async with self._write() as conn:
+                    await conn.execute(
+                        insert(summary_table), tree.summaries(rows.summaries, summary_ids)
+                    )
             top = tree.head(rows.head)
             async with self._write() as conn:
                 await conn.execute(
@@ -373,6 +400,20 @@ class TranscriptStore(ConversationStore, RetentionStore):
         return await self.get_conversation(tenant, new_id)
 
 
+def _remapped(
+    context: Any, turn_ids: dict[Any, uuid.UUID], summary_ids: dict[Any, uuid.UUID]
+) -> Any:
+    """A turn's context record with the turn and summary it names given their new ids."""
+    if not isinstance(context, dict):
+        return context
+    renamed = dict(context)
+    for name, ids in (("for_turn_id", turn_ids), ("summary_id", summary_ids)):
+        new = ids.get(renamed.get(name))
+        if new is not None:
+            renamed[name] = str(new)
+    return renamed
+
+
 class _Tree:
     """The rows of an imported tree, made a message at a time: each message placed after its
     parent as a new message would be (on its parent's branch while that branch has no message
@@ -411,6 +452,30 @@ class _Tree:
         if row["turn_id"] is not None:
             self.replies[(row["turn_id"], place.seq)] = row["id"]
         return branch, row
+
+    def summaries(
+        self, summaries: list[dict[str, Any]], ids: dict[Any, uuid.UUID]
+    ) -> list[dict[str, Any]]:
+        """The rows of the summaries, once every message is placed: each with its new id, the
+        new id of the message it summarises up to (and that message's seq), and its
+        summarising turn's new id."""
+        rows = []
+        for summary in summaries:
+            upto_id, _, upto_seq, _ = self.placed[summary["upto"]]
+            rows.append(
+                {
+                    "id": ids[summary["id"]],
+                    "conversation_id": self.conversation_id,
+                    "upto_id": upto_id,
+                    "upto_seq": upto_seq,
+                    "covers": summary["covers"],
+                    "content": summary["content"],
+                    "tokens": summary["tokens"],
+                    "turn_id": self.turn_ids.get(summary.get("turn_id")),
+                    "created_at": summary["created_at"],
+                }
+            )
+        return rows
 
     def head(self, ident: Any) -> dict[str, Any] | None:
         """The new id and seq of the message ``ident`` names (None: the last placed)."""

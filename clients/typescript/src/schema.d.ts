@@ -953,6 +953,7 @@ export interface components {
             presence_penalty?: number | null;
             frequency_penalty?: number | null;
             top_logprobs?: number | null;
+            /** @description Up to 16 pairs of strings (keys up to 64 characters, values up to 512), kept with the response and returned on it (create, GET, the streamed response objects). Never sent upstream: xAI's chat-completions API documents no metadata field. */
             metadata?: {
                 [key: string]: string;
             } | null;
@@ -1124,6 +1125,20 @@ export interface components {
             tokens_exact?: boolean;
             created_at?: components["schemas"]["Transcript_timestamp"];
         } & (unknown & unknown & unknown);
+        /** @description A summary the model made of a path's oldest messages, up to and including the message at upto_seq (in version 2, the message upto_id); any path through that message may send it instead of the messages it covers, which stay in messages. */
+        Transcript_summary: {
+            id: string;
+            upto_id?: components["schemas"]["Transcript_messageId"];
+            upto_seq: number;
+            /** @description The seq ranges [first, last] it summarises (a previous summary's among them), each within 1..upto_seq. */
+            covers: number[][];
+            content: string;
+            /** @description Its size as sent, in tokens. */
+            tokens: number;
+            /** @description The summarising turn, one of turns (its usage). */
+            turn_id?: string | null;
+            created_at?: components["schemas"]["Transcript_timestamp"];
+        };
         Transcript_turn: {
             id: string;
             /** @enum {unknown} */
@@ -1141,7 +1156,7 @@ export interface components {
         };
         /**
          * convstore transcript, versions 1 and 2
-         * @description One conversation with every stored message and turn, as exported by GET /v1/conversations/{id}/export and accepted by POST /v1/conversations/import. Version 1 is a line of messages (seq 1, 2, 3, ...). Version 2 is a tree: every message has an id and a parent_id (null for a first message) and comes after its parent, its seq is its position on its path, and conversation.head_id is the last message of the active path.
+         * @description One conversation with every stored message and turn, as exported by GET /v1/conversations/{id}/export and accepted by POST /v1/conversations/import. Version 1 is a line of messages (seq 1, 2, 3, ...). Version 2 is a tree: every message has an id and a parent_id (null for a first message) and comes after its parent, its seq is its position on its path, and conversation.head_id is the last message of the active path. Either version may hold the conversation's context summaries (summaries); a transcript without them imports as before.
          */
         Transcript: {
             /** @constant */
@@ -1154,7 +1169,9 @@ export interface components {
             /** @description At most 100,000 messages: the import limit. */
             messages: components["schemas"]["Transcript_message"][];
             turns?: components["schemas"]["Transcript_turn"][];
-        } & (unknown & unknown);
+            /** @description Optional: the context summaries made of the conversation under the compact strategy, so that an imported conversation sends them instead of summarising again. */
+            summaries?: components["schemas"]["Transcript_summary"][];
+        } & (unknown & unknown & unknown);
     };
     responses: never;
     parameters: never;
@@ -3945,7 +3962,10 @@ export interface operations {
     OpenaiV1ResponsesCreateResponse: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes a retried request return the first answer instead of acting twice. */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -4398,7 +4418,10 @@ export interface operations {
     OpenaiV1ConversationsCreateConversation: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes a retried request return the first answer instead of acting twice. */
+                "Idempotency-Key"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -4451,6 +4474,25 @@ export interface operations {
                      *         "type": "authentication_error",
                      *         "param": null,
                      *         "code": "unauthorized"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "A turn is already running in this conversation; wait for it to finish.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "turn_in_progress"
                      *       }
                      *     }
                      */
@@ -4575,7 +4617,10 @@ export interface operations {
                 /** @description Accepted; every item is complete already. */
                 include?: string[] | null;
             };
-            header?: never;
+            header?: {
+                /** @description Makes a retried request return the first answer instead of acting twice. */
+                "Idempotency-Key"?: string;
+            };
             path: {
                 /** @description A conversation id (`conv_…`). */
                 conversation_id: string;
