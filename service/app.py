@@ -16,7 +16,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.auth import KeyCache, provide_admin, provide_principal
+from service.auth import KeyCache, authenticate, provide_admin, provide_principal
 from service.errors import EXCEPTION_HANDLERS
 from service.events import KEEPALIVE_SECONDS
 from service.imports import Importer
@@ -156,6 +156,7 @@ def create_app(
             ready,
             metrics,
         ],
+        guards=[authenticate],
         dependencies={
             "principal": Provide(provide_principal),
             "admin": Provide(provide_admin),
