@@ -17,6 +17,7 @@ from litestar.template.config import TemplateConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth import KeyCache, authenticate, provide_admin, provide_principal
+from service.bodies import StrictBody
 from service.errors import EXCEPTION_HANDLERS
 from service.events import KEEPALIVE_SECONDS
 from service.imports import Importer
@@ -162,6 +163,8 @@ def create_app(
             "admin": Provide(provide_admin),
         },
         lifespan=[lifespan],
+        # Every route's body is decoded strictly into the type its handler declares.
+        dto=StrictBody,
         # The service logs its own JSON lines (configure_logging); Litestar's default config
         # would add a root handler that prints every library's INFO lines as plain text.
         logging_config=None,
