@@ -16,7 +16,8 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.auth import KeyCache, provide_admin, provide_principal
+from service.auth import KeyCache, authenticate, provide_admin, provide_principal
+from service.bodies import StrictBody
 from service.errors import EXCEPTION_HANDLERS
 from service.events import KEEPALIVE_SECONDS
 from service.imports import Importer
@@ -156,11 +157,14 @@ def create_app(
             ready,
             metrics,
         ],
+        guards=[authenticate],
         dependencies={
             "principal": Provide(provide_principal),
             "admin": Provide(provide_admin),
         },
         lifespan=[lifespan],
+        # Every route's body is decoded strictly into the type its handler declares.
+        dto=StrictBody,
         # The service logs its own JSON lines (configure_logging); Litestar's default config
         # would add a root handler that prints every library's INFO lines as plain text.
         logging_config=None,

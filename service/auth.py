@@ -8,14 +8,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from litestar import Request
-from litestar.datastructures import State
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 
 from service.errors import Forbidden, Unauthorized
 from service.store import Principal, Store
 
 CACHE_TTL = 5.0
 CACHE_MAX = 10_000
+# Where a request keeps its caller once looked up (its own state, not the app's).
+_PRINCIPAL = "principal"
 
 
 class KeyCache:
@@ -44,8 +46,8 @@ def bearer_token(authorization: str) -> str | None:
     return key if scheme.lower() == "bearer" and key else None
 
 
-def bearer_key(request: Request[Any, Any, Any]) -> str:
-    key = bearer_token(request.headers.get("authorization", ""))
+def bearer_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    key = bearer_token(connection.headers.get("authorization", ""))
     if key is None:
         raise Unauthorized(
             "Send an API key as `Authorization: Bearer <key>`.",
@@ -54,21 +56,39 @@ def bearer_key(request: Request[Any, Any, Any]) -> str:
     return key
 
 
-async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
-    """The caller behind the request's bearer key; 401 if there is none or it is not valid."""
-    key = bearer_key(request)
-    cache: KeyCache = state.key_cache
-    principal = await cache.principal(state.store, key)
+async def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The caller behind the request's bearer key (looked up once per request); 401 if there
+    is none or it is not valid."""
+    principal: Principal | None = request.state.get(_PRINCIPAL)
     if principal is None:
-        raise Unauthorized(
-            "This API key is unknown or revoked.", headers={"www-authenticate": "Bearer"}
-        )
+        state = request.app.state
+        cache: KeyCache = state.key_cache
+        principal = await cache.principal(state.store, bearer_key(request))
+        if principal is None:
+            raise Unauthorized(
+                "This API key is unknown or revoked.", headers={"www-authenticate": "Bearer"}
+            )
+        request.state[_PRINCIPAL] = principal
     return principal
 
 
-async def provide_admin(request: Request[Any, Any, Any], state: State) -> Principal:
+async def provide_admin(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """Like ``provide_principal``, and 403 unless the key is an admin key."""
-    principal = await provide_principal(request, state)
+    principal = await provide_principal(request)
     if not principal.is_admin:
         raise Forbidden("This route needs an admin key.")
     return principal
+
+
+async def authenticate(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """The guard of every route: a handler that asks for the caller (``principal``) or an admin
+    (``admin``) has the key checked before anything else. Litestar reads and decodes the body
+    before it resolves dependencies, so without this a request with no valid key and a bad
+    body would be told about its body (422) rather than its key (401, or 403)."""
+    asks = handler.parsed_fn_signature.parameters
+    if "admin" in asks:
+        await provide_admin(connection)
+    elif "principal" in asks:
+        await provide_principal(connection)

@@ -190,8 +190,8 @@ def _check_object(name: str, value: dict[str, Any]) -> None:
 
 # An instant with its time zone (a time without one could mean anywhere's).
 Instant = Annotated[datetime, Meta(tz=True)]
-# An instant in a request body: a string (RFC 3339, with its offset), read by ``instant``.
-# Litestar converts request bodies laxly, and would take a number for a datetime (a Unix time).
+# An instant in a request body: a string (RFC 3339, with its offset) of the form its pattern
+# shows in the OpenAPI document, read by ``instant``.
 InstantText = Annotated[
     str,
     Meta(
