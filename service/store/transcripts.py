@@ -353,8 +353,6 @@ class TranscriptStore(ConversationStore, RetentionStore):
                         C.end_user,
                         C.message_count,
                         C.head_id,
-                        C.message_count,
-                        C.head_id,
                         C.context,
                     ).where(C.id == conversation_id, C.tenant == tenant)
                 )
