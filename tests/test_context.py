@@ -533,13 +533,8 @@ async def test_a_first_turn_under_truncate_records_its_input(
     assert context["window"] == 256_000  # grok-4's
 
 
-@pytest.mark.parametrize("branched", [False, True], ids=["line", "tree"])
-async def test_summaries_survive_export_and_import(
-    client: Client, alice: dict[str, str], small: FakeUpstream, branched: bool
-) -> None:
-    """A transcript holds the conversation's summaries: imported, the conversation sends them
-    as the original does instead of summarising again. One without them (an older transcript)
-    still imports, and its conversation summarises again."""
+async def compacted_conversation(client: Client, alice: dict[str, str], small: FakeUpstream) -> str:
+    """A conversation under ``compact`` whose turns went on until the first compaction."""
     cid = await new_conversation(
         client,
         alice,
@@ -556,6 +551,34 @@ async def test_summaries_survive_export_and_import(
             break
     else:
         pytest.fail("no compaction happened")
+    return cid
+
+
+async def next_turns_alike(
+    client: Client, alice: dict[str, str], small: FakeUpstream, cid: str, other_id: str
+) -> tuple[httpx.Response, httpx.Response, list[dict[str, Any]]]:
+    """The same next turn on ``cid`` and on ``other_id`` (a copy of it): one upstream call
+    each, with the same messages. Both answers, and the messages sent."""
+    question = [{"role": "user", "content": words(12, "next-")}]
+    before = small.calls
+    again = await turn(client, alice, cid, messages=question)
+    assert again.status_code == 201, again.text
+    sent = sent_messages(small)
+    moved_on = await turn(client, alice, other_id, messages=question)
+    assert moved_on.status_code == 201, moved_on.text
+    assert small.calls == before + 2
+    assert sent_messages(small) == sent
+    return again, moved_on, sent
+
+
+@pytest.mark.parametrize("branched", [False, True], ids=["line", "tree"])
+async def test_summaries_survive_export_and_import(
+    client: Client, alice: dict[str, str], small: FakeUpstream, branched: bool
+) -> None:
+    """A transcript holds the conversation's summaries: imported, the conversation sends them
+    as the original does instead of summarising again. One without them (an older transcript)
+    still imports, and its conversation summarises again."""
+    cid = await compacted_conversation(client, alice, small)
     if branched:  # a sibling of the second message; the head stays on the main line
         stored = await stored_messages(client, alice, cid)
         aside = await client.post(
@@ -600,15 +623,7 @@ async def test_summaries_survive_export_and_import(
         assert upto["content"] == was["content"]
 
     # The next turn of each: one upstream call, the same request, the summary in it.
-    question = [{"role": "user", "content": words(12, "next-")}]
-    before = small.calls
-    again = await turn(client, alice, cid, messages=question)
-    assert again.status_code == 201, again.text
-    sent = sent_messages(small)
-    moved_on = await turn(client, alice, copy_id, messages=question)
-    assert moved_on.status_code == 201, moved_on.text
-    assert small.calls == before + 2
-    assert sent_messages(small) == sent
+    again, moved_on, sent = await next_turns_alike(client, alice, small, cid, copy_id)
     assert sent[1]["content"] == sent_summary
     context = moved_on.json()["turn"]["context"]
     assert context["summary_id"] == copied["id"]
@@ -627,6 +642,42 @@ async def test_summaries_survive_export_and_import(
         ).json()
     )
     before = small.calls
+    question = [{"role": "user", "content": words(12, "next-")}]
     summarised_again = await turn(client, alice, imported.json()["id"], messages=question)
     assert summarised_again.status_code == 201, summarised_again.text
     assert small.calls == before + 2
+
+
+async def test_a_fork_keeps_the_summaries_of_what_it_copies(
+    client: Client, alice: dict[str, str], small: FakeUpstream
+) -> None:
+    """A fork copies the summaries made up to the messages it copies: its next turn sends the
+    summary as the source's does, without summarising again. A fork that stops before a
+    summary's last message has none of it."""
+    cid = await compacted_conversation(client, alice, small)
+    (summary,) = (await client.get(f"/v1/conversations/{cid}/export", headers=alice)).json()[
+        "summaries"
+    ]
+
+    forked = await client.post(f"/v1/conversations/{cid}/fork", json={}, headers=alice)
+    assert forked.status_code == 201, forked.text
+    fork_id = forked.json()["id"]
+    copy = (await client.get(f"/v1/conversations/{fork_id}/export", headers=alice)).json()
+    assert list(TRANSCRIPT.iter_errors(copy)) == []
+    (copied,) = copy["summaries"]
+    assert copied["id"] != summary["id"]
+    assert copied.get("turn_id") is None  # the summarising turn stays with the source
+    assert {k: copied[k] for k in ("upto_seq", "covers", "content", "tokens")} == {
+        k: summary[k] for k in ("upto_seq", "covers", "content", "tokens")
+    }
+    _, moved_on, _ = await next_turns_alike(client, alice, small, cid, fork_id)
+    assert moved_on.json()["turn"]["context"]["summary_id"] == copied["id"]
+
+    short = await client.post(
+        f"/v1/conversations/{cid}/fork",
+        json={"through_seq": summary["upto_seq"] - 1},
+        headers=alice,
+    )
+    assert short.status_code == 201, short.text
+    cut = await client.get(f"/v1/conversations/{short.json()['id']}/export", headers=alice)
+    assert cut.json().get("summaries", []) == []

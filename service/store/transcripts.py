@@ -339,7 +339,7 @@ class TranscriptStore(ConversationStore, RetentionStore):
         self, tenant: str, conversation_id: uuid.UUID, through_seq: int | None
     ) -> ConversationOut:
         """A new conversation holding a copy of messages 1..``through_seq`` (default: all) of
-        the active path."""
+        the active path, and of the context summaries made up to one of them."""
         now = utcnow()
         new_id = uuid7()
         async with self._write() as conn:
@@ -365,15 +365,30 @@ class TranscriptStore(ConversationStore, RetentionStore):
                     f"`through_seq` is {through_seq}, but the conversation has only "
                     f"{source.message_count} messages."
                 )
-            copied = []
+            copied: list[dict[str, Any]] = []
+            summaries: Sequence[Any] = []
             if count and source.head_id is not None:
+                on_path = {"head_id": source.head_id}
                 copied = [
                     dict(row._mapping)
                     for row in await conn.execute(
                         path(*COPIED_MESSAGE_COLUMNS).where(M.seq <= count).order_by(M.seq),
-                        {"head_id": source.head_id},
+                        on_path,
                     )
                 ]
+                # The summaries of the copied part of the path: its seqs stay as they were.
+                summaries = (
+                    await conn.execute(
+                        select(*SUMMARY_COLUMNS)
+                        .where(
+                            S.conversation_id == conversation_id,
+                            S.upto_seq <= count,
+                            S.upto_id.in_(path(M.id).where(M.seq <= count)),
+                        )
+                        .order_by(S.upto_seq, S.id),
+                        on_path,
+                    )
+                ).all()
             place = place_after(new_id, None, continues=False, siblings=0)
             rows = message_rows(place, copied, now)
             await conn.execute(
@@ -395,6 +410,22 @@ class TranscriptStore(ConversationStore, RetentionStore):
                 )
             )
             await conn.run_sync(insert_messages, place, rows)
+            if summaries:
+                # Each a copy, made up to the copy of its message; the turn that wrote it
+                # stays with the source conversation.
+                await conn.execute(
+                    insert(summary_table),
+                    [
+                        {
+                            **summary._mapping,
+                            "id": uuid7(),
+                            "conversation_id": new_id,
+                            "upto_id": rows[summary.upto_seq - 1]["id"],
+                            "turn_id": None,
+                        }
+                        for summary in summaries
+                    ],
+                )
         return await self.get_conversation(tenant, new_id)
 
 
