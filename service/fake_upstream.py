@@ -36,8 +36,9 @@ In-process use (tests)::
         fake.requests[-1]["body"], fake.requests[-1]["headers"]["x-grok-conv-id"]
 
 Control routes (no auth): ``POST /_fake/faults`` (a ``Fault`` as JSON), ``GET /_fake/faults``,
-``DELETE /_fake/faults`` (same as ``FakeUpstream.clear``), ``GET /_fake/requests``
-(``{"calls": N, "requests": [...]}``) and ``GET /_fake/health``.
+``DELETE /_fake/faults`` (same as ``FakeUpstream.clear``), ``POST /_fake/release`` (same as
+``FakeUpstream.release``), ``GET /_fake/requests`` (``{"calls": N, "requests": [...]}``) and
+``GET /_fake/health``.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ class Fault(msgspec.Struct):
       a ``Retry-After`` header.
     - ``garbage``: 200 with a body (or SSE stream) that is not valid JSON.
     - ``hang``: wait ``delay`` seconds (``HANG_DEFAULT`` if 0) before answering normally. The
-      wait ends early if the client disconnects or the server stops.
+      wait ends early if the client disconnects or the server stops, and ``release`` ends it
+      with the normal answer (a test holds a request this way for as long as it needs).
     - ``drop_stream``: a stream is cut after ``after_chunks`` content chunks, without a finish
       chunk or ``[DONE]``; a non-stream reply is cut half-way through its body.
     - ``no_usage``: a stream without the usage chunk even if ``include_usage`` was asked for.
@@ -948,6 +950,8 @@ class FakeUpstream:
         self._faults: deque[list[Any]] = deque()  # [fault, uses left]
         self._lock = threading.Lock()
         self._aborts: set[asyncio.Future[None]] = set()  # pending pauses, ended by stop()
+        self._holds: set[asyncio.Future[None]] = set()  # pending hangs, ended by release()
+        self._released = False  # hangs pass at once, from release() to the next hang pushed
         self._stopping = False
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -964,6 +968,18 @@ class FakeUpstream:
         """Queue ``fault`` behind any pending ones; it applies to ``fault.times`` requests."""
         with self._lock:
             self._faults.append([fault, fault.times])
+            if fault.kind == "hang":
+                self._released = False
+
+    def release(self) -> None:
+        """End every pending ``hang`` with the normal answer, and let the hangs that come later
+        pass at once until another ``hang`` fault is pushed."""
+        with self._lock:
+            self._released = True
+            holds = list(self._holds)
+        for future in holds:
+            with contextlib.suppress(RuntimeError):  # its loop may already be closed
+                future.get_loop().call_soon_threadsafe(_resolve, future)
 
     def pending_faults(self) -> list[Fault]:
         """The faults not yet used up, in the order they will apply."""
@@ -1070,21 +1086,31 @@ class FakeUpstream:
     ) -> None:
         self.stop()
 
-    async def _pause(self, seconds: float, exchange: _Exchange) -> bool:
-        """Wait ``seconds``; False if the client left or the server is stopping meanwhile."""
+    async def _pause(self, seconds: float, exchange: _Exchange, *, hold: bool = False) -> bool:
+        """Wait ``seconds`` (with ``hold``, or until ``release``); False if the client left or
+        the server is stopping meanwhile."""
         watch = exchange.watcher()
         if seconds <= 0:
             return not watch.done()
-        abort: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        abort: asyncio.Future[None] = loop.create_future()
+        held: asyncio.Future[None] = loop.create_future()
         with self._lock:
             if self._stopping:
                 return False
+            if hold and self._released:
+                return not watch.done()
             self._aborts.add(abort)
+            if hold:
+                self._holds.add(held)
         try:
-            await asyncio.wait((watch, abort), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (watch, abort, held), timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             with self._lock:
                 self._aborts.discard(abort)
+                self._holds.discard(held)
         return not (watch.done() or abort.done())
 
     # -- ASGI ----------------------------------------------------------------------------------
@@ -1179,7 +1205,7 @@ class FakeUpstream:
             if fault.kind == "garbage":
                 return await _garbage(exchange, stream)
             if fault.kind == "hang" and not await self._pause(
-                fault.delay or HANG_DEFAULT, exchange
+                fault.delay or HANG_DEFAULT, exchange, hold=True
             ):
                 return await self._aborted(exchange)
         _require_json(headers)
@@ -1338,6 +1364,11 @@ class FakeUpstream:
             if method == "GET":
                 return await exchange.respond(200, msgspec.json.encode(self.pending_faults()))
             return await _not_allowed(exchange, b"GET, POST, DELETE")
+        if path == "/_fake/release":
+            if method != "POST":
+                return await _not_allowed(exchange, b"POST")
+            self.release()
+            return await exchange.respond(200, b'{"released":true}')
         raise _Problem(404, "Some requested entity was not found", "No handler found on route.")
 
 

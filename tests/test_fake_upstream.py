@@ -689,6 +689,29 @@ def test_short_hang_then_answers(client: httpx.Client, fake: FakeUpstream) -> No
     assert time.monotonic() - started >= 0.3
 
 
+def test_release_ends_a_hang_with_the_normal_answer(
+    client: httpx.Client, fake: FakeUpstream
+) -> None:
+    fake.push_fault(Fault(kind="hang", delay=3600, times=2))
+    outcome: dict[str, httpx.Response] = {}
+    caller = threading.Thread(target=lambda: outcome.setdefault("held", chat(client)))
+    caller.start()
+    time.sleep(0.3)
+    assert caller.is_alive()  # held
+    root = fake.base_url.removesuffix("/v1")
+    assert httpx.post(root + "/_fake/release").json() == {"released": True}
+    caller.join(5)
+    assert not caller.is_alive()
+    assert outcome["held"].status_code == 200
+    assert outcome["held"].json()["choices"][0]["message"]["content"]
+    # Released until the next hang is pushed: the fault's second use passes at once.
+    assert chat(client).status_code == 200
+    fake.push_fault(Fault(kind="hang"))
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/chat/completions", json={"model": "grok-3", "messages": HISTORY}, timeout=0.3)
+    assert httpx.get(root + "/_fake/release").status_code == 405
+
+
 def test_stop_ends_a_hang_at_once() -> None:
     fake = FakeUpstream(api_keys=[KEY])
     url = fake.start()

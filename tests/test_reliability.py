@@ -55,7 +55,7 @@ async def test_turn_or_append_while_a_turn_runs_is_409_without_side_effects(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
     cid = await new_conversation(client, alice)
-    upstream.push_fault(Fault(kind="slow", delay=0.6))
+    upstream.push_fault(Fault(kind="hang"))
     first = asyncio.create_task(
         client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice)
     )
@@ -78,6 +78,7 @@ async def test_turn_or_append_while_a_turn_runs_is_409_without_side_effects(
     )
     assert appended.status_code == 409
     assert appended.json()["code"] == "turn_in_progress"
+    upstream.release()
     done = await first
     assert done.status_code == 201, done.text
     stored = await messages_of(client, alice, cid)
@@ -143,7 +144,7 @@ async def test_idempotent_duplicate_while_running_is_409(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
     cid = await new_conversation(client, alice)
-    upstream.push_fault(Fault(kind="slow", delay=0.5))
+    upstream.push_fault(Fault(kind="hang"))
     headers = {**alice, "Idempotency-Key": "slow-1"}
     first = asyncio.create_task(
         client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers)
@@ -157,6 +158,7 @@ async def test_idempotent_duplicate_while_running_is_409(
     )
     assert duplicate.status_code == 409
     assert duplicate.json()["code"] == "idempotency_key_in_use"
+    upstream.release()
     assert (await first).status_code == 201
     assert upstream.calls == 1
 
@@ -298,7 +300,7 @@ async def test_conversation_deleted_while_the_model_answers(
     client: Client, alice: dict[str, str], upstream: FakeUpstream
 ) -> None:
     cid = await new_conversation(client, alice)
-    upstream.push_fault(Fault(kind="slow", delay=0.5))
+    upstream.push_fault(Fault(kind="hang"))
     turn = asyncio.create_task(
         client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice)
     )
@@ -307,6 +309,7 @@ async def test_conversation_deleted_while_the_model_answers(
             break
         await asyncio.sleep(0.02)
     assert (await client.delete(f"/v1/conversations/{cid}", headers=alice)).status_code == 204
+    upstream.release()
     answer = await turn
     assert answer.status_code == 404
     assert answer.json()["code"] == "not_found"
