@@ -977,9 +977,7 @@ class FakeUpstream:
         with self._lock:
             self._released = True
             holds = list(self._holds)
-        for future in holds:
-            with contextlib.suppress(RuntimeError):  # its loop may already be closed
-                future.get_loop().call_soon_threadsafe(_resolve, future)
+        _resolve_all(holds)
 
     def pending_faults(self) -> list[Fault]:
         """The faults not yet used up, in the order they will apply."""
@@ -1066,9 +1064,7 @@ class FakeUpstream:
         with self._lock:
             self._stopping = True
             aborts = list(self._aborts)
-        for future in aborts:
-            with contextlib.suppress(RuntimeError):  # its loop may already be closed
-                future.get_loop().call_soon_threadsafe(_resolve, future)
+        _resolve_all(aborts)
         server.should_exit = True
         thread.join(30)
         self._server = self._thread = self._base_url = None
@@ -1375,6 +1371,13 @@ class FakeUpstream:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
+    """Resolve ``futures`` from another thread, each on its own loop."""
+    for future in futures:
+        with contextlib.suppress(RuntimeError):  # its loop may already be closed
+            future.get_loop().call_soon_threadsafe(_resolve, future)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
