@@ -165,13 +165,52 @@ Params = dict[str, Any]
 Metadata = dict[str, Any]
 
 
+class ParamsError(ValueError):
+    """A parameter of the wrong type or out of range: ``name`` is the parameter, ``reason``
+    msgspec's words for what is wrong with it."""
+
+    def __init__(self, validation: str) -> None:
+        reason, _, where = validation.rpartition(" - at `$.")
+        self.name = where.rstrip("`").split(".", 1)[0].split("[", 1)[0]
+        self.reason = reason or validation
+        super().__init__(f"{self.reason} - at `params.{where}" if where else validation)
+
+
+class ChatParams(Struct):
+    """The chat-completions parameters xAI documents, with the types and ranges it documents:
+    a turn that would only fail upstream is refused before anything is stored. Other names
+    pass as they are (xAI adds parameters faster than its documents say)."""
+
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=0)] | None = None
+    max_tokens: Annotated[int, Meta(ge=0)] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=8)] | None = None
+    user: str | None = None
+
+
 def check_params(params: Params | UnsetType, metadata: Metadata | UnsetType = UNSET) -> None:
-    """Refuse params the service sets itself, and params or metadata that are too large."""
+    """Refuse params the service sets itself, params of the wrong type or out of xAI's
+    documented range (``ChatParams``), and params or metadata that are too large."""
     if isinstance(params, dict):
         reserved = sorted(RESERVED_PARAMS.intersection(params))
         if reserved:
             raise ValueError(f"`params` may not set {', '.join(reserved)}: the service sets them")
         _check_object("params", params)
+        try:
+            msgspec.convert(params, ChatParams, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ParamsError(str(exc)) from None
     if isinstance(metadata, dict):
         _check_object("metadata", metadata)
 

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.fake_upstream import FakeUpstream
 from service.store import Store
 
 Client = httpx.AsyncClient
@@ -259,6 +260,51 @@ async def test_bad_conversation_bodies(
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "validation_error"
     assert (await client.get("/v1/conversations", headers=alice)).json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "mentions"),
+    [
+        ({"temperature": "hot"}, "got `str` - at `params.temperature`"),
+        ({"temperature": 2.5}, "<= 2.0 - at `params.temperature`"),
+        ({"top_p": 0}, "> 0.0 - at `params.top_p`"),
+        ({"max_tokens": 5.5}, "got `float` - at `params.max_tokens`"),
+        ({"max_completion_tokens": -1}, ">= 0 - at `params.max_completion_tokens`"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "length <= 4 - at `params.stop`"),
+        ({"tool_choice": "maybe"}, "'maybe' - at `params.tool_choice`"),
+        ({"parallel_tool_calls": "yes"}, "got `str` - at `params.parallel_tool_calls`"),
+        ({"tools": {"type": "function"}}, "got `object` - at `params.tools`"),
+        ({"top_logprobs": 9}, "<= 8 - at `params.top_logprobs`"),
+    ],
+)
+async def test_params_of_a_wrong_type_or_range_are_refused_before_anything_is_stored(
+    client: Client,
+    alice: dict[str, str],
+    upstream: FakeUpstream,
+    params: dict[str, Any],
+    mentions: str,
+) -> None:
+    """xAI's documented parameters are checked here, so a turn that could only fail upstream
+    is a 422 that stores nothing (not a stored message and a failed turn)."""
+    conv = await create(client, alice, params={"temperature": 0.5, "vendor_extra": {"x": 1}})
+    assert conv["params"] == {"temperature": 0.5, "vendor_extra": {"x": 1}}  # others pass
+    cid = conv["id"]
+    user = {"role": "user", "content": "hi"}
+    for method, path, body in (
+        ("post", "/v1/conversations", {"params": params}),
+        ("patch", f"/v1/conversations/{cid}", {"params": params}),
+        ("post", f"/v1/conversations/{cid}/turns", {"messages": [user], "params": params}),
+    ):
+        response = await getattr(client, method)(path, json=body, headers=alice)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["code"] == "validation_error"
+        assert mentions in response.json()["detail"], response.json()["detail"]
+    assert upstream.calls == 0
+    assert await all_messages(client, alice, cid) == []
+    got = (await client.get(f"/v1/conversations/{cid}", headers=alice)).json()
+    assert got["params"] == {"temperature": 0.5, "vendor_extra": {"x": 1}}
+    listing = (await client.get("/v1/conversations", headers=alice)).json()
+    assert [c["id"] for c in listing["data"]] == [cid]
 
 
 async def test_malformed_json_and_bad_query(client: Client, alice: dict[str, str]) -> None:

@@ -431,6 +431,12 @@ async def test_every_error_class(
     )
     wrong = await shape("POST", "/responses", json={"input": [{"role": "robot", "content": "x"}]})
     assert (wrong["status"], wrong["param"]) == (400, "input[0].role")
+    # xAI's documented ranges, under the Responses API's names for them.
+    hot = await shape("POST", "/responses", json={"input": "x", "temperature": 3})
+    assert (hot["status"], hot["param"]) == (400, "temperature")
+    assert hot["message"] == "Invalid 'temperature': Expected `float` <= 2.0.", hot
+    long = await shape("POST", "/responses", json={"input": "x", "max_output_tokens": -1})
+    assert (long["status"], long["param"]) == (400, "max_output_tokens"), long
     async with openai.AsyncOpenAI(
         base_url=f"{server.url}/openai/v1", api_key="not-a-key", max_retries=0
     ) as stranger:

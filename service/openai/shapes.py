@@ -28,6 +28,7 @@ from service.schemas import (
     MessageIn,
     MessageOut,
     Model,
+    ParamsError,
     TurnOut,
     check_params,
     holds_nul,
@@ -56,6 +57,12 @@ ResponseMetadata = Annotated[
 ]
 # What the caller may ask that convstore keeps or maps as it is.
 SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "parallel_tool_calls")
+# The Responses request's name for a chat-completions parameter it is sent as.
+RESPONSES_FIELD = {
+    "max_completion_tokens": "max_output_tokens",
+    "reasoning_effort": "reasoning.effort",
+    "response_format": "text.format",
+}
 
 
 class Strict(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -321,6 +328,9 @@ def chat_params(request: ResponseCreate) -> dict[str, Any]:
     }
     try:
         check_params(params)
+    except ParamsError as exc:
+        field = RESPONSES_FIELD.get(exc.name, exc.name)
+        raise invalid(f"Invalid '{field}': {exc.reason}.", field) from None
     except ValueError as exc:
         raise invalid(str(exc), None) from None
     if holds_nul(kept):
