@@ -586,6 +586,7 @@ def markdown(transcript: dict[str, Any]) -> str:
     if others:
         lines.append(f"- on other branches: {others} messages (in the JSON transcript)")
     lines.append("")
+    summaries = _summaries_after(transcript, path)
     for m in path:
         who = m["role"] + (f" ({m['name']})" if m.get("name") else "")
         lines.append(f"## {m['seq']}. {who}")
@@ -615,6 +616,17 @@ def markdown(transcript: dict[str, Any]) -> str:
                 f"{m.get('finish_reason', '')}_"
             )
             lines.append("")
+        for summary in summaries.get(m["seq"], []):
+            lines.append(
+                f"<details><summary>context summary of messages "
+                f"{_ranges(summary['covers'])} ({summary.get('tokens') or '?'} tokens), "
+                "sent to the model instead of them</summary>"
+            )
+            lines.append("")
+            lines.append(summary["content"])
+            lines.append("")
+            lines.append("</details>")
+            lines.append("")
     failed = [t for t in transcript.get("turns", []) if t["status"] == "failed"]
     if failed:
         lines.append("## Failed turns")
@@ -624,6 +636,25 @@ def markdown(transcript: dict[str, Any]) -> str:
             lines.append(f"- `{t['id']}` at {_text_time(t.get('created_at'))}: {detail}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _summaries_after(
+    transcript: dict[str, Any], path: list[dict[str, Any]]
+) -> dict[int, list[dict[str, Any]]]:
+    """The context summaries that end at a message of ``path``, by that message's seq."""
+    line = transcript["version"] == LINE  # a line's messages carry no ids: all are the path
+    on_path = set() if line else {m["id"] for m in path}
+    after: dict[int, list[dict[str, Any]]] = {}
+    for summary in transcript.get("summaries", []):
+        if line or summary["upto_id"] in on_path:
+            after.setdefault(summary["upto_seq"], []).append(summary)
+    return after
+
+
+def _ranges(covers: list[list[int]]) -> str:
+    return ", ".join(
+        f"{first} to {last}" if first != last else str(first) for first, last in covers
+    )
 
 
 def _content_lines(content: Any) -> list[str]:

@@ -72,9 +72,16 @@ end_users = st.text(
 conversation_fields = st.fixed_dictionaries(
     {
         "title": st.one_of(st.none(), texts),
-        "params": st.dictionaries(
-            st.sampled_from(["temperature", "top_p", "seed"]),
-            st.one_of(st.integers(0, 2), st.floats(0, 1)),
+        "params": st.fixed_dictionaries(
+            {},
+            optional={
+                "temperature": st.one_of(st.integers(0, 2), st.floats(0, 2)),
+                "top_p": st.one_of(st.just(1), st.floats(0, 1, exclude_min=True)),
+                "seed": st.integers(-(2**31), 2**31),
+                "vendor_option": st.one_of(
+                    texts, st.integers(), st.floats(allow_nan=False, allow_infinity=False)
+                ),
+            },
         ),
         "metadata": st.dictionaries(
             texts, st.one_of(texts, st.integers(), st.booleans()), max_size=3

@@ -602,6 +602,12 @@ async def test_summaries_survive_export_and_import(
     assert summary["covers"] == summarising["context"]["summarised"]
     sent_summary = sent_messages(small)[1]["content"]
     assert sent_summary == f"Summary of the earlier conversation:\n{summary['content']}"
+    markdown = await client.get(
+        f"/v1/conversations/{cid}/export", params={"format": "markdown"}, headers=alice
+    )
+    shown = markdown.text.split(f"## {summary['upto_seq'] + 1}. ")[0]  # after the last it covers
+    assert shown.count("<details><summary>context summary of messages ") == 1
+    assert summary["content"] in shown.split(f"## {summary['upto_seq']}. ")[1]
 
     imported = await client.post("/v1/conversations/import", json=original, headers=alice)
     assert imported.status_code == 201, imported.text
