@@ -9,14 +9,12 @@ connection handling are the same for both.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import email.utils
 import errno
 import logging
 import os
-import random
 import re
 import ssl
 import time
@@ -28,6 +26,14 @@ import aiohttp
 import httpx
 import msgspec
 from httpx_sse import EventSource, ServerSentEvent, SSEError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
 
 from service.schemas import Reply
 
@@ -466,25 +472,36 @@ class UpstreamClient:
         return UpstreamReplyTooLarge(too_large_text(self.max_reply_chars))
 
     async def retrying(self, call: Callable[[], Awaitable[Reply]]) -> Attempted:
-        """Run ``call`` until it succeeds, retrying transient failures within the deadline.
+        """Run ``call`` until it succeeds (tenacity): a transient failure is tried again, at
+        most ``max_retries`` times and never past the deadline, after a full-jitter exponential
+        backoff (many clients retrying at once do not hit the upstream in step), or after as
+        long as the upstream's ``Retry-After`` asks if that is longer.
 
         Each failure's text is logged whole at WARNING (credentials redacted); the error
         raised keeps at most ``MAX_ERROR_CHARS`` of it."""
-        deadline = time.monotonic() + self.retry_deadline
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = await call()
-            except UpstreamError as exc:
-                exc.attempts = attempt
-                self._publish(exc)
-                delay = self._retry_delay(exc, attempt, deadline)
-                if delay is None:
+        jitter = wait_random_exponential(multiplier=self.backoff, max=MAX_BACKOFF)
+
+        def wait(state: RetryCallState) -> float:
+            failure = state.outcome.exception() if state.outcome is not None else None
+            asked = failure.retry_after if isinstance(failure, UpstreamError) else None
+            return max(jitter(state), asked or 0.0)
+
+        attempts = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self.max_retries + 1) | stop_before_delay(self.retry_deadline),
+            wait=wait,
+            reraise=True,
+        )
+        async for attempt in attempts:
+            with attempt:
+                try:
+                    reply = await call()
+                except UpstreamError as exc:
+                    exc.attempts = attempt.retry_state.attempt_number
+                    self._publish(exc)
                     raise
-                await asyncio.sleep(delay)
-                continue
-            return Attempted(result, attempt)
+                return Attempted(reply, attempt.retry_state.attempt_number)
+        raise AssertionError("tenacity ends with a result or the last error")  # pragma: no cover
 
     def _publish(self, exc: UpstreamError) -> None:
         # A key too short to be a real one (tests, demos) would blank out ordinary words.
@@ -500,19 +517,13 @@ class UpstreamClient:
         exc.message = bounded(text)
         exc.args = (exc.message,)
 
-    def _retry_delay(self, exc: UpstreamError, attempt: int, deadline: float) -> float | None:
-        transient = isinstance(exc, UpstreamUnavailable | UpstreamRateLimited) or (
-            isinstance(exc, UpstreamTimeout) and exc.status == 408
-        )
-        if not transient or attempt > self.max_retries:
-            return None
-        # Full jitter keeps many clients retrying at once from hitting the upstream in step.
-        delay = random.uniform(0, min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1)))
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
-        if time.monotonic() + delay > deadline:
-            return None
-        return delay
+
+def _transient(exc: BaseException) -> bool:
+    """A failure worth trying again: the upstream unreachable or overloaded, rate limited, or a
+    408 (its own timeout; ours is not retried: the model may still be thinking)."""
+    return isinstance(exc, UpstreamUnavailable | UpstreamRateLimited) or (
+        isinstance(exc, UpstreamTimeout) and exc.status == 408
+    )
 
 
 class StreamReader:
