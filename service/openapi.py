@@ -14,6 +14,7 @@ import hashlib
 import re
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, Router
 from litestar.datastructures import CacheControlHeader
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, SwaggerRenderPlugin
@@ -229,7 +230,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     for name in ("ConversationCreate", "ConversationPatch", "TurnCreate"):
         params = schemas.get(name, {}).get("properties", {}).get("params")
         if params is not None:
-            _forbid_reserved(params)
+            _chat_params(params)
 
     for path, item in doc.get("paths", {}).items():
         for method, operation in item.items():
@@ -258,14 +259,32 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _forbid_reserved(params: dict[str, Any]) -> None:
-    from service.schemas import RESERVED_PARAMS
+def _chat_params(params: dict[str, Any]) -> None:
+    """``params``: the names the service sets are refused, the chat parameters xAI documents
+    have their types and ranges (``ChatParams``), any other name is allowed."""
+    from service.schemas import RESERVED_PARAMS, ChatParams
 
     target = params
     for variant in params.get("oneOf", []):
         if variant.get("type") == "object":
             target = variant
     target["propertyNames"] = {"not": {"enum": sorted(RESERVED_PARAMS)}}
+    known = msgspec.json.schema(ChatParams)["$defs"]["ChatParams"]["properties"]
+    target["properties"] = {name: _free_objects(prop) for name, prop in known.items()}
+    target["additionalProperties"] = True
+
+
+def _free_objects(node: Any) -> Any:
+    """A msgspec JSON Schema without defaults, its ``dict[str, Any]`` objects saying that they
+    take any member (generators read an object with no members listed as an empty one)."""
+    if isinstance(node, list):
+        return [_free_objects(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    done = {k: _free_objects(v) for k, v in node.items() if k != "default"}
+    if done.get("type") == "object" and "properties" not in done:
+        done.setdefault("additionalProperties", True)
+    return done
 
 
 def _media_types(path: str, method: str, operation: dict[str, Any]) -> None:

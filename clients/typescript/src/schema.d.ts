@@ -688,6 +688,29 @@ export interface components {
             user?: string | null;
             model?: string;
             params?: {
+                temperature?: number | null;
+                top_p?: number | null;
+                max_completion_tokens?: number | null;
+                max_tokens?: number | null;
+                stop?: string | string[] | null;
+                seed?: number | null;
+                response_format?: {
+                    [key: string]: unknown;
+                } | null;
+                tools?: {
+                    [key: string]: unknown;
+                }[] | null;
+                tool_choice?: ("auto" | "none" | "required") | {
+                    [key: string]: unknown;
+                } | null;
+                parallel_tool_calls?: boolean | null;
+                reasoning_effort?: string | null;
+                frequency_penalty?: number | null;
+                presence_penalty?: number | null;
+                logprobs?: boolean | null;
+                top_logprobs?: number | null;
+                user?: string | null;
+            } & {
                 [key: string]: unknown;
             };
             metadata?: {
@@ -769,6 +792,29 @@ export interface components {
             archived?: boolean;
             model?: string;
             params?: {
+                temperature?: number | null;
+                top_p?: number | null;
+                max_completion_tokens?: number | null;
+                max_tokens?: number | null;
+                stop?: string | string[] | null;
+                seed?: number | null;
+                response_format?: {
+                    [key: string]: unknown;
+                } | null;
+                tools?: {
+                    [key: string]: unknown;
+                }[] | null;
+                tool_choice?: ("auto" | "none" | "required") | {
+                    [key: string]: unknown;
+                } | null;
+                parallel_tool_calls?: boolean | null;
+                reasoning_effort?: string | null;
+                frequency_penalty?: number | null;
+                presence_penalty?: number | null;
+                logprobs?: boolean | null;
+                top_logprobs?: number | null;
+                user?: string | null;
+            } & {
                 [key: string]: unknown;
             };
             metadata?: {
@@ -1001,6 +1047,29 @@ export interface components {
             stream?: boolean;
             model?: string;
             params?: {
+                temperature?: number | null;
+                top_p?: number | null;
+                max_completion_tokens?: number | null;
+                max_tokens?: number | null;
+                stop?: string | string[] | null;
+                seed?: number | null;
+                response_format?: {
+                    [key: string]: unknown;
+                } | null;
+                tools?: {
+                    [key: string]: unknown;
+                }[] | null;
+                tool_choice?: ("auto" | "none" | "required") | {
+                    [key: string]: unknown;
+                } | null;
+                parallel_tool_calls?: boolean | null;
+                reasoning_effort?: string | null;
+                frequency_penalty?: number | null;
+                presence_penalty?: number | null;
+                logprobs?: boolean | null;
+                top_logprobs?: number | null;
+                user?: string | null;
+            } & {
                 [key: string]: unknown;
             };
             context?: components["schemas"]["ContextPolicy"];
