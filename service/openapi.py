@@ -227,10 +227,16 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             if name == "AssistantMessage":
                 content = {"oneOf": [content, {"type": "null"}]}
             schemas[name]["properties"]["content"] = content
+    schemas["ChatParams"] = _chat_params()
     for name in ("ConversationCreate", "ConversationPatch", "TurnCreate"):
         params = schemas.get(name, {}).get("properties", {}).get("params")
         if params is not None:
-            _chat_params(params)
+            variants = params.get("oneOf", [params])
+            for i, variant in enumerate(variants):
+                if variant.get("type") == "object":
+                    variants[i] = {"$ref": "#/components/schemas/ChatParams"}
+            if "oneOf" not in params:
+                schemas[name]["properties"]["params"] = variants[0]
 
     for path, item in doc.get("paths", {}).items():
         for method, operation in item.items():
@@ -259,19 +265,19 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _chat_params(params: dict[str, Any]) -> None:
-    """``params``: the names the service sets are refused, the chat parameters xAI documents
-    have their types and ranges (``ChatParams``), any other name is allowed."""
+def _chat_params() -> dict[str, Any]:
+    """The schema of ``params``: the names the service sets are refused, the chat parameters
+    xAI documents have their types and ranges (``ChatParams``), any other name is allowed."""
     from service.schemas import RESERVED_PARAMS, ChatParams
 
-    target = params
-    for variant in params.get("oneOf", []):
-        if variant.get("type") == "object":
-            target = variant
-    target["propertyNames"] = {"not": {"enum": sorted(RESERVED_PARAMS)}}
-    known = msgspec.json.schema(ChatParams)["$defs"]["ChatParams"]["properties"]
-    target["properties"] = {name: _free_objects(prop) for name, prop in known.items()}
-    target["additionalProperties"] = True
+    known = msgspec.json.schema(ChatParams)["$defs"]["ChatParams"]
+    return {
+        "type": "object",
+        "description": known["description"],
+        "properties": {name: _free_objects(prop) for name, prop in known["properties"].items()},
+        "additionalProperties": True,
+        "propertyNames": {"not": {"enum": sorted(RESERVED_PARAMS)}},
+    }
 
 
 def _free_objects(node: Any) -> Any:

@@ -687,32 +687,7 @@ export interface components {
             /** @description The frontend's own id for the person the conversation is for. */
             user?: string | null;
             model?: string;
-            params?: {
-                temperature?: number | null;
-                top_p?: number | null;
-                max_completion_tokens?: number | null;
-                max_tokens?: number | null;
-                stop?: string | string[] | null;
-                seed?: number | null;
-                response_format?: {
-                    [key: string]: unknown;
-                } | null;
-                tools?: {
-                    [key: string]: unknown;
-                }[] | null;
-                tool_choice?: ("auto" | "none" | "required") | {
-                    [key: string]: unknown;
-                } | null;
-                parallel_tool_calls?: boolean | null;
-                reasoning_effort?: string | null;
-                frequency_penalty?: number | null;
-                presence_penalty?: number | null;
-                logprobs?: boolean | null;
-                top_logprobs?: number | null;
-                user?: string | null;
-            } & {
-                [key: string]: unknown;
-            };
+            params?: components["schemas"]["ChatParams"];
             metadata?: {
                 [key: string]: unknown;
             };
@@ -791,32 +766,7 @@ export interface components {
             user?: string | null;
             archived?: boolean;
             model?: string;
-            params?: {
-                temperature?: number | null;
-                top_p?: number | null;
-                max_completion_tokens?: number | null;
-                max_tokens?: number | null;
-                stop?: string | string[] | null;
-                seed?: number | null;
-                response_format?: {
-                    [key: string]: unknown;
-                } | null;
-                tools?: {
-                    [key: string]: unknown;
-                }[] | null;
-                tool_choice?: ("auto" | "none" | "required") | {
-                    [key: string]: unknown;
-                } | null;
-                parallel_tool_calls?: boolean | null;
-                reasoning_effort?: string | null;
-                frequency_penalty?: number | null;
-                presence_penalty?: number | null;
-                logprobs?: boolean | null;
-                top_logprobs?: number | null;
-                user?: string | null;
-            } & {
-                [key: string]: unknown;
-            };
+            params?: components["schemas"]["ChatParams"];
             metadata?: {
                 [key: string]: unknown;
             };
@@ -1046,32 +996,7 @@ export interface components {
             /** @default false */
             stream?: boolean;
             model?: string;
-            params?: {
-                temperature?: number | null;
-                top_p?: number | null;
-                max_completion_tokens?: number | null;
-                max_tokens?: number | null;
-                stop?: string | string[] | null;
-                seed?: number | null;
-                response_format?: {
-                    [key: string]: unknown;
-                } | null;
-                tools?: {
-                    [key: string]: unknown;
-                }[] | null;
-                tool_choice?: ("auto" | "none" | "required") | {
-                    [key: string]: unknown;
-                } | null;
-                parallel_tool_calls?: boolean | null;
-                reasoning_effort?: string | null;
-                frequency_penalty?: number | null;
-                presence_penalty?: number | null;
-                logprobs?: boolean | null;
-                top_logprobs?: number | null;
-                user?: string | null;
-            } & {
-                [key: string]: unknown;
-            };
+            params?: components["schemas"]["ChatParams"];
             context?: components["schemas"]["ContextPolicy"];
         };
         /** TurnOut */
@@ -1241,6 +1166,37 @@ export interface components {
             /** @description Optional: the context summaries made of the conversation under the compact strategy, so that an imported conversation sends them instead of summarising again. */
             summaries?: components["schemas"]["Transcript_summary"][];
         } & (unknown & unknown & unknown);
+        /**
+         * @description The chat-completions parameters xAI documents, with the types and ranges it documents:
+         *     a turn that would only fail upstream is refused before anything is stored. Other names
+         *     pass as they are (xAI adds parameters faster than its documents say).
+         */
+        ChatParams: {
+            temperature?: number | null;
+            top_p?: number | null;
+            max_completion_tokens?: number | null;
+            max_tokens?: number | null;
+            stop?: string | string[] | null;
+            seed?: number | null;
+            response_format?: {
+                [key: string]: unknown;
+            } | null;
+            tools?: {
+                [key: string]: unknown;
+            }[] | null;
+            tool_choice?: ("auto" | "none" | "required") | {
+                [key: string]: unknown;
+            } | null;
+            parallel_tool_calls?: boolean | null;
+            reasoning_effort?: string | null;
+            frequency_penalty?: number | null;
+            presence_penalty?: number | null;
+            logprobs?: boolean | null;
+            top_logprobs?: number | null;
+            user?: string | null;
+        } & {
+            [key: string]: unknown;
+        };
     };
     responses: never;
     parameters: never;
