@@ -40,6 +40,13 @@ TABLES = (
 )
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto``: one more than the CPUs (many tests wait on sockets, timers and
+    child processes), at least 2 and at most 6, so that a large machine does not start a crowd
+    of servers and databases."""
+    return max(2, min(6, (os.cpu_count() or 1) + 1))
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false")
 
