@@ -348,7 +348,7 @@ async def test_while_a_turn_runs_every_branch_write_is_409(
     conv = await create(client, alice, messages=[user("a"), user("b")])
     cid, (a, b) = conv["id"], conv["messages"]
     base = f"/v1/conversations/{cid}"
-    upstream.push_fault(Fault(kind="hang", delay=4))
+    upstream.push_fault(Fault(kind="hang"))
     running = asyncio.create_task(
         client.post(f"{base}/turns", json={"parent_id": a["id"]}, headers=alice)
     )
@@ -366,6 +366,7 @@ async def test_while_a_turn_runs_every_branch_write_is_409(
     # Reading any path, and changing the title, go on.
     assert contents(await listed(client, alice, cid, head=a["id"])) == ["a"]
     assert (await client.patch(base, json={"title": "t"}, headers=alice)).status_code == 200
+    upstream.release()
     done = await running
     assert done.status_code == 201, done.text
     reply = done.json()["reply"]

@@ -20,6 +20,7 @@ import openai
 import pydantic
 import pytest
 from live import LiveServer
+from test_turn_endings import wait_for_call
 
 from service.app import create_app
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
@@ -445,13 +446,14 @@ async def test_every_error_class(
 
     # A response while another runs in the same conversation: 409.
     first = await create(client, model="grok-4", input="One")
-    upstream.push_fault(Fault(kind="hang", delay=3))
+    upstream.push_fault(Fault(kind="hang"))
     running = asyncio.create_task(
         client.responses.create(model="grok-4", input="Two", previous_response_id=first.id)
     )
-    await asyncio.sleep(0.5)
+    await wait_for_call(upstream, upstream.calls + 1)
     with pytest.raises(openai.ConflictError):
         await client.responses.create(model="grok-4", input="Three", previous_response_id=first.id)
+    upstream.release()
     await running
 
     upstream.push_fault(Fault(kind="status", status=429, retry_after=0, times=10))
