@@ -56,12 +56,17 @@ async def test_openapi_fuzzing_finds_nothing(
     )
     # An oversized invalid body is refused with 413 before it is read: a rejection too.
     config = tmp_path / "schemathesis.toml"
-    config.write_text(
+    rules = (
         "[checks.negative_data_rejection]\n"
         'expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", '
-        '"422", "428", "429", "5xx"]\n',
-        encoding="utf-8",
+        '"422", "428", "429", "5xx"]\n'
     )
+    if store.dialect == "postgresql":
+        # The coverage phase's invalid values are refused by validation before any statement
+        # runs, the same on either database: the SQLite run sends them, this one the valid
+        # boundary values (the longest strings, the largest numbers), which reach storage.
+        rules += '[phases.coverage.generation]\nmode = "positive"\n'
+    config.write_text(rules, encoding="utf-8")
     with LiveServer(app) as server:
         result = subprocess.run(
             [
