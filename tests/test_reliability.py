@@ -14,6 +14,7 @@ import pytest
 from live import TcpRelay, serve
 from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
+from test_turn_endings import wait_for_call
 
 from service.app import create_app
 from service.fake_upstream import FakeUpstream, Fault
@@ -59,10 +60,7 @@ async def test_turn_or_append_while_a_turn_runs_is_409_without_side_effects(
     first = asyncio.create_task(
         client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice)
     )
-    for _ in range(100):
-        if upstream.calls:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_call(upstream)
     assert upstream.calls == 1
     second = await client.post(
         f"/v1/conversations/{cid}/turns",
@@ -149,10 +147,7 @@ async def test_idempotent_duplicate_while_running_is_409(
     first = asyncio.create_task(
         client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers)
     )
-    for _ in range(100):
-        if upstream.calls:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_call(upstream)
     duplicate = await client.post(
         f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=headers
     )
@@ -304,10 +299,7 @@ async def test_conversation_deleted_while_the_model_answers(
     turn = asyncio.create_task(
         client.post(f"/v1/conversations/{cid}/turns", json={"messages": [USER]}, headers=alice)
     )
-    for _ in range(100):
-        if upstream.calls:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_call(upstream)
     assert (await client.delete(f"/v1/conversations/{cid}", headers=alice)).status_code == 204
     upstream.release()
     answer = await turn

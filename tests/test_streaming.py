@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+from test_turn_endings import wait_for_call
 
 from service.fake_upstream import FakeUpstream, Fault, expected_reply
 
@@ -259,10 +260,7 @@ async def test_following_a_non_streamed_turn_gives_the_same_events(
             headers=alice,
         )
     )
-    for _ in range(100):
-        if upstream.calls:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_call(upstream)
     # The 409 for a concurrent append names the running turn; follow it live.
     busy = await client.post(
         f"/v1/conversations/{cid}/messages",
