@@ -209,6 +209,50 @@ def _transcript_components() -> tuple[dict[str, Any], dict[str, Any]]:
     return components, rewrite(raw)
 
 
+# OpenAPI links: what a creating call's answer gives to the calls that can follow it (by path
+# parameter, as a runtime expression). A client generator or a tester reads how to go on.
+LINKS: dict[tuple[str, str], dict[str, str]] = {
+    ("/v1/conversations", "post"): {"conversation_id": "$response.body#/id"},
+    ("/v1/conversations/import", "post"): {"conversation_id": "$response.body#/id"},
+    ("/v1/conversations/{conversation_id}/messages", "post"): {
+        "message_id": "$response.body#/data/0/id"
+    },
+    ("/v1/conversations/{conversation_id}/turns", "post"): {
+        "turn_id": "$response.body#/turn/id",
+        "message_id": "$response.body#/reply/id",
+    },
+    (f"{OPENAI}/conversations", "post"): {"conversation_id": "$response.body#/id"},
+    (f"{OPENAI}/conversations/{{conversation_id}}/items", "post"): {
+        "item_id": "$response.body#/data/0/id"
+    },
+    (f"{OPENAI}/responses", "post"): {"response_id": "$response.body#/id"},
+}
+
+
+def _links(paths: dict[str, Any]) -> None:
+    """Add ``LINKS`` to the success answers of their operations: to every operation of the
+    same API whose path parameters the answer (or the request's own path) gives, one of them
+    at least from the answer."""
+    for (source, method), given in LINKS.items():
+        operation = paths[source][method]
+        root = OPENAI if source.startswith(OPENAI) else "/v1/"
+        known = {name: f"$request.path.{name}" for name in re.findall(r"{(\w+)}", source)}
+        known.update(given)
+        links: dict[str, Any] = {}
+        for path, item in paths.items():
+            needed = set(re.findall(r"{(\w+)}", path))
+            if not path.startswith(root) or not needed & set(given) or not needed <= set(known):
+                continue
+            for verb, target in item.items():
+                if verb in ("get", "post", "patch", "put", "delete"):
+                    links[target["operationId"]] = {
+                        "operationId": target["operationId"],
+                        "parameters": {name: known[name] for name in sorted(needed)},
+                    }
+        success = next(code for code in operation["responses"] if code.startswith("2"))
+        operation["responses"][success]["links"] = links
+
+
 def complete(document: dict[str, Any]) -> dict[str, Any]:
     """The finished OpenAPI document (a copy; the input is left as it is)."""
     doc = copy.deepcopy(document)
@@ -238,6 +282,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             if "oneOf" not in params:
                 schemas[name]["properties"]["params"] = variants[0]
 
+    _links(doc.get("paths", {}))
     for path, item in doc.get("paths", {}).items():
         for method, operation in item.items():
             if method not in ("get", "post", "patch", "put", "delete"):

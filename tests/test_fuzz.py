@@ -60,6 +60,9 @@ async def test_openapi_fuzzing_finds_nothing(
         "[checks.negative_data_rejection]\n"
         'expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", '
         '"422", "428", "429", "5xx"]\n'
+        # Sequences of calls along the document's links (a conversation, then a turn in it,
+        # then that turn's events and replay...): more of them than single-call examples.
+        "[phases.stateful.generation]\nmax-examples = 40\n"
     )
     if store.dialect == "postgresql":
         # The coverage phase's invalid values are refused by validation before any statement
