@@ -156,6 +156,8 @@ def _openai_statuses(path: str, method: str, operation: dict[str, Any]) -> set[i
         statuses.add(409)  # an Idempotency-Key still in use
     if method == "delete" and "/responses/" in path:
         statuses.add(409)
+    if method == "delete" and "{conversation_id}" in path:
+        statuses.add(409)  # a legal hold; an item while a response runs
     if method == "post" and path.endswith("/responses"):
         statuses |= {429, 502, 504}
     return statuses
@@ -177,6 +179,10 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
         statuses |= {413, 422}
     if method == "post" and path.endswith(("/turns", "/messages")):
         statuses |= {409}
+    if method == "delete" and "{conversation_id}" in path:
+        statuses.add(409)  # a legal hold; a message while a turn runs
+    if method == "patch" and path == "/v1/conversations/{conversation_id}":
+        statuses.add(409)  # a new head_id while a turn runs
     if method == "post" and path.endswith("/turns"):
         statuses |= {429, 502, 504}
     if method == "post" and path.startswith("/v1/conversations") and "{source}" not in path:

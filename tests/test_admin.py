@@ -54,8 +54,18 @@ async def test_list_across_tenants_with_filters(
     assert await admin_ids(client, admin, created_after=future) == []
     assert await admin_ids(client, admin, created_before=past) == []
     assert len(await admin_ids(client, admin, created_after=past, created_before=future)) == 3
-    bad = await client.get("/admin/conversations", params={"created_after": "soon"}, headers=admin)
-    assert bad.status_code == 400
+    for wrong in ("soon", "0.5", "1700000000", "2026-02-30", "2026-01-01T25:00"):
+        bad = await client.get(
+            "/admin/conversations", params={"created_after": wrong}, headers=admin
+        )
+        assert bad.status_code == 400, (wrong, bad.text)
+        assert "created_after" in bad.json()["detail"], bad.text
+    # A date alone is its midnight, a time without an offset is UTC.
+    today = datetime.now(UTC).date()
+    assert len(await admin_ids(client, admin, created_after=today.isoformat())) == 3
+    tomorrow = (today + timedelta(days=1)).isoformat()
+    assert await admin_ids(client, admin, created_after=f"{tomorrow}T00:00") == []
+    assert len(await admin_ids(client, admin, created_before=f"{tomorrow} 00:00:00")) == 3
     backwards = await client.get(
         "/admin/conversations",
         params={"created_after": future, "created_before": past},

@@ -1,10 +1,16 @@
-"""Schemathesis fuzzes the service through its own OpenAPI document, authenticated as a tenant:
-no 500, and every answer fits the document (status, media type, body, headers).
+"""Schemathesis fuzzes the service through its own OpenAPI document, authenticated as a tenant
+(as an admin on the admin routes): no 500, and every answer fits the document (status, media
+type, body, headers).
 
-All of schemathesis's checks run but one, `positive_data_acceptance`, which expects every
+All of schemathesis's checks run but two. One is `positive_data_acceptance`, which expects every
 request the schema allows to succeed: rules no schema can state (a cursor must be one the API
 handed out, `through_seq` at most the conversation's length, a turn needs a message to send,
 an import's seq numbers must run 1, 2, 3…) rightly refuse some of them with a 4xx.
+
+The other is `ensure_resource_availability`, which expects what a `POST` created to be there at the
+next call: a `POST` retried with its `Idempotency-Key` answers as the first one did, naming a
+conversation that may have been deleted since (as Stripe's keys do), and a conversation created
+with an `expires_at` in the past goes at the next retention sweep.
 
 The upstream is the fake one in its lenient mode (any model name, any parameters), so that what
 is fuzzed is this service's own validation, not the upstream's list of models.
@@ -50,6 +56,7 @@ async def test_openapi_fuzzing_finds_nothing(
     settings: Settings, store: Store, lenient_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     _, key = await store.create_key("fuzz")
+    _, admin = await store.create_key("operators", is_admin=True)
     app = create_app(
         dataclasses.replace(settings, upstream_url=lenient_upstream.base_url),
         retry_backoff=0.01,
@@ -57,6 +64,11 @@ async def test_openapi_fuzzing_finds_nothing(
     # An oversized invalid body is refused with 413 before it is read: a rejection too.
     config = tmp_path / "schemathesis.toml"
     rules = (
+        # A tenant's key, and an admin key for the admin routes (a tenant's is refused there).
+        f'headers = {{ Authorization = "Bearer {key}" }}\n'
+        "[[operations]]\n"
+        'include-path-regex = "^/admin/"\n'
+        f'headers = {{ Authorization = "Bearer {admin}" }}\n'
         "[checks.negative_data_rejection]\n"
         'expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", '
         '"422", "428", "429", "5xx"]\n'
@@ -81,9 +93,7 @@ async def test_openapi_fuzzing_finds_nothing(
                 "--checks",
                 "all",
                 "--exclude-checks",
-                "positive_data_acceptance",
-                "--header",
-                f"Authorization: Bearer {key}",
+                "positive_data_acceptance,ensure_resource_availability",
                 "--max-examples",
                 EXAMPLES,
                 "--seed",

@@ -45,8 +45,21 @@ Tenant = Annotated[
 Model = Annotated[
     str | None, QueryParameter(max_length=200, pattern=NO_NUL, description="Only this model's.")
 ]
-After = Annotated[datetime | None, QueryParameter(description="Created at or after (ISO 8601).")]
-Before = Annotated[datetime | None, QueryParameter(description="Created before (ISO 8601).")]
+# A date, or a date and time with or without its offset (without: UTC). Read as text, as
+# Litestar would otherwise take a number for a Unix time.
+DATE_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
+After = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=DATE_TIME, description="Created at or after (ISO 8601; without an offset, UTC)."
+    ),
+]
+Before = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=DATE_TIME, description="Created before (ISO 8601; without an offset, UTC)."
+    ),
+]
 Status = Annotated[
     Literal["running", "completed", "failed"] | None,
     QueryParameter(description="Only conversations having a turn in this status."),
@@ -89,17 +102,19 @@ async def provide_filters(
 ) -> ConversationFilter:
     """The admin routes' filters, from their query parameters. It takes the admin key first,
     so that a request without one is a 401 whatever its parameters."""
-    created_after = _instant("created_after", created_after)
-    created_before = _instant("created_before", created_before)
-    if created_after and created_before and created_after >= created_before:
+    after, before = (
+        _instant("created_after", created_after),
+        _instant("created_before", created_before),
+    )
+    if after and before and after >= before:
         raise BadRequest("`created_after` must be before `created_before`.")
     store: Store = state.store
     return ConversationFilter(
         tenant=tenant,
         model=model,
         q=q,
-        created_after=created_after,
-        created_before=created_before,
+        created_after=after,
+        created_before=before,
         status=status,
         user=user,
         archived=archived,
@@ -107,13 +122,18 @@ async def provide_filters(
     )
 
 
-def _instant(name: str, value: datetime | None) -> datetime | None:
-    """``value`` in UTC (a time without an offset is taken as UTC); 400 if UTC cannot hold it
-    (``9999-12-31T23:59:59-23:59`` is in the year 10000 there)."""
+def _instant(name: str, value: str | None) -> datetime | None:
+    """``value`` in UTC (a time without an offset is taken as UTC); 400 if it names no real
+    date (``2026-02-30``) or UTC cannot hold it (``9999-12-31T23:59:59-23:59`` is in the year
+    10000 there)."""
     if value is None:
         return None
     try:
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"`{name}` is not a real date and time.") from None
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except OverflowError:
         raise BadRequest(f"`{name}` is out of the range of dates this service stores.") from None
 

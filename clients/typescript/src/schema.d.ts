@@ -1763,6 +1763,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "about:blank",
+                     *       "title": "Conflict",
+                     *       "status": 409,
+                     *       "detail": "A turn is already running in this conversation; wait for it to finish.",
+                     *       "code": "turn_in_progress"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     V1ConversationsConversationIdPatchConversation: {
@@ -1839,6 +1857,24 @@ export interface operations {
                      *       "status": 404,
                      *       "detail": "No conversation has this id.",
                      *       "code": "not_found"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "about:blank",
+                     *       "title": "Conflict",
+                     *       "status": 409,
+                     *       "detail": "A turn is already running in this conversation; wait for it to finish.",
+                     *       "code": "turn_in_progress"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
@@ -1952,6 +1988,24 @@ export interface operations {
                      *       "status": 404,
                      *       "detail": "No conversation has this id.",
                      *       "code": "not_found"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "about:blank",
+                     *       "title": "Conflict",
+                     *       "status": 409,
+                     *       "detail": "A turn is already running in this conversation; wait for it to finish.",
+                     *       "code": "turn_in_progress"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
@@ -3407,6 +3461,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "about:blank",
+                     *       "title": "Conflict",
+                     *       "status": 409,
+                     *       "detail": "A turn is already running in this conversation; wait for it to finish.",
+                     *       "code": "turn_in_progress"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     AdminConversationsConversationIdPatchConversation: {
@@ -3634,9 +3706,9 @@ export interface operations {
                 model?: string | null;
                 /** @description Words to find in titles or message content. */
                 q?: string | null;
-                /** @description Created at or after (ISO 8601). */
+                /** @description Created at or after (ISO 8601; without an offset, UTC). */
                 created_after?: string | null;
-                /** @description Created before (ISO 8601). */
+                /** @description Created before (ISO 8601; without an offset, UTC). */
                 created_before?: string | null;
                 /** @description Only conversations having a turn in this status. */
                 status?: "running" | "completed" | "failed" | null;
@@ -3820,9 +3892,9 @@ export interface operations {
                 model?: string | null;
                 /** @description Words to find in titles or message content. */
                 q?: string | null;
-                /** @description Created at or after (ISO 8601). */
+                /** @description Created at or after (ISO 8601; without an offset, UTC). */
                 created_after?: string | null;
-                /** @description Created before (ISO 8601). */
+                /** @description Created before (ISO 8601; without an offset, UTC). */
                 created_before?: string | null;
                 /** @description Only conversations having a turn in this status. */
                 status?: "running" | "completed" | "failed" | null;
@@ -5033,6 +5105,25 @@ export interface operations {
                     "application/json": components["schemas"]["OpenAIError"];
                 };
             };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "A turn is already running in this conversation; wait for it to finish.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "turn_in_progress"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
         };
     };
     OpenaiV1ConversationsConversationIdItemsItemIdGetItem: {
@@ -5195,6 +5286,25 @@ export interface operations {
                      *         "type": "invalid_request_error",
                      *         "param": null,
                      *         "code": "not_found"
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["OpenAIError"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "error": {
+                     *         "message": "A turn is already running in this conversation; wait for it to finish.",
+                     *         "type": "invalid_request_error",
+                     *         "param": null,
+                     *         "code": "turn_in_progress"
                      *       }
                      *     }
                      */
